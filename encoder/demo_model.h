@@ -1,0 +1,33 @@
+/* demo_model.h — deterministic random checkpoints in the exact Hugging Face Qwen3-VL layout, for the quick start,
+ * tests and benchmarks (no real checkpoint can be downloaded here).
+ *
+ * Presets: "tiny" (depth 4, hidden 144 = 2 heads x 72, the real head_dim, deepstack after blocks 1 and 2; the
+ * default), and the real vision-tower shapes "2b", "4b", "8b", "32b" (MODEL.md 8.1). The files written are
+ * config.json (Qwen3VLForConditionalGeneration style, with vision_config), preprocessor_config.json, and
+ * model.safetensors (or N shards + model.safetensors.index.json) holding model.visual.* tensors. The same preset,
+ * seed and dtype always give the same bytes.
+ *
+ * Initialisation is scaled so activations stay O(1) through the whole depth like a trained model's: no NaN, no
+ * vanishing or exploding residual stream (see demo_model.c for the recipe).
+ */
+#ifndef VITD_DEMO_MODEL_H
+#define VITD_DEMO_MODEL_H
+
+#include "safetensors.h"
+#include "vitd.h"
+
+typedef struct {
+    const char *preset;  /* "tiny", "2b", "4b", "8b", "32b" */
+    const char *out_dir; /* created if missing */
+    uint64_t seed;
+    st_dtype dtype;      /* ST_BF16 (default, as released), ST_F16 or ST_F32 */
+    int shards;          /* 1 = model.safetensors; >1 = model-0000i-of-0000n.safetensors + index */
+    const char *prefix;  /* "model.visual." (default) or "visual." */
+} demo_model_opts;
+
+demo_model_opts demo_model_opts_default(void);
+/* The preset's vision config; VITD_E_INVALID_ARG for an unknown name (the message lists the presets). */
+vitd_status demo_model_config(const char *preset, vitd_vision_config *cfg, vitd_err *err);
+vitd_status demo_model_write(const demo_model_opts *opts, vitd_err *err);
+
+#endif

@@ -1,0 +1,65 @@
+/* safetensors.h — reading (memory-mapped) and writing the safetensors format, vitd's binary format everywhere.
+ *
+ * Format: 8-byte little-endian header length n, n bytes of JSON {"name": {"dtype", "shape", "data_offsets":
+ * [begin, end]}, "__metadata__": {...}}, then the data; offsets are relative to the end of the header.
+ * The reader validates everything a hostile file could get wrong (header length, JSON, dtype names, offsets in
+ * bounds and matching shape x dtype size, overlapping is allowed as the spec does not forbid it) before handing out
+ * pointers. Reader and writer objects are not shared between threads.
+ */
+#ifndef VITD_SAFETENSORS_H
+#define VITD_SAFETENSORS_H
+
+#include "vitd.h"
+
+typedef enum { ST_F32, ST_F16, ST_BF16, ST_F64, ST_I64, ST_I32, ST_I16, ST_I8, ST_U8, ST_BOOL, ST_F8_E4M3 } st_dtype;
+
+#define ST_MAX_DIMS 8
+
+typedef struct {
+    char *name;
+    st_dtype dtype;
+    int ndim;
+    int64_t shape[ST_MAX_DIMS];
+    const void *data; /* into the mapping (reader) */
+    size_t nbytes;
+} st_tensor;
+
+size_t st_dtype_size(st_dtype t);
+const char *st_dtype_name(st_dtype t); /* "F32", "BF16", ... as in the format */
+int64_t st_numel(const st_tensor *t);
+
+/* ---- reader ---- */
+typedef struct st_file st_file;
+
+/* Maps the file read-only and parses its header. On success *out owns the mapping; free with st_close(). */
+vitd_status st_open(const char *path, st_file **out, vitd_err *err);
+/* Parses a safetensors image already in memory (not copied: buf must outlive the st_file). */
+vitd_status st_open_memory(const void *buf, size_t len, st_file **out, vitd_err *err);
+void st_close(st_file *f);
+int st_count(const st_file *f);
+const st_tensor *st_at(const st_file *f, int i);
+const st_tensor *st_find(const st_file *f, const char *name); /* NULL if absent */
+/* Value of a __metadata__ key, or NULL. */
+const char *st_metadata(const st_file *f, const char *key);
+
+/* Converts any float dtype (F32, F16, BF16, F64) to float32; out holds st_numel(t) floats. */
+vitd_status st_to_f32(const st_tensor *t, float *out, vitd_err *err);
+
+/* ---- writer ---- */
+typedef struct st_writer st_writer;
+
+st_writer *st_writer_create(void);
+void st_writer_free(st_writer *w);
+/* Adds a tensor; data (nbytes = numel x dtype size) is copied. Names must be unique (VITD_E_INVALID_ARG). */
+vitd_status st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
+                          const void *data, vitd_err *err);
+/* Adds a float32 source converted to dtype (F32, F16 or BF16, round-to-nearest-even). */
+vitd_status st_writer_add_f32(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
+                              const float *data, vitd_err *err);
+vitd_status st_writer_set_metadata(st_writer *w, const char *key, const char *value, vitd_err *err);
+/* Writes atomically (temporary file + rename). */
+vitd_status st_writer_save(const st_writer *w, const char *path, vitd_err *err);
+/* Serialises to one malloc'd buffer (*buf owned by the caller, free()). */
+vitd_status st_writer_to_memory(const st_writer *w, uint8_t **buf, size_t *len, vitd_err *err);
+
+#endif

@@ -1,0 +1,132 @@
+/* status.c — vitd_status names, the vitd_err filler, the library's log hook, and util.h's helpers. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "util.h"
+#include "vitd.h"
+
+vitd_status vitd_fail(vitd_err *err, vitd_status code, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+        err->code = code;
+    }
+    return code;
+}
+
+const char *vitd_status_name(vitd_status s) {
+    switch (s) {
+    case VITD_OK: return "ok";
+    case VITD_E_INVALID_ARG: return "invalid_argument";
+    case VITD_E_BAD_IMAGE: return "bad_image";
+    case VITD_E_UNSUPPORTED: return "unsupported";
+    case VITD_E_TOO_LARGE: return "too_large";
+    case VITD_E_IO: return "io_error";
+    case VITD_E_MODEL: return "model_error";
+    case VITD_E_NOMEM: return "out_of_memory";
+    case VITD_E_GPU: return "gpu_error";
+    case VITD_E_BUSY: return "busy";
+    case VITD_E_TIMEOUT: return "timeout";
+    case VITD_E_CANCELLED: return "cancelled";
+    case VITD_E_INTERNAL: return "internal";
+    }
+    return "unknown";
+}
+
+/* ---- log hook ---- */
+
+static vitd_log_fn g_log_fn;  /* set once at start-up, before any thread logs */
+static void *g_log_user;
+
+void vitd_log_set(vitd_log_fn fn, void *user) {
+    g_log_fn = fn;
+    g_log_user = user;
+}
+
+void vitd_log(vitd_log_level level, const char *fmt, ...) {
+    if (!g_log_fn) return;
+    char buf[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    g_log_fn(level, buf, g_log_user);
+}
+
+/* ---- util.h ---- */
+
+void vitd_assert_fail(const char *expr, const char *file, int line) {
+    fprintf(stderr, "vitd: assertion failed: %s at %s:%d\n", expr, file, line);
+    abort();
+}
+
+void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) {
+        fprintf(stderr, "vitd: out of memory allocating %zu bytes\n", n);
+        abort();
+    }
+    return p;
+}
+
+void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) {
+        fprintf(stderr, "vitd: out of memory allocating %zu x %zu bytes\n", n, size);
+        abort();
+    }
+    return p;
+}
+
+char *xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = xmalloc(n);
+    memcpy(p, s, n);
+    return p;
+}
+
+double vitd_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* IEEE half <-> float, round-to-nearest-even, with subnormals, infinities and NaN. */
+float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    uint32_t u;
+    if (exp == 0) {
+        float f = ldexpf((float)man, -24);
+        return sign ? -f : f;
+    } else if (exp == 31) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else {
+        u = sign | ((exp + 112) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+uint16_t f32_to_f16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);           /* NaN */
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);          /* overflow (>= 65520) -> inf */
+    if (a < 0x38800000u) {                                            /* below 2^-14: subnormal or zero */
+        float af;
+        memcpy(&af, &a, 4);
+        float r = nearbyintf(af * 16777216.0f);                       /* units of 2^-24, ties to even */
+        return (uint16_t)(sign | (uint32_t)r);
+    }
+    uint32_t mant_odd = (a >> 13) & 1u;
+    a += 0xfffu + mant_odd;                                           /* round to nearest even at bit 13 */
+    return (uint16_t)(sign | (((a >> 23) - 112) << 10) | ((a >> 13) & 0x3ffu));
+}

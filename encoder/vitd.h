@@ -1,0 +1,183 @@
+/* vitd.h — the public API of the vitd encoder library.
+ *
+ * vitd turns images into Qwen3-VL vision-encoder embeddings. This header is the narrow surface the server and
+ * the CLI use: load a checkpoint, create an encoder on a backend, run batches of preprocessed images.
+ *
+ * Usage:
+ *
+ *     vitd_err err;
+ *     vitd_model *model;
+ *     if (vitd_model_load("models/tiny", &model, &err) != VITD_OK) die(err.msg);
+ *     vitd_encoder_opts opts = vitd_encoder_opts_default();          // backend "auto"
+ *     vitd_encoder *enc;
+ *     if (vitd_encoder_create(model, &opts, &enc, &err) != VITD_OK) die(err.msg);
+ *
+ *     // decode + preprocess (encoder/image.h, encoder/preprocess.h) gives pixel_values and grid_thw
+ *     vitd_batch b = { .n_images = 1, .grids = &grid, .pixel_values = pv,
+ *                      .embeddings = emb, .deepstack = ds };        // outputs sized by vitd_batch_sizes()
+ *     if (vitd_encoder_run(enc, &b, &err) != VITD_OK) die(err.msg);
+ *
+ *     vitd_encoder_free(enc);
+ *     vitd_model_free(model);
+ *
+ * Errors: every call returns a vitd_status (0 = ok, negative = failure) and fills the caller's vitd_err with a
+ * message that names the thing and the limit. Library code never exits and never prints; it logs through the
+ * hook installed with vitd_log_set().
+ *
+ * Thread safety: a vitd_model is read-only after load and may be shared. A vitd_encoder runs one batch at a time
+ * (vitd_encoder_run is not reentrant on the same encoder); the server's batcher is its only caller.
+ */
+#ifndef VITD_H
+#define VITD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- status and errors ---- */
+
+typedef enum {
+    VITD_OK = 0,
+    VITD_E_INVALID_ARG = -1,  /* a parameter or option is wrong (caller or configuration) */
+    VITD_E_BAD_IMAGE = -2,    /* corrupt, truncated or undecodable image data */
+    VITD_E_UNSUPPORTED = -3,  /* a format or mode vitd refuses rather than decode wrongly (e.g. CMYK JPEG) */
+    VITD_E_TOO_LARGE = -4,    /* over a configured limit (pixels, aspect ratio, body size, tokens) */
+    VITD_E_IO = -5,           /* a file could not be read or written */
+    VITD_E_MODEL = -6,        /* checkpoint: missing file, missing tensor, wrong shape or dtype, bad config */
+    VITD_E_NOMEM = -7,        /* an allocation sized by input failed */
+    VITD_E_GPU = -8,          /* CUDA, cuBLASLt or cuDNN failure, or no usable GPU */
+    VITD_E_BUSY = -9,         /* queue full: retry later */
+    VITD_E_TIMEOUT = -10,     /* the request's deadline passed */
+    VITD_E_CANCELLED = -11,   /* the client went away or the server is draining */
+    VITD_E_INTERNAL = -12,    /* a bug: an invariant did not hold */
+} vitd_status;
+
+typedef struct {
+    vitd_status code;
+    char msg[256];
+} vitd_err;
+
+/* Fills *err (if not NULL) with code and a printf-style message; returns code. Use as
+ * `return vitd_fail(err, VITD_E_TOO_LARGE, "image %d: %ux%u exceeds max_pixels %zu", i, w, h, lim);` */
+vitd_status vitd_fail(vitd_err *err, vitd_status code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Stable lower_snake name of a status, used as the JSON error.code ("bad_image", "too_large", ...). */
+const char *vitd_status_name(vitd_status s);
+
+/* ---- logging hook ---- */
+
+typedef enum { VITD_LOG_DEBUG = 0, VITD_LOG_INFO = 1, VITD_LOG_WARN = 2, VITD_LOG_ERROR = 3 } vitd_log_level;
+typedef void (*vitd_log_fn)(vitd_log_level level, const char *msg, void *user);
+
+/* Installs the sink for library log lines (default: none, the library is silent). Not thread-safe against
+ * concurrent logging: call once at start-up. */
+void vitd_log_set(vitd_log_fn fn, void *user);
+/* Library-internal: format and send one line through the hook. */
+void vitd_log(vitd_log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* ---- model configuration ---- */
+
+#define VITD_MAX_DEEPSTACK 8
+
+/* The `vision_config` of a Qwen3-VL config.json (MODEL.md section 8.1). */
+typedef struct {
+    int depth;                    /* number of transformer blocks */
+    int hidden_size;              /* d */
+    int intermediate_size;        /* I, MLP width */
+    int num_heads;                /* H; head_dim = d / H */
+    int out_hidden_size;          /* D_out, width of merged embeddings (the LLM's hidden size) */
+    int patch_size;               /* P = 16 */
+    int temporal_patch_size;      /* T = 2 */
+    int spatial_merge_size;       /* m = 2 */
+    int in_channels;              /* 3 */
+    int num_position_embeddings;  /* 2304 = 48 x 48 */
+    int n_deepstack;              /* entries in deepstack_visual_indexes */
+    int deepstack_indexes[VITD_MAX_DEEPSTACK]; /* block indices whose output feeds a deepstack merger */
+    double rope_theta;            /* 10000 */
+    double ln_eps;                /* 1e-6 */
+} vitd_vision_config;
+
+/* The image processor's settings (MODEL.md section 2 and 8.2; preprocessor_config.json when present). */
+typedef struct {
+    size_t min_pixels;            /* size.shortest_edge, 65536 */
+    size_t max_pixels;            /* size.longest_edge, 16777216 */
+    int patch_size;               /* 16 */
+    int temporal_patch_size;      /* 2 */
+    int merge_size;               /* 2 */
+    float image_mean[3];          /* 0.5 */
+    float image_std[3];           /* 0.5 */
+    double rescale_factor;        /* 1/255 */
+} vitd_preproc_config;
+
+/* Defaults of a released Qwen3-VL checkpoint. */
+vitd_vision_config vitd_vision_config_default(void);
+vitd_preproc_config vitd_preproc_config_default(void);
+
+/* grid_thw of one image: t temporal patches (1 for a still image), h x w patches. */
+typedef struct {
+    int t, h, w;
+} vitd_grid;
+
+/* ---- model ---- */
+
+typedef struct vitd_model vitd_model;
+
+/* Loads a Hugging Face Qwen3-VL checkpoint directory: config.json (its vision_config; a bare vision config is
+ * accepted too), preprocessor_config.json if present, model.safetensors or the shards named by
+ * model.safetensors.index.json. Files are memory-mapped and only vision tensors are touched. Every tensor's shape
+ * is checked against the config; the message names the tensor that is missing or wrong.
+ * On success *out owns the mappings; free with vitd_model_free(). */
+vitd_status vitd_model_load(const char *dir, vitd_model **out, vitd_err *err);
+void vitd_model_free(vitd_model *m);
+const vitd_vision_config *vitd_model_config(const vitd_model *m);
+const vitd_preproc_config *vitd_model_preproc(const vitd_model *m);
+/* Directory name the model was loaded from (for /v1/model and logs). */
+const char *vitd_model_path(const vitd_model *m);
+
+/* ---- encoder ---- */
+
+typedef struct vitd_encoder vitd_encoder;
+
+typedef struct {
+    const char *backend;          /* "cpu", "gpu" or "auto" (gpu when one is usable, else cpu) */
+    const char *attn_dtype;       /* "auto", "fp8" or "bf16" (GPU only) */
+    int device;                   /* CUDA device ordinal */
+    int threads;                  /* CPU backend threads (0 = all cores) */
+    size_t max_batch_tokens;      /* largest batch (in patches) the encoder must accept */
+} vitd_encoder_opts;
+
+vitd_encoder_opts vitd_encoder_opts_default(void);
+
+/* One batch of images. Inputs: pixel_values of all images concatenated in order ([N, C*T*P*P] float32, N = sum of
+ * t*h*w), their grids. Outputs (caller-allocated, float32, row-major, images concatenated in order):
+ *   embeddings  [N/4, out_hidden_size]
+ *   deepstack   [n_deepstack][N/4][out_hidden_size] (one block per deepstack layer), or NULL to skip */
+typedef struct {
+    int n_images;
+    const vitd_grid *grids;
+    const float *pixel_values;
+    float *embeddings;
+    float *deepstack;
+} vitd_batch;
+
+/* Total patches N and merged tokens N/4 of a set of grids. */
+size_t vitd_grids_patches(const vitd_grid *grids, int n);
+
+/* Creates an encoder for the model on the backend opts ask for. The model must outlive the encoder. */
+vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *opts, vitd_encoder **out,
+                                vitd_err *err);
+/* Runs one batch; images never attend to one another. Not reentrant on one encoder. */
+vitd_status vitd_encoder_run(vitd_encoder *e, const vitd_batch *b, vitd_err *err);
+void vitd_encoder_free(vitd_encoder *e);
+/* Which backend and attention path runs ("cpu"/"gpu", "fp32"/"bf16"/"fp8"). */
+const char *vitd_encoder_backend(const vitd_encoder *e);
+const char *vitd_encoder_attn_dtype(const vitd_encoder *e);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* VITD_H */

@@ -1,0 +1,2 @@
+/* cli.c — the offline subcommands (demo-model, preprocess, encode). */
+#include "cli.h"
