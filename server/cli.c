@@ -1,2 +1,426 @@
-/* cli.c — the offline subcommands (demo-model, preprocess, encode). */
+/* cli.c — the offline subcommands: `vitd demo-model` writes a random checkpoint, `vitd preprocess` runs the image
+ * processor, `vitd encode` runs the encoder on image files. Outputs are safetensors (the binary format everywhere in
+ * vitd) with the same tensor names as the HTTP service's safetensors answers (reply.c renders both). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
 #include "cli.h"
+#include "demo_model.h"
+#include "image.h"
+#include "preprocess.h"
+#include "reply.h"
+#include "safetensors.h"
+#include "util.h"
+#include "vitd.h"
+
+/* ---- argument helpers ---- */
+
+/* Returns the value of `--name VALUE` or `--name=VALUE` at argv[*i] (advancing *i), or NULL if argv[*i] is not
+ * that flag. Exits the command with a usage error when the value is missing. */
+static const char *flag_value(int argc, char **argv, int *i, const char *name, int *usage_error) {
+    size_t n = strlen(name);
+    const char *a = argv[*i];
+    if (strncmp(a, name, n) != 0) return NULL;
+    if (a[n] == '=') return a + n + 1;
+    if (a[n] != '\0') return NULL;
+    if (*i + 1 >= argc) {
+        fprintf(stderr, "vitd: %s needs a value\n", name);
+        *usage_error = 1;
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+static int parse_long(const char *s, const char *flag, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) {
+        fprintf(stderr, "vitd: %s must be an integer in [%ld, %ld], got '%s'\n", flag, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_dtype(const char *s, st_dtype *out) {
+    if (!strcmp(s, "float32") || !strcmp(s, "f32") || !strcmp(s, "fp32")) *out = ST_F32;
+    else if (!strcmp(s, "bfloat16") || !strcmp(s, "bf16")) *out = ST_BF16;
+    else if (!strcmp(s, "float16") || !strcmp(s, "f16") || !strcmp(s, "fp16")) *out = ST_F16;
+    else {
+        fprintf(stderr, "vitd: dtype must be float32, bfloat16 or float16, got '%s'\n", s);
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- demo-model ---- */
+
+static void demo_usage(FILE *f) {
+    fprintf(f, "usage: vitd demo-model --out DIR [--preset tiny|2b|4b|8b|32b] [--seed N] [--dtype bf16|f16|f32]\n"
+               "                       [--shards N] [--prefix model.visual.|visual.]\n"
+               "Writes a deterministic random Qwen3-VL checkpoint (config.json, preprocessor_config.json,\n"
+               "safetensors) in the real Hugging Face layout. Default preset: tiny.\n");
+}
+
+int cli_demo_model(int argc, char **argv) {
+    demo_model_opts o = demo_model_opts_default();
+    int bad = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        long n;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            demo_usage(stdout);
+            return 0;
+        } else if ((v = flag_value(argc, argv, &i, "--preset", &bad))) {
+            o.preset = v;
+        } else if ((v = flag_value(argc, argv, &i, "--out", &bad))) {
+            o.out_dir = v;
+        } else if ((v = flag_value(argc, argv, &i, "--seed", &bad))) {
+            char *end;
+            errno = 0;
+            unsigned long long s = strtoull(v, &end, 10);
+            if (errno || *end || end == v) {
+                fprintf(stderr, "vitd: --seed must be a non-negative integer, got '%s'\n", v);
+                return 2;
+            }
+            o.seed = s;
+        } else if ((v = flag_value(argc, argv, &i, "--dtype", &bad))) {
+            if (parse_dtype(v, &o.dtype)) return 2;
+        } else if ((v = flag_value(argc, argv, &i, "--shards", &bad))) {
+            if (parse_long(v, "--shards", 1, 64, &n)) return 2;
+            o.shards = (int)n;
+        } else if ((v = flag_value(argc, argv, &i, "--prefix", &bad))) {
+            o.prefix = v;
+        } else {
+            if (!bad) fprintf(stderr, "vitd demo-model: unknown argument '%s'\n", argv[i]);
+            demo_usage(stderr);
+            return 2;
+        }
+        if (bad) return 2;
+    }
+    if (!o.out_dir) {
+        demo_usage(stderr);
+        return 2;
+    }
+    vitd_err err = {0};
+    double t0 = vitd_now();
+    if (demo_model_write(&o, &err) != VITD_OK) {
+        fprintf(stderr, "vitd demo-model: %s\n", err.msg);
+        return 1;
+    }
+    fprintf(stderr, "vitd demo-model: wrote preset %s (seed %llu) to %s in %.2f s\n", o.preset,
+            (unsigned long long)o.seed, o.out_dir, vitd_now() - t0);
+    return 0;
+}
+
+/* ---- shared by preprocess and encode ---- */
+
+typedef struct {
+    int n;
+    vitd_grid *grids;
+    float *pixel_values; /* all images concatenated */
+    size_t n_patches;
+} prepped;
+
+static void prepped_release(prepped *p) {
+    free(p->grids);
+    free(p->pixel_values);
+    memset(p, 0, sizeof *p);
+}
+
+/* Decodes and preprocesses every file; on failure prints which file and why. */
+static int prep_files(int n, char **paths, const vitd_preproc_config *pc, size_t max_image_pixels, prepped *out) {
+    memset(out, 0, sizeof *out);
+    out->n = n;
+    out->grids = xcalloc((size_t)n, sizeof *out->grids);
+    size_t row = preprocess_row_width(pc);
+    vitd_image *imgs = xcalloc((size_t)n, sizeof *imgs);
+    int rc = 1;
+    vitd_err err = {0};
+    for (int i = 0; i < n; i++) {
+        uint8_t *data = NULL;
+        size_t len = 0;
+        if (image_read_file(paths[i], &data, &len, &err) != VITD_OK ||
+            image_decode(data, len, max_image_pixels, &imgs[i], &err) != VITD_OK ||
+            preprocess_plan(imgs[i].height, imgs[i].width, pc, &out->grids[i], &err) != VITD_OK) {
+            fprintf(stderr, "vitd: image %d (%s): %s\n", i, paths[i], err.msg);
+            free(data);
+            goto fail;
+        }
+        free(data);
+        out->n_patches += (size_t)out->grids[i].t * out->grids[i].h * out->grids[i].w;
+    }
+    out->pixel_values = malloc(out->n_patches * row * sizeof(float));
+    if (!out->pixel_values) {
+        fprintf(stderr, "vitd: out of memory for %zu patches\n", out->n_patches);
+        goto fail;
+    }
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        if (preprocess_run(&imgs[i], pc, &out->grids[i], out->pixel_values + off * row, &err) != VITD_OK) {
+            fprintf(stderr, "vitd: image %d (%s): %s\n", i, paths[i], err.msg);
+            goto fail;
+        }
+        off += (size_t)out->grids[i].t * out->grids[i].h * out->grids[i].w;
+    }
+    rc = 0;
+fail:
+    for (int i = 0; i < n; i++) image_release(&imgs[i]);
+    free(imgs);
+    if (rc) prepped_release(out);
+    return rc;
+}
+
+/* ---- preprocess ---- */
+
+static void prep_usage(FILE *f) {
+    fprintf(f, "usage: vitd preprocess IMAGE... --out FILE.safetensors [--model DIR] [--min-pixels N]\n"
+               "                       [--max-pixels N]\n"
+               "Runs the Qwen3-VL image processor (transformers' default torchvision backend, bit-exact) and writes\n"
+               "image.<i>.pixel_values [patches, 1536] float32 and image.<i>.grid_thw [3] int64 per image.\n"
+               "--model takes the processor settings from DIR/preprocessor_config.json.\n");
+}
+
+int cli_preprocess(int argc, char **argv) {
+    const char *out_path = NULL, *model_dir = NULL;
+    long min_px = -1, max_px = -1;
+    char **files = xcalloc((size_t)argc + 1, sizeof *files);
+    int n_files = 0, bad = 0, rc = 2;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            prep_usage(stdout);
+            rc = 0;
+            goto done;
+        } else if ((v = flag_value(argc, argv, &i, "--out", &bad))) {
+            out_path = v;
+        } else if ((v = flag_value(argc, argv, &i, "--model", &bad))) {
+            model_dir = v;
+        } else if ((v = flag_value(argc, argv, &i, "--min-pixels", &bad))) {
+            if (parse_long(v, "--min-pixels", 1, 1L << 40, &min_px)) goto done;
+        } else if ((v = flag_value(argc, argv, &i, "--max-pixels", &bad))) {
+            if (parse_long(v, "--max-pixels", 1, 1L << 40, &max_px)) goto done;
+        } else if (argv[i][0] == '-' && argv[i][1] == '-') {
+            if (!bad) fprintf(stderr, "vitd preprocess: unknown flag '%s'\n", argv[i]);
+            goto done;
+        } else {
+            files[n_files++] = argv[i];
+        }
+        if (bad) goto done;
+    }
+    if (!out_path || n_files == 0) {
+        prep_usage(stderr);
+        goto done;
+    }
+    vitd_preproc_config pc = vitd_preproc_config_default();
+    vitd_err err = {0};
+    vitd_model *model = NULL;
+    if (model_dir) {
+        if (vitd_model_load(model_dir, &model, &err) != VITD_OK) {
+            fprintf(stderr, "vitd preprocess: %s\n", err.msg);
+            rc = 1;
+            goto done;
+        }
+        pc = *vitd_model_preproc(model);
+        vitd_model_free(model);
+    }
+    if (min_px > 0) pc.min_pixels = (size_t)min_px;
+    if (max_px > 0) pc.max_pixels = (size_t)max_px;
+    prepped p;
+    rc = 1;
+    if (prep_files(n_files, files, &pc, 0, &p)) goto done;
+    st_writer *w = st_writer_create();
+    size_t row = preprocess_row_width(&pc), off = 0;
+    for (int i = 0; i < p.n; i++) {
+        char name[64];
+        size_t np = (size_t)p.grids[i].t * p.grids[i].h * p.grids[i].w;
+        int64_t shape[2] = {(int64_t)np, (int64_t)row};
+        int64_t g[3] = {p.grids[i].t, p.grids[i].h, p.grids[i].w}, gshape[1] = {3};
+        snprintf(name, sizeof name, "image.%d.pixel_values", i);
+        if (st_writer_add(w, name, ST_F32, 2, shape, p.pixel_values + off * row, &err) != VITD_OK) break;
+        snprintf(name, sizeof name, "image.%d.grid_thw", i);
+        if (st_writer_add(w, name, ST_I64, 1, gshape, g, &err) != VITD_OK) break;
+        off += np;
+    }
+    if (!err.msg[0] && st_writer_save(w, out_path, &err) == VITD_OK) rc = 0;
+    else fprintf(stderr, "vitd preprocess: %s\n", err.msg);
+    st_writer_free(w);
+    prepped_release(&p);
+done:
+    free(files);
+    return rc;
+}
+
+/* ---- encode ---- */
+
+static void encode_usage(FILE *f) {
+    fprintf(f, "usage: vitd encode --model DIR IMAGE... [--out FILE.safetensors | --format json]\n"
+               "                   [--backend cpu|gpu|auto] [--attn-dtype auto|fp8|bf16] [--dtype float32|bfloat16|float16]\n"
+               "                   [--no-deepstack] [--layout separate|concat] [--one-by-one] [--threads N]\n"
+               "Encodes the images in one batch (--one-by-one: each alone) and writes per image\n"
+               "image.<i>.embeddings [tokens, out_hidden], image.<i>.deepstack.<layer> and image.<i>.grid_thw.\n"
+               "--format json prints the same answer as the HTTP service's JSON instead.\n");
+}
+
+int cli_encode(int argc, char **argv) {
+    const char *out_path = NULL, *model_dir = NULL, *format = "safetensors";
+    vitd_encoder_opts eo = vitd_encoder_opts_default();
+    encode_options opts = {.encoding = ENC_FLOAT, .deepstack = true, .dtype = ST_F32, .layout = LAYOUT_SEPARATE};
+    int one_by_one = 0, n_files = 0, bad = 0, rc = 2;
+    long n;
+    char **files = xcalloc((size_t)argc + 1, sizeof *files);
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            encode_usage(stdout);
+            rc = 0;
+            goto done;
+        } else if ((v = flag_value(argc, argv, &i, "--out", &bad))) {
+            out_path = v;
+        } else if ((v = flag_value(argc, argv, &i, "--model", &bad))) {
+            model_dir = v;
+        } else if ((v = flag_value(argc, argv, &i, "--format", &bad))) {
+            if (strcmp(v, "json") && strcmp(v, "safetensors")) {
+                fprintf(stderr, "vitd encode: --format must be safetensors or json\n");
+                goto done;
+            }
+            format = v;
+        } else if ((v = flag_value(argc, argv, &i, "--backend", &bad))) {
+            eo.backend = v;
+        } else if ((v = flag_value(argc, argv, &i, "--attn-dtype", &bad))) {
+            eo.attn_dtype = v;
+        } else if ((v = flag_value(argc, argv, &i, "--dtype", &bad))) {
+            if (parse_dtype(v, &opts.dtype)) goto done;
+        } else if ((v = flag_value(argc, argv, &i, "--layout", &bad))) {
+            if (!strcmp(v, "concat")) opts.layout = LAYOUT_CONCAT;
+            else if (!strcmp(v, "separate")) opts.layout = LAYOUT_SEPARATE;
+            else {
+                fprintf(stderr, "vitd encode: --layout must be separate or concat\n");
+                goto done;
+            }
+        } else if ((v = flag_value(argc, argv, &i, "--threads", &bad))) {
+            if (parse_long(v, "--threads", 0, 1024, &n)) goto done;
+            eo.threads = (int)n;
+        } else if (!strcmp(argv[i], "--no-deepstack")) {
+            opts.deepstack = false;
+        } else if (!strcmp(argv[i], "--one-by-one")) {
+            one_by_one = 1;
+        } else if (argv[i][0] == '-' && argv[i][1] == '-') {
+            if (!bad) fprintf(stderr, "vitd encode: unknown flag '%s'\n", argv[i]);
+            goto done;
+        } else {
+            files[n_files++] = argv[i];
+        }
+        if (bad) goto done;
+    }
+    if (!model_dir || n_files == 0 || (!out_path && strcmp(format, "json"))) {
+        encode_usage(stderr);
+        goto done;
+    }
+    rc = 1;
+    vitd_err err = {0};
+    vitd_model *model = NULL;
+    vitd_encoder *enc = NULL;
+    prepped p = {0};
+    float *emb = NULL, *ds = NULL;
+    reply_image *ri = NULL;
+    uint8_t *body = NULL;
+    size_t body_len = 0;
+    if (vitd_model_load(model_dir, &model, &err) != VITD_OK) {
+        fprintf(stderr, "vitd encode: %s\n", err.msg);
+        goto out;
+    }
+    const vitd_vision_config *vc = vitd_model_config(model);
+    if (prep_files(n_files, files, vitd_model_preproc(model), 0, &p)) goto out;
+    eo.max_batch_tokens = p.n_patches;
+    if (vitd_encoder_create(model, &eo, &enc, &err) != VITD_OK) {
+        fprintf(stderr, "vitd encode: %s\n", err.msg);
+        goto out;
+    }
+    size_t tokens = p.n_patches / 4, D = (size_t)vc->out_hidden_size, nds = (size_t)vc->n_deepstack;
+    emb = malloc(tokens * D * sizeof(float));
+    ds = malloc((nds ? nds : 1) * tokens * D * sizeof(float));
+    ri = xcalloc((size_t)p.n, sizeof *ri);
+    if (!emb || !ds) {
+        fprintf(stderr, "vitd encode: out of memory for %zu tokens\n", tokens);
+        goto out;
+    }
+    size_t row = preprocess_row_width(vitd_model_preproc(model));
+    double t0 = vitd_now();
+    if (one_by_one) {
+        /* Each image alone; deepstack of image i lands in ds[layer][its tokens] as in a batch. */
+        float *tmp_ds = malloc((nds ? nds : 1) * tokens * D * sizeof(float));
+        size_t off_p = 0, off_t = 0;
+        for (int i = 0; i < p.n && tmp_ds; i++) {
+            size_t np = (size_t)p.grids[i].t * p.grids[i].h * p.grids[i].w, nt = np / 4;
+            vitd_batch b = {1, &p.grids[i], p.pixel_values + off_p * row, emb + off_t * D, tmp_ds};
+            if (vitd_encoder_run(enc, &b, &err) != VITD_OK) break;
+            for (size_t l = 0; l < nds; l++)
+                memcpy(ds + (l * tokens + off_t) * D, tmp_ds + l * nt * D, nt * D * sizeof(float));
+            off_p += np;
+            off_t += nt;
+        }
+        free(tmp_ds);
+        if (err.msg[0] || !tmp_ds) {
+            fprintf(stderr, "vitd encode: %s\n", tmp_ds ? err.msg : "out of memory");
+            goto out;
+        }
+    } else {
+        vitd_batch b = {p.n, p.grids, p.pixel_values, emb, ds};
+        if (vitd_encoder_run(enc, &b, &err) != VITD_OK) {
+            fprintf(stderr, "vitd encode: %s\n", err.msg);
+            goto out;
+        }
+    }
+    double t1 = vitd_now();
+    fprintf(stderr, "vitd encode: %d images, %zu patches, backend %s, attention %s, %.1f ms\n", p.n, p.n_patches,
+            vitd_encoder_backend(enc), vitd_encoder_attn_dtype(enc), 1e3 * (t1 - t0));
+
+    /* Per image views into the batch outputs; reply.c wants each image's deepstack contiguous
+     * [n_deepstack][tokens_i][D], so regroup from the batch layout [n_deepstack][tokens][D]. */
+    float *ds_img = nds ? malloc(nds * tokens * D * sizeof(float)) : NULL;
+    if (nds && !ds_img) goto out;
+    size_t off_t = 0;
+    for (int i = 0; i < p.n; i++) {
+        size_t nt = (size_t)p.grids[i].t * p.grids[i].h * p.grids[i].w / 4;
+        for (size_t l = 0; l < nds; l++)
+            memcpy(ds_img + (off_t * nds + l * nt) * D, ds + (l * tokens + off_t) * D, nt * D * sizeof(float));
+        ri[i].grid = p.grids[i];
+        ri[i].embeddings = emb + off_t * D;
+        ri[i].deepstack = nds ? ds_img + off_t * nds * D : NULL;
+        off_t += nt;
+    }
+    reply_encode r = {.id = "encode", .model = vitd_model_path(model), .out_hidden = (int)D,
+                      .n_deepstack = (int)nds, .deepstack_layers = vc->deepstack_indexes, .n_images = p.n,
+                      .images = ri, .opts = opts};
+    if (!strcmp(format, "json")) {
+        char *js = reply_encode_json(&r, &body_len);
+        body = (uint8_t *)js;
+        if (js) fwrite(js, 1, body_len, stdout);
+        rc = js ? 0 : 1;
+    } else {
+        body = reply_encode_safetensors(&r, &body_len);
+        FILE *f = body ? fopen(out_path, "wb") : NULL;
+        if (!f || fwrite(body, 1, body_len, f) != body_len) {
+            fprintf(stderr, "vitd encode: cannot write %s: %s\n", out_path, strerror(errno));
+        } else {
+            rc = 0;
+        }
+        if (f && fclose(f) != 0) rc = 1;
+    }
+    free(ds_img);
+out:
+    free(body);
+    free(ri);
+    free(emb);
+    free(ds);
+    prepped_release(&p);
+    vitd_encoder_free(enc);
+    vitd_model_free(model);
+done:
+    free(files);
+    return rc;
+}

@@ -1,0 +1,46 @@
+/* reply.h — everything the service sends back: the one table from vitd_status to HTTP code, JSON error bodies,
+ * and the three encodings of a successful /v1/encode answer (JSON with nested floats, JSON with base64 of
+ * little-endian values, safetensors with the same tensor names as `vitd encode`).
+ * Pure functions: they build one malloc'd buffer the caller hands to MHD (MHD frees it). */
+#ifndef VITD_REPLY_H
+#define VITD_REPLY_H
+
+#include "body.h"
+#include "vitd.h"
+
+/* HTTP status of a failure: invalid_argument 400, too_large 413, unsupported 415, bad_image 422, busy 503,
+ * timeout 504, cancelled 503, model/gpu/internal/nomem 500 (nomem: 503). */
+int reply_http_status(vitd_status s);
+
+/* {"error": {"code": "...", "message": "...", "request_id": "..."}} + "\n". code is vitd_status_name() or a
+ * server code such as "unauthorized", "not_found", "method_not_allowed". */
+char *reply_error_json(const char *code, const char *message, const char *request_id, size_t *len);
+
+/* One image's results, as the batcher fills them. */
+typedef struct {
+    vitd_grid grid;
+    const float *embeddings;       /* [tokens, out_hidden] */
+    const float *deepstack;        /* [n_deepstack][tokens][out_hidden] or NULL */
+} reply_image;
+
+typedef struct {
+    const char *id;                /* request id, also the JSON "id" */
+    const char *model;             /* model name for the JSON "model" field */
+    int out_hidden;
+    int n_deepstack;
+    const int *deepstack_layers;   /* [n_deepstack] block indices, for JSON "layer" and tensor names */
+    int n_images;
+    const reply_image *images;
+    encode_options opts;           /* encoding, deepstack, dtype, layout */
+} reply_encode;
+
+/* JSON answer: {"id", "model", "data": [{"index", "grid_thw", "shape", "embedding", "deepstack": [{"layer",
+ * "shape", "embedding"}]}], "usage": {"images", "patches", "tokens"}}. With layout concat, "embedding" is the
+ * [tokens, out_hidden*(1+n_deepstack)] tensor and there is no "deepstack" list. Returns NULL on allocation failure. */
+char *reply_encode_json(const reply_encode *r, size_t *len);
+/* Safetensors answer: image.<i>.embeddings, image.<i>.deepstack.<layer>, image.<i>.grid_thw (I64 [3]) — or, with
+ * layout concat, image.<i>.embeddings holding the concatenated tensor — in opts.dtype; __metadata__ carries id and
+ * model. Returns NULL on allocation failure. */
+uint8_t *reply_encode_safetensors(const reply_encode *r, size_t *len);
+
+#endif
