@@ -10,6 +10,9 @@
  * The header is read first and the declared width x height is checked against max_pixels before any pixel is
  * decoded (decompression bombs). Truncated and corrupt data give VITD_E_BAD_IMAGE with a message saying what is
  * wrong. All functions are thread-safe (no shared state); none reads outside [data, data+len).
+ *
+ * Exact parity with Pillow is promised (and tested bit for bit) for PNG and JPEG; image.c's opening comment lists
+ * what Pillow does per PNG mode and where the stb_image formats differ from Pillow.
  */
 #ifndef VITD_IMAGE_H
 #define VITD_IMAGE_H
@@ -31,6 +34,10 @@ typedef enum {
     IMAGE_FMT_TIFF,   /* recognised only to refuse it clearly */
 } image_format;
 
+/* Absolute limits, applied even when max_pixels is 0: no side over 2^20, no more than 2^30 pixels. */
+#define IMAGE_MAX_SIDE (1u << 20)
+#define IMAGE_MAX_PIXELS (1ull << 30)
+
 /* 8-bit RGB, row-major, 3 bytes per pixel, no row padding. */
 typedef struct {
     uint32_t width, height;
@@ -47,13 +54,16 @@ image_format image_sniff(const uint8_t *data, size_t len);
 vitd_status image_probe(const uint8_t *data, size_t len, image_format *fmt, uint32_t *width, uint32_t *height,
                         vitd_err *err);
 
-/* Decodes to RGB. max_pixels (0 = no limit) is checked against the header before decoding
- * (VITD_E_TOO_LARGE). On success *out owns the pixels; free with image_release(). On failure *out is zeroed. */
+/* Decodes to RGB. max_pixels (0 = only the absolute limits) is checked against the header before decoding
+ * (VITD_E_TOO_LARGE). On success *out owns the pixels; free with image_release(). On failure *out is zeroed.
+ * Errors: VITD_E_BAD_IMAGE (unknown, corrupt or truncated data), VITD_E_UNSUPPORTED (WebP, TIFF, HDR, CMYK or
+ * 12-bit JPEG, ...), VITD_E_TOO_LARGE, VITD_E_NOMEM. */
 vitd_status image_decode(const uint8_t *data, size_t len, size_t max_pixels, vitd_image *out, vitd_err *err);
 
 /* Reads a whole file into memory (for the CLI and tests). On success *data is malloc'd; free() it. */
 vitd_status image_read_file(const char *path, uint8_t **data, size_t *len, vitd_err *err);
 
+/* Frees the pixels and zeroes *img; accepts NULL and an already released image. */
 void image_release(vitd_image *img);
 
 #endif
