@@ -1,0 +1,134 @@
+/* metrics.h — a small Prometheus registry: counters, gauges and fixed-bucket histograms with up to
+ * METRICS_MAX_LABELS label pairs, rendered in the text exposition format 0.0.4 for GET /metrics.
+ *
+ * A family (name, help, type, label names) is registered once; each distinct tuple of label values is a series.
+ * Recording goes to a series handle: look it up once (metrics_series_get) and keep it, or look it up per call —
+ * lookup of an existing series is lock-free too. Label values must come from known, bounded sets (route
+ * templates, status codes, stage names): a family holds at most METRICS_MAX_SERIES series, and label tuples
+ * beyond that are all counted in one series whose values are "_overflow".
+ *
+ * Usage:
+ *
+ *     metrics_registry *r = metrics_registry_create();
+ *     metrics_family *req = metrics_counter(r, "vitd_requests_total", "Requests.", "route", "status", NULL);
+ *     metrics_inc(metrics_series_get(req, "/v1/embeddings", "200", NULL));
+ *     char *text = metrics_render(r, &len);   // malloc'd; free()
+ *     metrics_registry_free(r);
+ *
+ * vitd's own metrics are predefined by metrics_vitd_create() (below) so the server only records.
+ *
+ * Thread safety: registering families is a start-up step (it takes the registry lock, but handles must not be
+ * used before registration returns). Recording (add/inc/set/observe) is lock-free (C11 atomics) and safe from
+ * any thread; metrics_series_get() is lock-free for an existing series and locks to create one;
+ * metrics_render() locks against series creation only. Values are doubles; counters must not decrease.
+ */
+#ifndef VITD_METRICS_H
+#define VITD_METRICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define METRICS_MAX_LABELS 4
+#define METRICS_MAX_SERIES 256  /* per family, the "_overflow" series included */
+#define METRICS_MAX_BUCKETS 32  /* histogram bounds, +Inf not counted */
+#define METRICS_MAX_VALUE_LEN 128 /* label values are cut to this many bytes */
+
+typedef enum { METRICS_COUNTER, METRICS_GAUGE, METRICS_HISTOGRAM } metrics_type;
+
+typedef struct metrics_registry metrics_registry;
+typedef struct metrics_family metrics_family;
+typedef struct metrics_series metrics_series;
+
+metrics_registry *metrics_registry_create(void);
+/* Frees the registry, its families and series; accepts NULL. No thread may record afterwards. */
+void metrics_registry_free(metrics_registry *r);
+
+/* Registers a family; the label names follow `help` and end with NULL. Names must be valid Prometheus names
+ * (asserted: a bad name is a bug), unique in the registry; "le" is reserved for histograms. A family without
+ * labels has its one series created at once (so it renders 0 before anything is recorded). The registry owns
+ * the family. */
+metrics_family *metrics_counter(metrics_registry *r, const char *name, const char *help, ...)
+    __attribute__((sentinel));
+metrics_family *metrics_gauge(metrics_registry *r, const char *name, const char *help, ...)
+    __attribute__((sentinel));
+/* bounds: n_bounds strictly increasing finite upper bounds (copied); +Inf is implicit. */
+metrics_family *metrics_histogram(metrics_registry *r, const char *name, const char *help, const double *bounds,
+                                  int n_bounds, ...) __attribute__((sentinel));
+
+/* The series of the given label values (one per label name of the family, then NULL), created on first use.
+ * Never NULL. Handles stay valid until the registry is freed. */
+metrics_series *metrics_series_get(metrics_family *f, ...) __attribute__((sentinel));
+/* Same with the values in an array of the family's label count. */
+metrics_series *metrics_series_getv(metrics_family *f, const char *const *values);
+
+/* Counter: add v >= 0 (asserted); gauge: add any v. */
+void metrics_add(metrics_series *s, double v);
+void metrics_inc(metrics_series *s);
+/* Gauge only. */
+void metrics_set(metrics_series *s, double v);
+/* Histogram only: counts v in the first bucket whose bound is >= v (+Inf if none) and adds it to the sum. NaN is
+ * ignored. */
+void metrics_observe(metrics_series *s, double v);
+/* Current value of a counter or gauge (the count of a histogram). */
+double metrics_value(const metrics_series *s);
+
+/* The exposition text of every family in registration order (# HELP, # TYPE, then series in creation order;
+ * histograms as cumulative _bucket{le=...} lines ending in le="+Inf", then _sum and _count, where _count equals the
+ * +Inf bucket). Label values and help are escaped. Returns a malloc'd NUL-terminated string (free with free())
+ * and its length in *len (if not NULL), or NULL if out of memory. */
+char *metrics_render(metrics_registry *r, size_t *len);
+
+/* ---- vitd's metrics ---- */
+
+enum { METRICS_STAGE_QUEUE, METRICS_STAGE_PREPROCESS, METRICS_STAGE_ENCODE, METRICS_STAGE_TOTAL, METRICS_N_STAGES };
+enum { METRICS_ATTN_FP32, METRICS_ATTN_BF16, METRICS_ATTN_FP8, METRICS_N_ATTN };
+
+/* The registry with every vitd metric registered, plus series handles for the hot paths. Families:
+ *   vitd_requests_total{route,status}          counter   requests answered, by route template and HTTP status
+ *   vitd_request_duration_seconds{stage}       histogram stage = queue | preprocess | encode | total
+ *   vitd_batch_images                          histogram images per encoder batch
+ *   vitd_batch_tokens                          histogram patches per encoder batch
+ *   vitd_queue_tokens, vitd_queue_requests     gauge     patches / requests waiting in the queue
+ *   vitd_images_total, vitd_tokens_total       counter   images / patches encoded
+ *   vitd_errors_total{code}                    counter   failed requests by vitd_status_name() (all pre-created)
+ *   vitd_batches_total{attn}                   counter   encoder batches by attention path fp32 | bf16 | fp8
+ *   vitd_inflight_requests                     gauge     requests received and not yet answered
+ *   vitd_ready                                 gauge     1 when /ready answers 200
+ *   vitd_build_info{version,backend,attn_dtype} gauge    1 */
+typedef struct {
+    metrics_registry *reg;
+    metrics_family *requests_total, *request_duration, *batch_images, *batch_tokens, *queue_tokens,
+        *queue_requests, *images_total, *tokens_total, *errors_total, *batches_total, *inflight_requests, *ready,
+        *build_info;
+    metrics_series *stage[METRICS_N_STAGES];   /* vitd_request_duration_seconds{stage=...} */
+    metrics_series *batches[METRICS_N_ATTN];   /* vitd_batches_total{attn=...} */
+    metrics_series *batch_images_s, *batch_tokens_s, *queue_tokens_s, *queue_requests_s, *images_s, *tokens_s,
+        *inflight_s, *ready_s;
+    metrics_series *build_s;                   /* the current vitd_build_info series, or NULL */
+} metrics_vitd;
+
+/* Creates the registry and every family above; free with metrics_vitd_free() (accepts NULL). */
+metrics_vitd *metrics_vitd_create(void);
+void metrics_vitd_free(metrics_vitd *m);
+
+/* One finished request: vitd_requests_total{route,status} += 1 and each stage time observed in seconds (a
+ * negative time means the request never reached that stage and is not observed). route is the route template. */
+void metrics_vitd_request(metrics_vitd *m, const char *route, int status, double queue_s, double prep_s,
+                          double encode_s, double total_s);
+/* One failed request: vitd_errors_total{code} += 1 (code = vitd_status_name()). */
+void metrics_vitd_error(metrics_vitd *m, const char *code);
+/* One encoder batch: vitd_batches_total{attn} += 1 (attn = "fp32" | "bf16" | "fp8"), batch histograms, and the
+ * images and tokens (patches) counters. */
+void metrics_vitd_batch(metrics_vitd *m, const char *attn, int images, uint64_t tokens);
+/* Sets vitd_build_info{version,backend,attn_dtype} 1 (call after the encoder is created; a later call with other
+ * values sets the previous series to 0). */
+void metrics_vitd_set_build(metrics_vitd *m, const char *version, const char *backend, const char *attn_dtype);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* VITD_METRICS_H */
