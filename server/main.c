@@ -14,9 +14,9 @@
 #include "serve.h"
 #define VITD_HAVE_SERVE 1
 #endif
-#if __has_include("config.h")
+#include <stdlib.h>
+
 #include "config.h"
-#endif
 
 #ifndef VITD_VERSION
 #define VITD_VERSION "0.1.0"
@@ -30,7 +30,7 @@ static void usage(FILE *f) {
                "  encode       encode image files: vitd encode --model DIR IMAGE... --out FILE.safetensors\n"
                "  preprocess   run the image processor: vitd preprocess IMAGE... --out FILE.safetensors\n"
                "  demo-model   write a random checkpoint: vitd demo-model --preset tiny --out DIR\n"
-               "  config       print configuration: vitd config --defaults\n"
+               "  config       print the configuration (--defaults: all defaults, else file/env/flags applied)\n"
                "  version      print the version\n",
             VITD_VERSION);
 }
@@ -47,6 +47,22 @@ int main(int argc, char **argv) {
 #ifdef VITD_HAVE_SERVE
     if (!strcmp(cmd, "serve")) return serve_main(argc - 2, argv + 2);
 #endif
+    if (!strcmp(cmd, "config")) {
+        /* --defaults: every option at its default (config/vitd.json is this output); otherwise the effective
+         * configuration from a file, VITD_* variables and flags, as `vitd serve` would see it. */
+        vitd_config cfg = config_defaults();
+        vitd_err err = {0};
+        int defaults = argc == 3 && !strcmp(argv[2], "--defaults");
+        if (!defaults && config_load(&cfg, argc - 2, argv + 2, NULL, &err) != 0) {
+            fprintf(stderr, "vitd config: %s\n", err.msg);
+            return 2;
+        }
+        char *js = config_dump_json(&cfg);
+        if (!js) return 1;
+        fputs(js, stdout);
+        free(js);
+        return 0;
+    }
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
         printf("vitd %s\n", VITD_VERSION);
         return 0;
