@@ -5,15 +5,27 @@
  * The reader validates everything a hostile file could get wrong (header length, JSON, dtype names, offsets in
  * bounds and matching shape x dtype size, overlapping is allowed as the spec does not forbid it) before handing out
  * pointers. Reader and writer objects are not shared between threads.
+ *
+ * Limits (as the official library): header at most 100 MB (ST_MAX_HEADER), at most ST_MAX_DIMS dimensions.
+ * The writer emits the official layout: compact JSON, "__metadata__" first, tensors contiguous in insertion order,
+ * the header padded with spaces so the data starts 8-byte aligned. A tensor's data pointer is therefore aligned
+ * to its element size only when every tensor before it has a size that keeps it so (always true when all tensors
+ * share one dtype); read mixed files through memcpy or st_to_f32(), which never assumes alignment.
  */
 #ifndef VITD_SAFETENSORS_H
 #define VITD_SAFETENSORS_H
 
 #include "vitd.h"
 
-typedef enum { ST_F32, ST_F16, ST_BF16, ST_F64, ST_I64, ST_I32, ST_I16, ST_I8, ST_U8, ST_BOOL, ST_F8_E4M3 } st_dtype;
+/* The byte-sized dtypes of the format. A header naming any other dtype is rejected by the reader. */
+typedef enum {
+    ST_F32, ST_F16, ST_BF16, ST_F64, ST_I64, ST_I32, ST_I16, ST_I8, ST_U8, ST_BOOL, ST_F8_E4M3,
+    ST_U16, ST_U32, ST_U64, ST_F8_E5M2,
+    ST_N_DTYPES
+} st_dtype;
 
 #define ST_MAX_DIMS 8
+#define ST_MAX_HEADER 100000000u
 
 typedef struct {
     char *name;
@@ -26,6 +38,8 @@ typedef struct {
 
 size_t st_dtype_size(st_dtype t);
 const char *st_dtype_name(st_dtype t); /* "F32", "BF16", ... as in the format */
+/* Parses a dtype name of the format ("BF16"); returns 0 and sets *out, or -1 for an unknown name. */
+int st_dtype_parse(const char *name, st_dtype *out);
 int64_t st_numel(const st_tensor *t);
 
 /* ---- reader ---- */
@@ -56,8 +70,21 @@ vitd_status st_writer_add(st_writer *w, const char *name, st_dtype dtype, int nd
 /* Adds a float32 source converted to dtype (F32, F16 or BF16, round-to-nearest-even). */
 vitd_status st_writer_add_f32(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
                               const float *data, vitd_err *err);
+/* Produces elements [first, first + count) of a tensor as float32 into out (count <= ST_FILL_CHUNK). Called at
+ * save time, in increasing order of first, once per chunk. */
+#define ST_FILL_CHUNK ((int64_t)1 << 20)
+typedef vitd_status (*st_fill_fn)(void *user, int64_t first, int64_t count, float *out, vitd_err *err);
+/* Adds a tensor whose data is generated while saving (dtype F32, F16 or BF16), so a writer never holds a large
+ * model in memory: st_writer_save() streams it chunk by chunk. user must stay valid until the last save. */
+vitd_status st_writer_add_fill(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
+                               st_fill_fn fill, void *user, vitd_err *err);
+/* Sets a __metadata__ string (replacing an earlier value of the same key; keys keep first-insertion order). */
 vitd_status st_writer_set_metadata(st_writer *w, const char *key, const char *value, vitd_err *err);
-/* Writes atomically (temporary file + rename). */
+/* Number of tensors added and the total bytes of their data (the index's metadata.total_size). */
+int st_writer_count(const st_writer *w);
+size_t st_writer_data_bytes(const st_writer *w);
+/* Writes atomically: a temporary file in the same directory, fsync, rename over path, fsync of the directory.
+ * On failure path is untouched and the temporary file removed. */
 vitd_status st_writer_save(const st_writer *w, const char *path, vitd_err *err);
 /* Serialises to one malloc'd buffer (*buf owned by the caller, free()). */
 vitd_status st_writer_to_memory(const st_writer *w, uint8_t **buf, size_t *len, vitd_err *err);
