@@ -3,9 +3,9 @@
  * GPU machine (transformers 5.x, torch, Pillow; see the script's header to regenerate them).
  *
  * 1. Preprocessing: for every test image and two processor settings, our decode + preprocess gives the same
- *    grid_thw and the same pixel_values as transformers' default image processor (reported: max abs difference and
- *    the share of values equal within 1e-6; required: all within two 8-bit levels and >= 99% equal; expected and
- *    seen: bit-identical).
+ *    grid_thw and bit-identical pixel_values (a 64-bit hash of every float) as transformers' default image
+ *    processor; for the images whose values the fixture stores, also max abs difference and the share equal
+ *    within 1e-6 (the issue's bar: within two 8-bit levels everywhere and >= 99% equal).
  * 2. Forward: the float32 CPU reference on the tiny demo checkpoint (re-created here from its deterministic seed and
  *    checked against the fixture's hash) vs Qwen3VLVisionModel in float32, fed HF's own pixel_values: per image
  *    cosine >= 0.99999 and max relative error <= 1e-4 for the merged embeddings, every deepstack feature and
@@ -58,20 +58,41 @@ static int split_list(char *s, char **out, int max) {
     return n;
 }
 
+/* The fixture's order-sensitive hash of float32 values (gen_fixtures.py pv_hash): sum over i of
+ * (bits_i ^ (i * 0x9E3779B1 mod 2^32)) * (2i + 1) mod 2^64. */
+static uint64_t pv_hash(const float *v, size_t n) {
+    uint64_t h = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t bits;
+        memcpy(&bits, &v[i], 4);
+        uint64_t mix = (uint64_t)bits ^ (((uint64_t)i * 0x9E3779B1ULL) & 0xFFFFFFFFULL);
+        h += mix * (2 * (uint64_t)i + 1);
+    }
+    return h;
+}
+
+/* Every image, both settings: same grid and the same float32 pixel_values as HF (hash); where the fixture holds the
+ * values themselves, the statistics the issue asks for (max abs, share equal within 1e-6). */
 static void check_preprocess(const st_file *pre, char **names, int n_names, const vitd_preproc_config *base) {
     const char *tags[2] = {"default", "small"};
+    int n_full = 0;
     for (int v = 0; v < 2; v++) {
         vitd_preproc_config pc = *base;
         if (v == 1) pc.max_pixels = 131072;
+        int n_same = 0;
         for (int i = 0; i < n_names; i++) {
             char key[512], path[512];
             snprintf(key, sizeof key, "%s.%s.grid_thw", tags[v], names[i]);
             const st_tensor *gt = st_find(pre, key);
+            snprintf(key, sizeof key, "%s.%s.values_hash", tags[v], names[i]);
+            const st_tensor *hs = st_find(pre, key);
             snprintf(key, sizeof key, "%s.%s.levels", tags[v], names[i]);
             const st_tensor *lv = st_find(pre, key);
-            CHECK_MSG(gt && lv, "fixture entries for %s/%s", tags[v], names[i]);
-            if (!gt || !lv) continue;
+            CHECK_MSG(gt && hs, "fixture entries for %s/%s", tags[v], names[i]);
+            if (!gt || !hs) continue;
             const int64_t *g = gt->data;
+            uint64_t want_hash;
+            memcpy(&want_hash, hs->data, 8);
             snprintf(path, sizeof path, FIX "/images/%s", names[i]);
             vitd_err err = {0};
             uint8_t *data = NULL;
@@ -81,34 +102,47 @@ static void check_preprocess(const st_file *pre, char **names, int n_names, cons
             CHECK_OK(image_read_file(path, &data, &len, &err), &err);
             CHECK_OK(image_decode(data, len, 0, &img, &err), &err);
             CHECK_OK(preprocess_plan(img.height, img.width, &pc, &grid, &err), &err);
-            CHECK_MSG(grid.t == g[0] && grid.h == g[1] && grid.w == g[2], "%s %s: grid [%d,%d,%d] vs HF [%lld,%lld,%lld]",
-                      tags[v], names[i], grid.t, grid.h, grid.w, (long long)g[0], (long long)g[1], (long long)g[2]);
-            size_t n_hf = 0;
-            float *hf = levels_to_pixels(lv, &n_hf);
+            CHECK_MSG(grid.t == g[0] && grid.h == g[1] && grid.w == g[2],
+                      "%s %s: grid [%d,%d,%d] vs HF [%lld,%lld,%lld]", tags[v], names[i], grid.t, grid.h, grid.w,
+                      (long long)g[0], (long long)g[1], (long long)g[2]);
             size_t n_ours = (size_t)grid.t * grid.h * grid.w;
-            if (n_ours == n_hf) {
-                float *ours = xmalloc(n_ours * 1536 * sizeof(float));
-                CHECK_OK(preprocess_run(&img, &pc, &grid, ours, &err), &err);
-                size_t equal = 0, total = n_ours * 1536;
-                double max_abs = 0;
-                for (size_t k = 0; k < total; k++) {
-                    double d = fabs((double)ours[k] - hf[k]);
-                    if (d <= 1e-6) equal++;
-                    if (d > max_abs) max_abs = d;
+            if (grid.t != g[0] || grid.h != g[1] || grid.w != g[2] || !img.rgb) goto next;
+            float *ours = xmalloc(n_ours * 1536 * sizeof(float));
+            CHECK_OK(preprocess_run(&img, &pc, &grid, ours, &err), &err);
+            uint64_t got_hash = pv_hash(ours, n_ours * 1536);
+            CHECK_MSG(got_hash == want_hash, "%s %s: pixel_values differ from HF's (hash %016llx vs %016llx)",
+                      tags[v], names[i], (unsigned long long)got_hash, (unsigned long long)want_hash);
+            if (got_hash == want_hash) n_same++;
+            if (lv) {
+                size_t n_hf = 0;
+                float *hf = levels_to_pixels(lv, &n_hf);
+                CHECK_EQ_INT(n_ours, n_hf);
+                if (n_hf == n_ours) {
+                    size_t equal = 0, total = n_ours * 1536;
+                    double max_abs = 0;
+                    for (size_t k = 0; k < total; k++) {
+                        double d = fabs((double)ours[k] - hf[k]);
+                        if (d <= 1e-6) equal++;
+                        if (d > max_abs) max_abs = d;
+                    }
+                    printf("  preprocess %-7s %-24s grid [1,%d,%d] max_abs %.3g equal %.4f%%\n", tags[v], names[i],
+                           grid.h, grid.w, max_abs, 100.0 * (double)equal / (double)total);
+                    CHECK_MSG(max_abs <= 4.0 / 255.0 + 1e-6, "%s %s: max abs %g over two levels", tags[v],
+                              names[i], max_abs);
+                    CHECK_MSG((double)equal >= 0.99 * (double)total, "%s %s: only %zu of %zu equal", tags[v],
+                              names[i], equal, total);
+                    n_full++;
                 }
-                printf("  preprocess %-7s %-28s grid [1,%d,%d] max_abs %.3g equal %.5f%%\n", tags[v], names[i],
-                       grid.h, grid.w, max_abs, 100.0 * (double)equal / (double)total);
-                CHECK_MSG(max_abs <= 4.0 / 255.0 + 1e-6, "%s %s: max abs %g over two levels", tags[v], names[i],
-                          max_abs);
-                CHECK_MSG((double)equal >= 0.99 * (double)total, "%s %s: only %zu of %zu equal", tags[v], names[i],
-                          equal, total);
-                free(ours);
+                free(hf);
             }
-            free(hf);
+            free(ours);
+        next:
             image_release(&img);
             free(data);
         }
+        printf("  preprocess %-7s: %d of %d images bit-identical to HF\n", tags[v], n_same, n_names);
     }
+    CHECK(n_full >= 8);
 }
 
 static void compare(const char *what, const float *got, const st_tensor *ref, size_t numel) {
