@@ -150,7 +150,7 @@ static void compare(const char *what, const float *got, const st_tensor *ref, si
     if (!ref) return;
     CHECK_EQ_INT((long long)numel, (long long)st_numel(ref));
     if ((size_t)st_numel(ref) != numel) return;
-    cmp_stats s = cmp_f32(got, ref->data, numel, 0, 0);
+    cmp_stats s = cmp_f32(got, ref->data, numel, 1e-5, 1e-4);
     cmp_print(what, s);
     CHECK_MSG(s.cosine >= 0.99999, "%s: cosine %.9f < 0.99999", what, s.cosine);
     CHECK_MSG(s.max_rel <= 1e-4, "%s: max relative error %.3e > 1e-4", what, s.max_rel);
