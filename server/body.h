@@ -4,12 +4,14 @@
  *   raw        image/png, image/jpeg, image/<other>, application/octet-stream: the body is one image
  *   multipart  multipart/form-data: every file part (a part with a filename, or any part whose content type is not
  *              text/plain) is one image, in order; non-file fields named like options (deepstack, dtype, ...) set
- *              options. Parsed incrementally with libmicrohttpd's post processor as chunks arrive.
+ *              options. Parsed incrementally with libmicrohttpd's post processor as chunks arrive; it reads the
+ *              boundary from the connection's own Content-Type header (the same string as content_type) and only
+ *              as the last parameter, spelled "boundary=" (anything else is a 400 saying so).
  *   json       application/json: {"images": ["<base64>" | "data:image/...;base64,...", ...],
  *              "encoding_format": "float"|"base64", "deepstack": bool, "dtype": "float32"|"bfloat16"|"float16",
  *              "layout": "separate"|"concat"}; also {"image": "..."} for one. Remote URLs (http://, https://,
  *              file://...) are refused: the service never fetches anything.
- * Options also come from query parameters (for every kind; JSON fields win over the query for JSON bodies).
+ * Options also come from query parameters (for every kind); JSON fields and multipart option fields win over them.
  *
  * Images are spans into buffers owned by the request's arena (raw: the body itself; multipart: each part's bytes;
  * json: decoded base64), never copied again. Limits: max_body_bytes (413 as soon as it is exceeded, while the body
@@ -62,7 +64,9 @@ vitd_status body_begin(struct MHD_Connection *conn, const char *content_type, co
                        const encode_options *opts, arena *a, body_state **out, vitd_err *err);
 /* Feeds the next chunk of the upload. */
 vitd_status body_feed(body_state *s, const char *data, size_t size, vitd_err *err);
-/* The body is complete: parse what remains and fill *out (spans and arrays live in the arena). */
+/* The body is complete: parse what remains and fill *out (spans and arrays live in the arena). After a failure in
+ * body_feed it returns that failure again. A JSON body's text is held in malloc'd memory by the state until here
+ * (or body_end); everything else is in the arena. */
 vitd_status body_finish(body_state *s, body_result *out, vitd_err *err);
 /* Releases parser state (the MHD post processor); the arena keeps the spans. Accepts NULL. */
 void body_end(body_state *s);
@@ -78,9 +82,11 @@ vitd_status body_multipart_piece(body_state *s, const char *name, const char *fi
                                  const char *data, uint64_t off, size_t size, vitd_err *err);
 vitd_status body_multipart_delimiter(body_state *s, vitd_err *err);
 
-/* Applies one option given as text (query parameter or multipart field): encoding_format, deepstack, dtype,
- * layout. Returns VITD_E_INVALID_ARG naming the key and allowed values; unknown keys are ignored (returns 1) so
- * callers may pass every query parameter. 0 = applied. */
+/* Applies one option given as text (query parameter or multipart field). Keys are exact; values are
+ * case-insensitive: deepstack true|false|1|0, dtype float32|bfloat16|float16 (or fp32|bf16|fp16), encoding_format
+ * float|base64, layout separate|concat. Returns VITD_E_INVALID_ARG naming the key, the value and the allowed values
+ * (value NULL counts as ""); unknown keys are ignored (returns 1) so callers may pass every query parameter.
+ * 0 = applied. */
 int body_apply_option(encode_options *o, const char *key, const char *value, vitd_err *err);
 
 /* Base64 (RFC 4648) into dst (>= 3*len/4+3 bytes); returns the decoded length or -1 on invalid input. Accepts the

@@ -34,13 +34,25 @@ typedef struct {
     encode_options opts;           /* encoding, deepstack, dtype, layout */
 } reply_encode;
 
-/* JSON answer: {"id", "model", "data": [{"index", "grid_thw", "shape", "embedding", "deepstack": [{"layer",
- * "shape", "embedding"}]}], "usage": {"images", "patches", "tokens"}}. With layout concat, "embedding" is the
- * [tokens, out_hidden*(1+n_deepstack)] tensor and there is no "deepstack" list. Returns NULL on allocation failure. */
+/* JSON answer: {"id", "model", "encoding_format", "dtype", "layout", "data": [{"index", "grid_thw", "shape",
+ * "embedding", "deepstack": [{"layer", "shape", "embedding"}]}], "usage": {"images", "patches", "tokens"}}.
+ * "embedding" is nested arrays [tokens][width] of numbers (float32 values, or the float32 values of the bfloat16 /
+ * float16 roundings when dtype asks for those; NaN and infinities as null, JSON having neither), or with
+ * encoding_format base64 one string: base64 of the little-endian values in dtype (float32, or bfloat16 / float16
+ * as uint16). With layout concat, "embedding" is the [tokens, out_hidden*(1+n_deepstack)] tensor (embeddings
+ * first, then each deepstack layer, on the last axis) and there is no "deepstack" list. "deepstack" is also absent
+ * when opts.deepstack is false or an image has no deepstack features. usage.tokens = patches/4. The text ends with
+ * a newline; *len excludes the NUL after it. Returns NULL on allocation failure. */
 char *reply_encode_json(const reply_encode *r, size_t *len);
 /* Safetensors answer: image.<i>.embeddings, image.<i>.deepstack.<layer>, image.<i>.grid_thw (I64 [3]) — or, with
- * layout concat, image.<i>.embeddings holding the concatenated tensor — in opts.dtype; __metadata__ carries id and
- * model. Returns NULL on allocation failure. */
+ * layout concat, image.<i>.embeddings holding the concatenated tensor — in opts.dtype; __metadata__ carries id,
+ * model, dtype and layout. Returns NULL on allocation failure. */
 uint8_t *reply_encode_safetensors(const reply_encode *r, size_t *len);
+
+/* The JSON number reply_encode_json writes for f: a decimal that reads back to f exactly as float32 (through
+ * strtof, or strtod then a cast), the shortest one for |f| in [1e-15, 1e22), else at most 9 significant digits;
+ * exponent form ("1e-7", "3.40282347e38") when shorter; "null" for NaN and infinities. dst needs 16 bytes;
+ * returns the length (no NUL). Exposed for tests and for other JSON writers (metrics, /v1/model). */
+int reply_format_f32(char *dst, float f);
 
 #endif
