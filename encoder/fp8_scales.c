@@ -1,0 +1,244 @@
+/* fp8_scales.c — static FP8 scale files (both JSON forms), their atomic save, and the host twin of the amax
+ * history ring used by dynamic scaling (see fp8_scales.h). */
+#include <cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fp8_scales.h"
+#include "util.h"
+
+/* ---- layer names ---- */
+
+/* Maps "blocks.<i>.attn" (optionally prefixed "model.visual." or "visual.") or "<i>" to i; -1 if not a layer name. */
+static int layer_index(const char *name) {
+    const char *p = name;
+    if (!strncmp(p, "model.visual.", 13)) p += 13;
+    else if (!strncmp(p, "visual.", 7)) p += 7;
+    int bare = 1;
+    if (!strncmp(p, "blocks.", 7)) {
+        p += 7;
+        bare = 0;
+    } else if (p != name) {
+        return -1;
+    }
+    if (*p < '0' || *p > '9') return -1;
+    char *end;
+    errno = 0;
+    long i = strtol(p, &end, 10);
+    if (errno || i < 0 || i > 100000 || (p[0] == '0' && end - p > 1)) return -1;
+    if (bare) return *end == '\0' ? (int)i : -1;
+    return strcmp(end, ".attn") == 0 ? (int)i : -1;
+}
+
+/* Reads one of q/k/v (key "q" or "q_scale") from a layer object. */
+static vitd_status read_scale(const cJSON *obj, const char *layer, char which, float *out, vitd_err *err) {
+    char k1[2] = {which, 0}, k2[8];
+    snprintf(k2, sizeof k2, "%c_scale", which);
+    const cJSON *a = cJSON_GetObjectItemCaseSensitive(obj, k1), *b = cJSON_GetObjectItemCaseSensitive(obj, k2);
+    if (a && b) return vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: layer %s has both %s and %s", layer, k1, k2);
+    const cJSON *v = a ? a : b;
+    if (!v) return vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: layer %s has no %s (or %s)", layer, k1, k2);
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || v->valuedouble <= 0 || (float)v->valuedouble <= 0)
+        return vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: layer %s: %s must be a positive number", layer,
+                         v->string);
+    *out = (float)v->valuedouble;
+    return VITD_OK;
+}
+
+vitd_status fp8_scales_parse(const char *json, int n_layers, fp8_qkv *out, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    cJSON *root = cJSON_Parse(json);
+    char *seen = NULL;
+    if (!root || !cJSON_IsObject(root)) {
+        st = vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: not a JSON object%s", root ? "" : " (parse error)");
+        goto done;
+    }
+    const cJSON *layers = cJSON_GetObjectItemCaseSensitive(root, "layers");
+    if (layers && !cJSON_IsObject(layers)) {
+        st = vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: \"layers\" must be an object");
+        goto done;
+    }
+    const cJSON *table = layers ? layers : root;
+    seen = xcalloc((size_t)n_layers, 1);
+    const cJSON *item;
+    cJSON_ArrayForEach(item, table) {
+        int i = layer_index(item->string);
+        if (i < 0 || i >= n_layers) {
+            st = vitd_fail(err, VITD_E_INVALID_ARG,
+                           "fp8 scales: unknown layer \"%s\" (expected blocks.0.attn .. blocks.%d.attn)",
+                           item->string, n_layers - 1);
+            goto done;
+        }
+        if (!cJSON_IsObject(item)) {
+            st = vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: layer %s must be an object {q, k, v}",
+                           item->string);
+            goto done;
+        }
+        if (seen[i]) {
+            st = vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: layer blocks.%d.attn given twice", i);
+            goto done;
+        }
+        seen[i] = 1;
+        if ((st = read_scale(item, item->string, 'q', &out[i].q, err)) != VITD_OK ||
+            (st = read_scale(item, item->string, 'k', &out[i].k, err)) != VITD_OK ||
+            (st = read_scale(item, item->string, 'v', &out[i].v, err)) != VITD_OK)
+            goto done;
+    }
+    for (int i = 0; i < n_layers; i++) {
+        if (!seen[i]) {
+            st = vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: layer blocks.%d.attn is missing", i);
+            goto done;
+        }
+    }
+done:
+    free(seen);
+    cJSON_Delete(root);
+    return st;
+}
+
+vitd_status fp8_scales_load(const char *path, int n_layers, fp8_qkv *out, vitd_err *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return vitd_fail(err, VITD_E_IO, "fp8 scales: cannot open %s: %s", path, strerror(errno));
+    char *buf = NULL;
+    size_t cap = 0, n = 0;
+    for (;;) {
+        if (n + 4096 + 1 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            if (cap > (64u << 20)) {
+                fclose(f);
+                free(buf);
+                return vitd_fail(err, VITD_E_TOO_LARGE, "fp8 scales: %s is larger than 64 MiB", path);
+            }
+            buf = realloc(buf, cap);
+            if (!buf) {
+                fclose(f);
+                return vitd_fail(err, VITD_E_NOMEM, "fp8 scales: out of memory reading %s", path);
+            }
+        }
+        size_t r = fread(buf + n, 1, cap - n - 1, f);
+        n += r;
+        if (r == 0) break;
+    }
+    fclose(f);
+    buf[n] = 0;
+    vitd_status st = fp8_scales_parse(buf, n_layers, out, err);
+    free(buf);
+    if (st != VITD_OK) {
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err->msg);
+        vitd_fail(err, st, "%s: %s", path, msg);
+    }
+    return st;
+}
+
+vitd_status fp8_scales_save(const char *path, const fp8_qkv *scales, int n_layers, double margin, const char *source,
+                            vitd_err *err) {
+    if (!(margin > 0) || !isfinite(margin))
+        return vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: margin must be positive, got %g", margin);
+    cJSON *root = cJSON_CreateObject(), *layers = cJSON_AddObjectToObject(root, "layers");
+    for (int i = 0; i < n_layers; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "blocks.%d.attn", i);
+        cJSON *l = cJSON_AddObjectToObject(layers, name);
+        cJSON_AddNumberToObject(l, "q", (double)scales[i].q * margin);
+        cJSON_AddNumberToObject(l, "k", (double)scales[i].k * margin);
+        cJSON_AddNumberToObject(l, "v", (double)scales[i].v * margin);
+    }
+    cJSON_AddNumberToObject(root, "margin", margin);
+    if (source) cJSON_AddStringToObject(root, "source", source);
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text) return vitd_fail(err, VITD_E_NOMEM, "fp8 scales: out of memory rendering %s", path);
+
+    /* Atomic: write a unique temporary file beside the target, fsync, rename over it. */
+    size_t plen = strlen(path);
+    char *tmp = xmalloc(plen + 16);
+    snprintf(tmp, plen + 16, "%s.tmpXXXXXX", path);
+    vitd_status st = VITD_OK;
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        st = vitd_fail(err, VITD_E_IO, "fp8 scales: cannot create a temporary file beside %s: %s", path,
+                       strerror(errno));
+        goto done;
+    }
+    size_t len = strlen(text), off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, text + off, len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        off += (size_t)w;
+    }
+    if (off < len || write(fd, "\n", 1) != 1 || fsync(fd) != 0) {
+        st = vitd_fail(err, VITD_E_IO, "fp8 scales: cannot write %s: %s", tmp, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        goto done;
+    }
+    close(fd);
+    if (chmod(tmp, 0644) != 0 || rename(tmp, path) != 0) {
+        st = vitd_fail(err, VITD_E_IO, "fp8 scales: cannot rename to %s: %s", path, strerror(errno));
+        unlink(tmp);
+    }
+done:
+    free(tmp);
+    free(text);
+    return st;
+}
+
+/* ---- amax history ---- */
+
+vitd_status fp8_history_init(fp8_history *h, int n_layers, int history_len, vitd_err *err) {
+    memset(h, 0, sizeof *h);
+    if (n_layers <= 0 || history_len <= 0 || history_len > 4096)
+        return vitd_fail(err, VITD_E_INVALID_ARG, "fp8 history: %d layers x %d steps is not a valid ring", n_layers,
+                         history_len);
+    h->n_layers = n_layers;
+    h->history_len = history_len;
+    h->amax = xcalloc((size_t)n_layers * 3 * (size_t)history_len, sizeof(float));
+    h->steps = xcalloc((size_t)n_layers, sizeof(long));
+    return VITD_OK;
+}
+
+void fp8_history_release(fp8_history *h) {
+    if (!h) return;
+    free(h->amax);
+    free(h->steps);
+    memset(h, 0, sizeof *h);
+}
+
+void fp8_history_push(fp8_history *h, int layer, const float amax3[3]) {
+    VITD_ASSERT(layer >= 0 && layer < h->n_layers);
+    int slot = (int)(h->steps[layer] % h->history_len);
+    for (int t = 0; t < 3; t++) {
+        float a = amax3[t];
+        h->amax[((size_t)layer * 3 + t) * h->history_len + slot] = (a == a) ? a : 0.0f; /* NaN never sticks */
+    }
+    h->steps[layer]++;
+}
+
+int fp8_history_scales(const fp8_history *h, int layer, fp8_qkv *out) {
+    VITD_ASSERT(layer >= 0 && layer < h->n_layers);
+    if (h->steps[layer] == 0) return 0;
+    float s[3];
+    for (int t = 0; t < 3; t++) {
+        const float *ring = h->amax + ((size_t)layer * 3 + t) * h->history_len;
+        float m = 0.0f;
+        for (int i = 0; i < h->history_len; i++) m = fmaxf(m, ring[i]);
+        s[t] = m > 0.0f ? m / FP8_E4M3_MAX : 1.0f / (FP8_E4M3_MAX * FP8_E4M3_MAX);
+    }
+    out->q = s[0];
+    out->k = s[1];
+    out->v = s[2];
+    return 1;
+}
+
+int fp8_history_just_wrapped(const fp8_history *h, int layer) {
+    VITD_ASSERT(layer >= 0 && layer < h->n_layers);
+    return h->steps[layer] == h->history_len;
+}
