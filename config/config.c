@@ -55,7 +55,8 @@ static const config_option k_options[] = {
     {"port", "VITD_PORT", CONFIG_INT, "8080", 0, 65535, NULL, NULL, false,
      "TCP port to listen on; 0 picks a free port (the chosen port is logged).", OFF(port)},
     {"api_key", "VITD_API_KEY", CONFIG_STRING, "", 0, STR_LIMIT, NULL, NULL, true,
-     "When set, /v1/ routes need 'Authorization: Bearer <key>'. Empty = no authentication. Redacted in dumps.",
+     "When set, every route but /health and /ready needs 'Authorization: Bearer <key>'. Empty = no "
+     "authentication. Redacted in dumps.",
      OFF(api_key)},
     {"api_key_file", "VITD_API_KEY_FILE", CONFIG_STRING, "", 0, STR_LIMIT, NULL, NULL, false,
      "Read the API key from this file's first line (keeps it out of argv and the environment). "
@@ -90,12 +91,13 @@ static const config_option k_options[] = {
      "Deadline from arrival to answer; a request still waiting past it fails with 504.",
      OFF(request_timeout_ms)},
     /* scheduling */
-    {"queue_max_tokens", "VITD_QUEUE_MAX_TOKENS", CONFIG_SIZE, "1Mi", 1, GIB, NULL, "patches", false,
-     "Patches waiting in the queue over all requests; beyond it new requests get 503. >= batch_max_tokens.",
+    {"queue_max_tokens", "VITD_QUEUE_MAX_TOKENS", CONFIG_SIZE, "256Ki", 1, GIB, NULL, "patches", false,
+     "Patches waiting in the queue over all requests (6 KiB of pixels each); beyond it new requests get 503. "
+     ">= batch_max_tokens and >= the largest image (max_pixels/256).",
      OFF(queue_max_tokens)},
     {"batch_max_tokens", "VITD_BATCH_MAX_TOKENS", CONFIG_SIZE, "16384", 64, 16 * MIB, NULL, "patches", false,
-     "Patches per encoder batch; the activation memory is sized for it. An image has pixels/256 patches "
-     "(patch 16), so keep max_pixels <= 256 * batch_max_tokens.",
+     "Patches per encoder batch (images from many requests are packed up to it). An image with more patches "
+     "runs alone in its own batch; the encoder is sized for max(this, max_pixels/256).",
      OFF(batch_max_tokens)},
     {"batch_max_images", "VITD_BATCH_MAX_IMAGES", CONFIG_INT, "64", 1, 4096, NULL, NULL, false,
      "Images per encoder batch.", OFF(batch_max_images)},

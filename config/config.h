@@ -41,8 +41,9 @@
  * HTTP
  *   host                    string  "127.0.0.1"     address to bind; the Docker image sets 0.0.0.0.
  *   port                    int     8080   [0,65535] TCP port; 0 picks a free port (the chosen one is logged).
- *   api_key                 string  ""              when non-empty, the /v1/ routes need
- *                                                   `Authorization: Bearer <key>`. Redacted in dumps and logs.
+ *   api_key                 string  ""              when non-empty, every route but /health and /ready (so
+ *                                                   /v1/ and /metrics) needs `Authorization: Bearer <key>`.
+ *                                                   Redacted in dumps and logs.
  *   api_key_file            string  ""              read the API key from this file (first line, surrounding
  *                                                   whitespace stripped) so it stays out of argv and the
  *                                                   environment (Docker/Kubernetes secrets). Setting both
@@ -70,13 +71,16 @@
  *                                                   queued past it fails with 504 timeout.
  *
  * Scheduling
- *   queue_max_tokens        size    1 Mi   [1,1 Gi] patches waiting in the queue (all requests); beyond it
- *                                                   new requests get 503 busy. Must be >= batch_max_tokens.
- *   batch_max_tokens        size    16384  [64,16 Mi] patches per encoder batch; the engine's activation plan is
- *                                                   sized for it at start-up. An image has
- *                                                   pixels/(patch_size^2) patches (16384 = a 2048x2048 image at
- *                                                   patch 16), so images above it cannot be encoded: keep
- *                                                   max_pixels <= batch_max_tokens * 256 for patch-16 models.
+ *   queue_max_tokens        size    256 Ki [1,1 Gi] patches waiting in the queue (all requests; a patch holds 6 KiB
+ *                                                   of preprocessed pixels, so 256 Ki = 1.5 GiB); beyond it new
+ *                                                   requests get 503 busy. Must be >= batch_max_tokens and >= the
+ *                                                   largest image (serve checks at start-up).
+ *   batch_max_tokens        size    16384  [64,16 Mi] patches per encoder batch: images from many requests are
+ *                                                   packed up to it. An image has pixels/(patch_size^2) patches
+ *                                                   (16384 = a 2048x2048 image at patch 16); an image with more
+ *                                                   runs alone in its own batch. The encoder's activation plan is
+ *                                                   sized at start-up for max(batch_max_tokens, the largest image
+ *                                                   max_pixels allows: 65536 patches for 4096x4096).
  *   batch_max_images        int     64     [1,4096] images per encoder batch.
  *   batch_delay_ms          int     2      [0,1000] how long the batcher waits for more work before running a
  *                                                   batch that is not full (latency vs throughput).

@@ -62,7 +62,7 @@ static void test_defaults(void) {
     CHECK_EQ_INT(64, d.max_images_per_request);
     CHECK_EQ_INT(0, d.min_pixels);
     CHECK_EQ_INT(0, d.max_pixels);
-    CHECK_EQ_INT(1 << 20, d.queue_max_tokens);
+    CHECK_EQ_INT(256 << 10, d.queue_max_tokens);
     CHECK_EQ_INT(16384, d.batch_max_tokens);
     CHECK_EQ_INT(64, d.batch_max_images);
     CHECK_EQ_INT(2, d.batch_delay_ms);

@@ -1,0 +1,134 @@
+/* prep_pool.c — a fixed pool of CPU threads with one FIFO of task groups (see prep_pool.h).
+ *
+ * A group is one prep_pool_submit(): fn, arg and a count. Workers take the next index of the head group under the
+ * pool's mutex and run it unlocked, so a group's tasks spread over every worker; the group leaves the queue when
+ * its last index has been handed out (its tasks may still be running). No per-task allocation.
+ */
+#include "prep_pool.h"
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "image.h"
+#include "util.h"
+
+typedef struct group {
+    prep_task_fn fn;
+    void *arg;
+    int n_tasks;
+    int next;            /* next index to hand out */
+    struct group *link;
+} group;
+
+struct prep_pool {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;   /* work queued or stopping */
+    group *head, *tail;  /* guarded by mu */
+    int pending;         /* tasks not yet handed out, guarded by mu */
+    bool stopping;       /* guarded by mu */
+    int n_threads;       /* started workers */
+    pthread_t *threads;
+};
+
+/* Worker loop: take one index at a time until stopping and the queue is empty. */
+static void *worker(void *arg) {
+    prep_pool *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->head && !p->stopping) pthread_cond_wait(&p->cv, &p->mu);
+        if (!p->head) break;
+        group *g = p->head;
+        int idx = g->next++;
+        p->pending--;
+        prep_task_fn fn = g->fn;
+        void *a = g->arg;
+        if (g->next == g->n_tasks) {
+            p->head = g->link;
+            if (!p->head) p->tail = NULL;
+            free(g);
+        }
+        pthread_mutex_unlock(&p->mu);
+        fn(a, idx);
+        pthread_mutex_lock(&p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+vitd_status prep_pool_create(int n_threads, prep_pool **out, vitd_err *err) {
+    *out = NULL;
+    if (n_threads < 1 || n_threads > 1024)
+        return vitd_fail(err, VITD_E_INVALID_ARG, "prep_threads %d is not in [1, 1024]", n_threads);
+    prep_pool *p = xcalloc(1, sizeof *p);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    p->threads = xcalloc((size_t)n_threads, sizeof *p->threads);
+    for (int i = 0; i < n_threads; i++) {
+        int rc = pthread_create(&p->threads[i], NULL, worker, p);
+        if (rc != 0) {
+            prep_pool_free(p);
+            return vitd_fail(err, VITD_E_INTERNAL, "prep pool: cannot start thread %d of %d: %s", i, n_threads,
+                             strerror(rc));
+        }
+        p->n_threads++;
+    }
+    *out = p;
+    return VITD_OK;
+}
+
+void prep_pool_submit(prep_pool *p, prep_task_fn fn, void *arg, int n_tasks) {
+    if (n_tasks <= 0) return;
+    group *g = xmalloc(sizeof *g);
+    *g = (group){.fn = fn, .arg = arg, .n_tasks = n_tasks, .next = 0, .link = NULL};
+    pthread_mutex_lock(&p->mu);
+    VITD_ASSERT(!p->stopping);
+    if (p->tail) p->tail->link = g;
+    else p->head = g;
+    p->tail = g;
+    p->pending += n_tasks;
+    if (n_tasks == 1) pthread_cond_signal(&p->cv);
+    else pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+}
+
+int prep_pool_pending(prep_pool *p) {
+    pthread_mutex_lock(&p->mu);
+    int n = p->pending;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+void prep_pool_free(prep_pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->stopping = true;
+    pthread_cond_broadcast(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
+    VITD_ASSERT(p->head == NULL);
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p->threads);
+    free(p);
+}
+
+vitd_status prep_image(const uint8_t *data, size_t len, size_t max_pixels, const vitd_preproc_config *cfg,
+                       const vitd_grid *grid, float *pixel_values, vitd_err *err) {
+    vitd_image img = {0};
+    vitd_grid g;
+    vitd_status s = image_decode(data, len, max_pixels, &img, err);
+    if (s != VITD_OK) return s;
+    s = preprocess_plan(img.height, img.width, cfg, &g, err);
+    if (s != VITD_OK) goto fail;
+    if (g.t != grid->t || g.h != grid->h || g.w != grid->w) {
+        s = vitd_fail(err, VITD_E_BAD_IMAGE, "decoded %ux%u image does not match its header (grid %dx%d, planned "
+                      "%dx%d)", img.width, img.height, g.h, g.w, grid->h, grid->w);
+        goto fail;
+    }
+    s = preprocess_run(&img, cfg, grid, pixel_values, err);
+fail:
+    image_release(&img);
+    return s;
+}

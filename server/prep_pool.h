@@ -1,0 +1,41 @@
+/* prep_pool.h — the CPU threads that decode and preprocess images while the encoder runs the previous batch.
+ *
+ * A pool of N threads runs tasks in submission order. prep_pool_submit(fn, arg, n) queues n tasks fn(arg, 0..n-1)
+ * at once (one per image of a request), so the images of one request are spread over all threads and several
+ * requests are in flight together. The pool owns nothing of what arg points to: arg must stay valid until the last
+ * of its n tasks has returned (the server hands the pool a request reference and the last task passes it on).
+ *
+ * prep_image() is the work of one task: decode an image span and preprocess it into caller-owned pixel_values.
+ *
+ * prep_pool_submit and prep_pool_pending are thread-safe; prep_pool_free must not race with submissions.
+ */
+#ifndef VITD_PREP_POOL_H
+#define VITD_PREP_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "preprocess.h"
+#include "vitd.h"
+
+typedef struct prep_pool prep_pool;
+
+typedef void (*prep_task_fn)(void *arg, int index);
+
+/* Starts n_threads workers (>= 1). On success *out is owned by the caller; prep_pool_free(). */
+vitd_status prep_pool_create(int n_threads, prep_pool **out, vitd_err *err);
+/* Queues fn(arg, i) for i in [0, n_tasks). Never fails and never runs a task on the caller's thread. */
+void prep_pool_submit(prep_pool *p, prep_task_fn fn, void *arg, int n_tasks);
+/* Tasks queued and not yet started. */
+int prep_pool_pending(prep_pool *p);
+/* Runs every queued task to completion, stops the workers and frees the pool. Accepts NULL. */
+void prep_pool_free(prep_pool *p);
+
+/* Decodes data[0..len) (image_decode, max_pixels checked against the header) and runs the Qwen3-VL processor
+ * into pixel_values, which holds grid->t*grid->h*grid->w rows of preprocess_row_width(cfg) floats; grid must be
+ * preprocess_plan() of the image's size, and a decoded size differing from the one the plan used is refused
+ * (VITD_E_BAD_IMAGE). Thread-safe; the decoded pixels are freed before return. */
+vitd_status prep_image(const uint8_t *data, size_t len, size_t max_pixels, const vitd_preproc_config *cfg,
+                       const vitd_grid *grid, float *pixel_values, vitd_err *err);
+
+#endif
