@@ -1,20 +1,909 @@
-/* gpu_engine.c — the GPU engine (see gpu_engine.h). Not built yet: creation fails with a clear message so that
- * backend auto falls back to the CPU and backend gpu refuses to start. */
+/* gpu_engine.c — the GPU engine (gpu_engine.h): the Qwen3-VL vision tower in BF16 on one Hopper GPU.
+ *
+ * Owns: the device choice and checks, the BF16 weight arena (uploaded once), the activation plan (one device
+ * allocation sized for max_batch_tokens at creation), pinned host staging, two streams (compute, copy), the
+ * cuBLASLt context (gpu_gemm.c) and the cuDNN attention context (gpu_attn.c), and the forward pass, which mirrors
+ * cpu_forward.c (MODEL.md 3) step by step:
+ *
+ *   pixels f32 -> bf16 (host, into pinned staging) -> H2D per chunk       [copy stream]
+ *   patch-embed GEMM + bias per chunk (weight [d, C*T*P*P])                [compute stream, waits per chunk]
+ *   + interpolated position embedding (kernels/pos_embed.cu); rotary tables (kernels/rope.cu)
+ *   per block: LN1 -> QKV GEMM + bias -> rotary + split + pad (rope.cu) -> cuDNN BF16 attention ->
+ *              proj GEMM + bias accumulated into the residual -> LN2 -> fc1 GEMM + bias + tanh-GELU epilogue ->
+ *              fc2 GEMM + bias accumulated into the residual
+ *   deepstack mergers after their blocks (LN over the [N/4, 4d] view, fc1 + bias, erf-GELU, fc2 + bias),
+ *   final merger (LN over d, fc1 + bias, erf-GELU, fc2 + bias); each merger output D2H as soon as it is made.
+ *
+ * Two fusions are free by layout: the attention output's pad lanes (head_dim 72 padded to 80) are exactly zero,
+ * so the output projection reads the padded [N, H*80] tensor through a weight with zero columns at the pad
+ * positions (no unpack pass); and the residual adds are the GEMM epilogue (beta = 1, C = D = residual).
+ * Numerics vs HF bf16: cuBLASLt may round the branch (x W^T + b) to bf16 before adding the residual, as HF does
+ * (bf16 Linear output, then a bf16 add); tests/test_kernels.c allows for it.
+ *
+ * What overlaps inside one gpu_engine_run (the API is synchronous, so nothing spans two calls):
+ *   - host conversion of pixel chunk c+1 with the H2D copy of chunk c and the patch-embed GEMM of chunk c-1;
+ *   - the D2H copy of each deepstack output (copy stream) and its host conversion to float32 (host threads)
+ *     with the blocks after its tap on the compute stream; only the final merger's copy and conversion follow
+ *     the last kernel.
+ * The host waits only on the D2H completion events of the outputs (and, in profiling mode, reads timings).
+ */
 #include "gpu_engine.h"
 
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "checkpoint.h"
+#include "cpu_ops.h"
+#include "engine_kernels.h"
+#include "gpu_attn.h"
+#include "gpu_common.h"
+#include "gpu_gemm.h"
+#include "util.h"
+
+#define ENGINE_GEMM_WORKSPACE ((size_t)32 << 20)
+#define ENGINE_CHUNK_ROWS 4096    /* pixel rows per upload chunk (a multiple of 64 keeps GEMM pointers aligned) */
+#define ENGINE_MAX_CHUNKS 64
+#define ENGINE_PROF_MARKS 1024
+#define ENGINE_MEM_MARGIN ((size_t)512 << 20) /* cuDNN/cuBLAS handles, kernels' code, plan workspaces */
+
+/* ---- weights ---- */
+
+typedef struct {
+    uint16_t *n1w, *n1b;     /* [d] */
+    uint16_t *qkv_w, *qkv_b; /* [3d, d], [3d] */
+    uint16_t *proj_w;        /* [d, H*dp]: proj weight with zero columns at the pad lanes */
+    uint16_t *proj_b;        /* [d] */
+    uint16_t *n2w, *n2b;     /* [d] */
+    uint16_t *fc1_w, *fc1_b; /* [I, d], [I] */
+    uint16_t *fc2_w, *fc2_b; /* [d, I], [d] */
+} eng_block;
+
+typedef struct {
+    uint16_t *nw, *nb;       /* [d] (final, pre-shuffle) or [g*d] (deepstack, post-shuffle) */
+    uint16_t *fc1_w, *fc1_b; /* [g*d, g*d], [g*d] */
+    uint16_t *fc2_w, *fc2_b; /* [Dout, g*d], [Dout] */
+} eng_merger;
+
+/* Profiling stages (device stages first). */
+enum {
+    ST_EMBED, ST_POS_ROPE, ST_LN, ST_QKV, ST_ROPE_PACK, ST_ATTN, ST_PROJ, ST_FC1, ST_FC2, ST_DEEPSTACK, ST_MERGER,
+    ST_D2H_TAIL, ST_HOST_IN, ST_HOST_OUT, ST_HOST_WAIT, ST_WALL, ST_COUNT
+};
+static const char *const stage_names[ST_COUNT] = {
+    "h2d_wait+patch_embed", "pos_embed+rope_tables", "layernorm", "qkv_gemm", "rope_pack", "attention",
+    "proj_gemm+residual", "fc1_gemm+gelu", "fc2_gemm+residual", "deepstack_mergers", "final_merger",
+    "d2h_tail(final)", "host_pixels_to_bf16", "host_outputs_to_f32", "host_wait", "wall_total"};
+
+/* ---- host worker pool ----
+ * The pixel and output conversions run on host threads that live as long as the engine, not on threads started per
+ * call (cpu_parallel_for): with 15 threads started per 6 MB chunk, 77 MB of pixels took 7 ms on the GPU machine
+ * (11 GB/s read), most of it suspected to be thread start-up. pool_run splits [0, n) into contiguous parts, one per
+ * worker plus the caller, and returns when all are done. Used by the engine's one calling thread only. */
+typedef struct {
+    pthread_t *tid;
+    int n_workers;         /* threads besides the caller */
+    int n_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_work, cv_done;
+    unsigned long gen;     /* job number, guarded by mu */
+    int pending;           /* workers still on the current job, guarded by mu */
+    int stop;              /* guarded by mu */
+    int parts;             /* parts of the current job (<= n_workers + 1) */
+    cpu_range_fn fn;
+    void *ctx;
+    size_t n;
+} host_pool;
+
+typedef struct {
+    host_pool *p;
+    int index;             /* this worker's part is index + 1 */
+} pool_arg;
+
+static void *pool_worker(void *arg) {
+    pool_arg *a = arg;
+    host_pool *p = a->p;
+    unsigned long seen = 0;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (p->gen == seen && !p->stop) pthread_cond_wait(&p->cv_work, &p->mu);
+        if (p->stop) break;
+        seen = p->gen;
+        const int part = a->index + 1, parts = p->parts;
+        if (part < parts) {
+            cpu_range_fn fn = p->fn;
+            void *ctx = p->ctx;
+            const size_t n = p->n;
+            pthread_mutex_unlock(&p->mu);
+            fn(ctx, n * (size_t)part / (size_t)parts, n * (size_t)(part + 1) / (size_t)parts);
+            pthread_mutex_lock(&p->mu);
+        }
+        if (--p->pending == 0) pthread_cond_signal(&p->cv_done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    free(a);
+    return NULL;
+}
+
+/* Starts up to n_workers threads (fewer if creation fails; the caller still does its part). */
+static void pool_start(host_pool *p, int n_workers) {
+    memset(p, 0, sizeof *p);
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv_work, NULL);
+    pthread_cond_init(&p->cv_done, NULL);
+    p->tid = xcalloc((size_t)(n_workers > 0 ? n_workers : 1), sizeof *p->tid);
+    for (int i = 0; i < n_workers; i++) {
+        pool_arg *a = xmalloc(sizeof *a);
+        *a = (pool_arg){p, i};
+        if (pthread_create(&p->tid[i], NULL, pool_worker, a) != 0) {
+            free(a);
+            break;
+        }
+        p->n_started++;
+    }
+    p->n_workers = p->n_started;
+}
+
+static void pool_stop(host_pool *p) {
+    if (!p->tid) return;
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->n_started; i++) pthread_join(p->tid[i], NULL);
+    free(p->tid);
+    p->tid = NULL;
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv_work);
+    pthread_cond_destroy(&p->cv_done);
+}
+
+/* Runs fn over [0, n) on the workers and the calling thread; parts of at least min_items. */
+static void pool_run(host_pool *p, size_t n, size_t min_items, cpu_range_fn fn, void *ctx) {
+    size_t parts = n / (min_items ? min_items : 1);
+    if (parts > (size_t)p->n_workers + 1) parts = (size_t)p->n_workers + 1;
+    if (parts <= 1) {
+        if (n) fn(ctx, 0, n);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->ctx = ctx;
+    p->n = n;
+    p->parts = (int)parts;
+    p->pending = p->n_workers;
+    p->gen++;
+    pthread_cond_broadcast(&p->cv_work);
+    pthread_mutex_unlock(&p->mu);
+    fn(ctx, 0, n / parts);
+    pthread_mutex_lock(&p->mu);
+    while (p->pending) pthread_cond_wait(&p->cv_done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+struct gpu_engine {
+    vitd_vision_config cfg;
+    int device;
+    char device_name[256];
+    int d, I, H, hd, dp, Dout, K, side, m, g, n_out; /* n_out = 1 + n_deepstack output slots */
+    size_t max_tokens;
+    int max_images;
+    int host_threads;
+    host_pool pool;          /* host_threads - 1 workers for the host conversions */
+
+    /* weights: one device allocation */
+    void *d_weights;
+    size_t weight_bytes;
+    uint16_t *patch_w, *patch_b; /* [d, K], [d] */
+    float *pos_table;            /* [side*side, d] float32 */
+    float *inv_freq;             /* [hd/4] */
+    eng_block *blocks;
+    eng_merger merger, ds[VITD_MAX_DEEPSTACK];
+
+    /* activations: one device allocation, sized for max_tokens (+ attention slack rows) */
+    void *d_act;
+    size_t act_bytes;
+    uint16_t *pix;           /* [N, K] */
+    uint16_t *x, *h;         /* [N, d] residual stream; LayerNorm output */
+    uint16_t *qkv;           /* [N, 3d]; also the mergers' fc1 output [N/g, g*d] */
+    uint16_t *q, *k, *v, *o; /* [N + slack, H, dp] */
+    uint16_t *mlp;           /* [N, I] */
+    uint16_t *out[1 + VITD_MAX_DEEPSTACK]; /* [N/g, Dout]: slot 0 final merger, slot 1+j deepstack j */
+    float *cos_t, *sin_t;    /* [N, hd/2] */
+    int32_t *tok;            /* [N, 4] {row, col, h, w} */
+    int32_t *cu;             /* [max_images + 1] */
+
+    /* pinned host staging */
+    uint16_t *h_pix;  /* [N, K] */
+    uint16_t *h_out;  /* [n_out][N/g, Dout] */
+    int32_t *h_tok;   /* [N, 4] */
+    int32_t *h_cu;    /* [max_images + 1] */
+    int *h_lens;      /* [max_images] (plain heap) */
+
+    cudaStream_t s_main, s_copy;
+    cudaEvent_t ev_chunk[ENGINE_MAX_CHUNKS];
+    cudaEvent_t ev_out[1 + VITD_MAX_DEEPSTACK], ev_d2h[1 + VITD_MAX_DEEPSTACK];
+    gpu_gemm *gemm;
+    gpu_attn_ctx *attn;
+
+    /* profiling */
+    int prof_on;
+    cudaEvent_t *prof_ev; /* [ENGINE_PROF_MARKS] */
+    int prof_stage[ENGINE_PROF_MARKS];
+    int prof_n;
+    double prof_ms[ST_COUNT];
+    int prof_calls[ST_COUNT];
+    int prof_valid;
+};
+
+/* ---- host conversions ---- */
+
+void gpu_engine_host_to_bf16(const float *in, uint16_t *out, size_t n) {
+    size_t i = 0;
+#if defined(__SSE2__)
+    const __m128i one = _mm_set1_epi32(1), round = _mm_set1_epi32(0x7fff), absmask = _mm_set1_epi32(0x7fffffff);
+    const __m128i inf = _mm_set1_epi32(0x7f800000), quiet = _mm_set1_epi32(0x40);
+    for (; i + 8 <= n; i += 8) {
+        __m128i r[2];
+        for (int half = 0; half < 2; half++) {
+            __m128i u = _mm_castps_si128(_mm_loadu_ps(in + i + 4 * half));
+            /* round to nearest even: u + 0x7fff + ((u >> 16) & 1), then the high half */
+            __m128i rn = _mm_add_epi32(u, _mm_add_epi32(round, _mm_and_si128(_mm_srli_epi32(u, 16), one)));
+            rn = _mm_srli_epi32(rn, 16);
+            __m128i nan = _mm_cmpgt_epi32(_mm_and_si128(u, absmask), inf);
+            __m128i qn = _mm_or_si128(_mm_srli_epi32(u, 16), quiet);
+            __m128i v = _mm_or_si128(_mm_and_si128(nan, qn), _mm_andnot_si128(nan, rn));
+            /* 16-bit values in 32-bit lanes: sign-extend so the signed saturating pack keeps the bits */
+            r[half] = _mm_srai_epi32(_mm_slli_epi32(v, 16), 16);
+        }
+        _mm_storeu_si128((__m128i *)(out + i), _mm_packs_epi32(r[0], r[1]));
+    }
+#endif
+    for (; i < n; i++) out[i] = f32_to_bf16(in[i]);
+}
+
+void gpu_engine_host_to_f32(const uint16_t *in, float *out, size_t n) {
+    size_t i = 0;
+#if defined(__SSE2__)
+    const __m128i zero = _mm_setzero_si128();
+    for (; i + 8 <= n; i += 8) {
+        __m128i h = _mm_loadu_si128((const __m128i *)(in + i));
+        _mm_storeu_si128((__m128i *)(out + i), _mm_unpacklo_epi16(zero, h));
+        _mm_storeu_si128((__m128i *)(out + i + 4), _mm_unpackhi_epi16(zero, h));
+    }
+#endif
+    for (; i < n; i++) out[i] = bf16_to_f32(in[i]);
+}
+
+typedef struct {
+    const float *in;
+    uint16_t *out;
+} to_bf16_job;
+
+static void to_bf16_range(void *arg, size_t begin, size_t end) {
+    to_bf16_job *j = arg;
+    gpu_engine_host_to_bf16(j->in + begin, j->out + begin, end - begin);
+}
+
+typedef struct {
+    const uint16_t *in;
+    float *out;
+} to_f32_job;
+
+static void to_f32_range(void *arg, size_t begin, size_t end) {
+    to_f32_job *j = arg;
+    gpu_engine_host_to_f32(j->in + begin, j->out + begin, end - begin);
+}
+
+/* ---- weight upload ---- */
+
+/* Bump allocator over one device region; sizes rounded to 256 bytes (cuBLASLt's preferred alignment). */
+typedef struct {
+    char *base;
+    size_t used, cap;
+} bump;
+
+static void *bump_take(bump *b, size_t bytes) {
+    size_t n = (bytes + 255) & ~(size_t)255;
+    VITD_ASSERT(b->used + n <= b->cap);
+    void *p = b->base + b->used;
+    b->used += n;
+    return p;
+}
+
+static size_t round256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+/* Host scratch for one tensor's conversion (grown as needed). */
+typedef struct {
+    float *f32;
+    uint16_t *bf16;
+    size_t cap; /* elements */
+} up_scratch;
+
+static vitd_status scratch_reserve(up_scratch *s, size_t n, vitd_err *err) {
+    if (n <= s->cap) return VITD_OK;
+    free(s->f32);
+    free(s->bf16);
+    s->f32 = malloc(n * sizeof(float));
+    s->bf16 = malloc(n * sizeof(uint16_t));
+    s->cap = s->f32 && s->bf16 ? n : 0;
+    if (!s->cap) return vitd_fail(err, VITD_E_NOMEM, "gpu engine: cannot allocate %zu MB to convert weights", n >> 18);
+    return VITD_OK;
+}
+
+/* Looks a tensor up and checks its element count. */
+static vitd_status tensor_check(const vitd_model *m, const char *name, size_t numel, const st_tensor **out,
+                                vitd_err *err) {
+    const st_tensor *t = checkpoint_tensor(m, name);
+    if (!t) return vitd_fail(err, VITD_E_MODEL, "tensor %s: missing from the checkpoint", name);
+    if ((size_t)st_numel(t) != numel)
+        return vitd_fail(err, VITD_E_MODEL, "tensor %s: %lld elements, the config needs %zu", name,
+                         (long long)st_numel(t), numel);
+    *out = t;
+    return VITD_OK;
+}
+
+/* Uploads a tensor as bf16 into dst (numel elements). BF16 tensors are copied as stored; F16/F32 go through
+ * float32 and round to nearest even. */
+static vitd_status upload_bf16(const vitd_model *m, const char *name, size_t numel, uint16_t *dst, up_scratch *s,
+                               vitd_err *err) {
+    vitd_status st;
+    const st_tensor *t;
+    if ((st = tensor_check(m, name, numel, &t, err)) != VITD_OK) return st;
+    if (t->dtype == ST_BF16) {
+        CUDA_TRY(cudaMemcpy(dst, t->data, numel * 2, cudaMemcpyHostToDevice));
+        return VITD_OK;
+    }
+    if ((st = scratch_reserve(s, numel, err)) != VITD_OK) return st;
+    if ((st = checkpoint_tensor_f32(m, name, s->f32, err)) != VITD_OK) return st;
+    gpu_engine_host_to_bf16(s->f32, s->bf16, numel);
+    CUDA_TRY(cudaMemcpy(dst, s->bf16, numel * 2, cudaMemcpyHostToDevice));
+    return VITD_OK;
+fail:
+    return st;
+}
+
+/* Uploads the attention output projection [d, H*hd] as [d, H*dp] with zero columns at each head's pad lanes. */
+static vitd_status upload_proj_padded(const gpu_engine *g, const vitd_model *m, const char *name, uint16_t *dst,
+                                      up_scratch *s, vitd_err *err) {
+    vitd_status st;
+    const size_t d = (size_t)g->d, rowp = (size_t)g->H * g->dp;
+    if ((st = scratch_reserve(s, d * rowp, err)) != VITD_OK) return st;
+    const st_tensor *t;
+    if ((st = tensor_check(m, name, d * d, &t, err)) != VITD_OK) return st;
+    if ((st = checkpoint_tensor_f32(m, name, s->f32, err)) != VITD_OK) return st;
+    memset(s->bf16, 0, d * rowp * sizeof(uint16_t));
+    for (size_t r = 0; r < d; r++)
+        for (int hh = 0; hh < g->H; hh++)
+            gpu_engine_host_to_bf16(s->f32 + r * d + (size_t)hh * g->hd, s->bf16 + r * rowp + (size_t)hh * g->dp,
+                                    (size_t)g->hd);
+    CUDA_TRY(cudaMemcpy(dst, s->bf16, d * rowp * 2, cudaMemcpyHostToDevice));
+    return VITD_OK;
+fail:
+    return st;
+}
+
+/* Bytes of the weight arena (must match upload_weights' takes). */
+static size_t weights_size(const gpu_engine *g) {
+    const size_t d = g->d, I = g->I, gd = (size_t)g->g * d, Dout = g->Dout;
+    size_t n = round256(d * g->K * 2) + round256(d * 2) + round256((size_t)g->side * g->side * d * 4) +
+               round256((size_t)g->hd / 4 * 4);
+    size_t blk = 4 * round256(d * 2) + round256(3 * d * d * 2) + round256(3 * d * 2) +
+                 round256(d * (size_t)g->H * g->dp * 2) + round256(d * 2) + round256(I * d * 2) + round256(I * 2) +
+                 round256(d * I * 2) + round256(d * 2);
+    n += blk * (size_t)g->cfg.depth;
+    for (int j = -1; j < g->cfg.n_deepstack; j++) {
+        size_t nd = j < 0 ? d : gd;
+        n += 2 * round256(nd * 2) + round256(gd * gd * 2) + round256(gd * 2) + round256(Dout * gd * 2) +
+             round256(Dout * 2);
+    }
+    return n;
+}
+
+static vitd_status upload_weights(gpu_engine *g, const vitd_model *m, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    const size_t d = g->d, I = g->I, gd = (size_t)g->g * d, Dout = g->Dout;
+    up_scratch s = {0};
+    char name[96];
+    bump b = {g->d_weights, 0, g->weight_bytes};
+#define UP(ptr, count, ...)                                                         \
+    do {                                                                            \
+        snprintf(name, sizeof name, __VA_ARGS__);                                   \
+        (ptr) = bump_take(&b, (count) * 2);                                         \
+        if ((st = upload_bf16(m, name, (count), (ptr), &s, err)) != VITD_OK) goto fail; \
+    } while (0)
+
+    UP(g->patch_w, d * g->K, "patch_embed.proj.weight"); /* [d, 3, T, P, P] read as [d, K] */
+    UP(g->patch_b, d, "patch_embed.proj.bias");
+    {
+        const size_t np = (size_t)g->side * g->side * d;
+        const st_tensor *t;
+        g->pos_table = bump_take(&b, np * 4);
+        if ((st = tensor_check(m, "pos_embed.weight", np, &t, err)) != VITD_OK) goto fail;
+        if ((st = scratch_reserve(&s, np, err)) != VITD_OK) goto fail;
+        if ((st = checkpoint_tensor_f32(m, "pos_embed.weight", s.f32, err)) != VITD_OK) goto fail;
+        CUDA_TRY(cudaMemcpy(g->pos_table, s.f32, np * 4, cudaMemcpyHostToDevice));
+        float inv[512];
+        cpu_rope_inv_freq(g->hd, g->cfg.rope_theta, inv);
+        g->inv_freq = bump_take(&b, (size_t)g->hd / 4 * 4);
+        CUDA_TRY(cudaMemcpy(g->inv_freq, inv, (size_t)g->hd / 4 * 4, cudaMemcpyHostToDevice));
+    }
+    for (int i = 0; i < g->cfg.depth; i++) {
+        eng_block *bl = &g->blocks[i];
+        UP(bl->n1w, d, "blocks.%d.norm1.weight", i);
+        UP(bl->n1b, d, "blocks.%d.norm1.bias", i);
+        UP(bl->qkv_w, 3 * d * d, "blocks.%d.attn.qkv.weight", i);
+        UP(bl->qkv_b, 3 * d, "blocks.%d.attn.qkv.bias", i);
+        snprintf(name, sizeof name, "blocks.%d.attn.proj.weight", i);
+        bl->proj_w = bump_take(&b, d * (size_t)g->H * g->dp * 2);
+        if ((st = upload_proj_padded(g, m, name, bl->proj_w, &s, err)) != VITD_OK) goto fail;
+        UP(bl->proj_b, d, "blocks.%d.attn.proj.bias", i);
+        UP(bl->n2w, d, "blocks.%d.norm2.weight", i);
+        UP(bl->n2b, d, "blocks.%d.norm2.bias", i);
+        UP(bl->fc1_w, I * d, "blocks.%d.mlp.linear_fc1.weight", i);
+        UP(bl->fc1_b, I, "blocks.%d.mlp.linear_fc1.bias", i);
+        UP(bl->fc2_w, d * I, "blocks.%d.mlp.linear_fc2.weight", i);
+        UP(bl->fc2_b, d, "blocks.%d.mlp.linear_fc2.bias", i);
+    }
+    for (int j = -1; j < g->cfg.n_deepstack; j++) {
+        eng_merger *mg = j < 0 ? &g->merger : &g->ds[j];
+        const size_t nd = j < 0 ? d : gd;
+        char pre[48];
+        if (j < 0) snprintf(pre, sizeof pre, "merger");
+        else snprintf(pre, sizeof pre, "deepstack_merger_list.%d", j);
+        UP(mg->nw, nd, "%s.norm.weight", pre);
+        UP(mg->nb, nd, "%s.norm.bias", pre);
+        UP(mg->fc1_w, gd * gd, "%s.linear_fc1.weight", pre);
+        UP(mg->fc1_b, gd, "%s.linear_fc1.bias", pre);
+        UP(mg->fc2_w, Dout * gd, "%s.linear_fc2.weight", pre);
+        UP(mg->fc2_b, Dout, "%s.linear_fc2.bias", pre);
+    }
+#undef UP
+    VITD_ASSERT(b.used == g->weight_bytes);
+fail:
+    free(s.f32);
+    free(s.bf16);
+    return st;
+}
+
+/* ---- activation plan ---- */
+
+/* Carves the activation buffers out of one region; with base NULL only counts. Returns the bytes used. */
+static size_t plan_activations(gpu_engine *g, char *base) {
+    const size_t N = g->max_tokens, d = g->d, Nm = N / g->g;
+    const size_t rows_attn = N + GPU_ATTN_SLACK_ROWS, row_attn = (size_t)g->H * g->dp;
+    bump b = {base, 0, (size_t)-1};
+    uint16_t **attn_bufs[4] = {&g->q, &g->k, &g->v, &g->o};
+#define TAKE(ptr, bytes)                                  \
+    do {                                                  \
+        void *p_ = base ? bump_take(&b, (bytes)) : NULL;  \
+        if (!base) b.used += round256(bytes);             \
+        (ptr) = p_;                                       \
+    } while (0)
+    TAKE(g->pix, N * g->K * 2);
+    TAKE(g->x, N * d * 2);
+    TAKE(g->h, N * d * 2);
+    TAKE(g->qkv, N * 3 * d * 2);
+    for (int i = 0; i < 4; i++) TAKE(*attn_bufs[i], rows_attn * row_attn * 2);
+    TAKE(g->mlp, N * (size_t)g->I * 2);
+    for (int j = 0; j < g->n_out; j++) TAKE(g->out[j], Nm * g->Dout * 2);
+    TAKE(g->cos_t, N * (size_t)g->hd / 2 * 4);
+    TAKE(g->sin_t, N * (size_t)g->hd / 2 * 4);
+    TAKE(g->tok, N * 4 * 4);
+    TAKE(g->cu, ((size_t)g->max_images + 1) * 4);
+#undef TAKE
+    return b.used;
+}
+
+/* ---- create / free ---- */
+
+void gpu_engine_free(gpu_engine *g) {
+    if (!g) return;
+    if (g->s_main) cudaStreamSynchronize(g->s_main);
+    if (g->s_copy) cudaStreamSynchronize(g->s_copy);
+    gpu_attn_free(g->attn);
+    gpu_gemm_free(g->gemm);
+    pool_stop(&g->pool);
+    for (int i = 0; i < ENGINE_MAX_CHUNKS; i++)
+        if (g->ev_chunk[i]) cudaEventDestroy(g->ev_chunk[i]);
+    for (int i = 0; i < 1 + VITD_MAX_DEEPSTACK; i++) {
+        if (g->ev_out[i]) cudaEventDestroy(g->ev_out[i]);
+        if (g->ev_d2h[i]) cudaEventDestroy(g->ev_d2h[i]);
+    }
+    if (g->prof_ev) {
+        for (int i = 0; i < ENGINE_PROF_MARKS; i++)
+            if (g->prof_ev[i]) cudaEventDestroy(g->prof_ev[i]);
+        free(g->prof_ev);
+    }
+    if (g->s_main) cudaStreamDestroy(g->s_main);
+    if (g->s_copy) cudaStreamDestroy(g->s_copy);
+    if (g->h_pix) cudaFreeHost(g->h_pix);
+    if (g->h_out) cudaFreeHost(g->h_out);
+    if (g->h_tok) cudaFreeHost(g->h_tok);
+    if (g->h_cu) cudaFreeHost(g->h_cu);
+    if (g->d_act) cudaFree(g->d_act);
+    if (g->d_weights) cudaFree(g->d_weights);
+    free(g->h_lens);
+    free(g->blocks);
+    free(g);
+}
+
 vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts, gpu_engine **out, vitd_err *err) {
-    (void)m;
-    (void)opts;
-    *out = 0;
-    return vitd_fail(err, VITD_E_GPU, "the GPU engine is not implemented in this build yet");
+    vitd_status st = VITD_OK;
+    gpu_engine *g = NULL;
+    const vitd_vision_config *c = vitd_model_config(m);
+    *out = NULL;
+    int n_dev = 0;
+    cudaError_t ce = cudaGetDeviceCount(&n_dev);
+    if (ce != cudaSuccess || n_dev == 0)
+        return vitd_fail(err, VITD_E_GPU, "no usable CUDA GPU: %s",
+                         ce != cudaSuccess ? cudaGetErrorString(ce) : "cudaGetDeviceCount found 0 devices");
+    if (opts->device < 0 || opts->device >= n_dev)
+        return vitd_fail(err, VITD_E_INVALID_ARG, "device %d does not exist (%d CUDA device%s)", opts->device, n_dev,
+                         n_dev == 1 ? "" : "s");
+    struct cudaDeviceProp prop;
+    CUDA_TRY(cudaGetDeviceProperties(&prop, opts->device));
+    if (prop.major < 9)
+        return vitd_fail(err, VITD_E_UNSUPPORTED, "GPU %d (%s) has compute capability %d.%d; the engine needs >= 9.0 "
+                         "(Hopper)", opts->device, prop.name, prop.major, prop.minor);
+    const int hd = c->hidden_size / c->num_heads;
+    if (c->hidden_size % c->num_heads || hd % 4 || hd > 240 || c->hidden_size % 8 || c->spatial_merge_size < 1)
+        return vitd_fail(err, VITD_E_MODEL, "gpu engine: hidden_size %d / num_heads %d: needs head_dim a multiple of "
+                         "4 up to 240 and hidden_size a multiple of 8", c->hidden_size, c->num_heads);
+    if (opts->max_batch_tokens < 4 || opts->max_batch_tokens > ((size_t)1 << 24))
+        return vitd_fail(err, VITD_E_INVALID_ARG, "max_batch_tokens %zu outside [4, %d]", opts->max_batch_tokens,
+                         1 << 24);
+
+    g = xcalloc(1, sizeof *g);
+    g->cfg = *c;
+    g->device = opts->device;
+    snprintf(g->device_name, sizeof g->device_name, "%s", prop.name);
+    g->d = c->hidden_size;
+    g->I = c->intermediate_size;
+    g->H = c->num_heads;
+    g->hd = hd;
+    g->dp = (hd + 15) / 16 * 16;
+    g->Dout = c->out_hidden_size;
+    g->K = c->in_channels * c->temporal_patch_size * c->patch_size * c->patch_size;
+    g->side = (int)lround(sqrt((double)c->num_position_embeddings));
+    g->m = c->spatial_merge_size;
+    g->g = g->m * g->m;
+    g->n_out = 1 + c->n_deepstack;
+    g->max_tokens = (opts->max_batch_tokens + (size_t)g->g - 1) / g->g * g->g;
+    g->max_images = GPU_ENGINE_MAX_IMAGES;
+    if (g->max_tokens / 256 > (size_t)g->max_images) g->max_images = (int)(g->max_tokens / 256);
+    if (g->max_images > 1024) g->max_images = 1024;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    g->host_threads = opts->threads > 0 ? opts->threads : (cores > 16 ? 16 : cores > 0 ? (int)cores : 1);
+    pool_start(&g->pool, g->host_threads - 1);
+    g->blocks = xcalloc((size_t)c->depth, sizeof *g->blocks);
+    g->h_lens = xcalloc((size_t)g->max_images, sizeof *g->h_lens);
+
+    CUDA_TRY(cudaSetDevice(g->device));
+    if (opts->attn_dtype && !strcmp(opts->attn_dtype, "fp8"))
+        vitd_log(VITD_LOG_WARN, "gpu engine: attn_dtype fp8 is not implemented in this engine yet; running bf16");
+
+    /* Memory plan vs what the device has free. */
+    g->weight_bytes = weights_size(g);
+    g->act_bytes = plan_activations(g, NULL);
+    const size_t attn_ws = gpu_attn_opts_default().workspace_bytes;
+    const size_t need = g->weight_bytes + g->act_bytes + ENGINE_GEMM_WORKSPACE + attn_ws + ENGINE_MEM_MARGIN;
+    size_t mem_free = 0, mem_total = 0;
+    CUDA_TRY(cudaMemGetInfo(&mem_free, &mem_total));
+    if (need > mem_free) {
+        st = vitd_fail(err, VITD_E_NOMEM, "GPU %d (%s): max_batch_tokens %zu needs %zu MiB (weights %zu, "
+                       "activations %zu, workspaces+margin %zu) but only %zu MiB of %zu are free",
+                       g->device, g->device_name, g->max_tokens, need >> 20, g->weight_bytes >> 20, g->act_bytes >> 20,
+                       (ENGINE_GEMM_WORKSPACE + attn_ws + ENGINE_MEM_MARGIN) >> 20, mem_free >> 20, mem_total >> 20);
+        goto fail;
+    }
+
+    CUDA_TRY(cudaMalloc(&g->d_weights, g->weight_bytes));
+    if ((st = upload_weights(g, m, err)) != VITD_OK) goto fail;
+    CUDA_TRY(cudaMalloc(&g->d_act, g->act_bytes));
+    VITD_ASSERT(plan_activations(g, g->d_act) == g->act_bytes);
+    /* Attention slack rows must hold finite values; zero everything once. */
+    CUDA_TRY(cudaMemset(g->d_act, 0, g->act_bytes));
+
+    const size_t N = g->max_tokens, Nm = N / g->g;
+    CUDA_TRY(cudaMallocHost((void **)&g->h_pix, N * g->K * 2));
+    CUDA_TRY(cudaMallocHost((void **)&g->h_out, (size_t)g->n_out * Nm * g->Dout * 2));
+    CUDA_TRY(cudaMallocHost((void **)&g->h_tok, N * 4 * 4));
+    CUDA_TRY(cudaMallocHost((void **)&g->h_cu, ((size_t)g->max_images + 1) * 4));
+    CUDA_TRY(cudaStreamCreateWithFlags(&g->s_main, cudaStreamNonBlocking));
+    CUDA_TRY(cudaStreamCreateWithFlags(&g->s_copy, cudaStreamNonBlocking));
+    for (int i = 0; i < ENGINE_MAX_CHUNKS; i++)
+        CUDA_TRY(cudaEventCreateWithFlags(&g->ev_chunk[i], cudaEventDisableTiming));
+    for (int i = 0; i < g->n_out; i++) {
+        CUDA_TRY(cudaEventCreate(&g->ev_out[i]));
+        CUDA_TRY(cudaEventCreate(&g->ev_d2h[i]));
+    }
+    if ((st = gpu_gemm_create(ENGINE_GEMM_WORKSPACE, &g->gemm, err)) != VITD_OK) goto fail;
+
+    gpu_attn_opts ao = gpu_attn_opts_default();
+    ao.n_heads = g->H;
+    ao.head_dim = g->hd;
+    ao.head_dim_padded = g->dp;
+    ao.max_batch = g->max_images;
+    ao.max_seqlen = (int)N;
+    ao.fp8 = 0;
+    if ((st = gpu_attn_create(g->device, &ao, &g->attn, err)) != VITD_OK) goto fail;
+    const gpu_attn_features *f = gpu_attn_features_of(g->attn);
+    vitd_log(VITD_LOG_INFO,
+             "gpu engine: device %d %s cc %d.%d, %d SMs, %zu MiB free of %zu; cuDNN %d (headers %d): native SDPA "
+             "with sequence lengths %s, FP8 attention %s%s%s; attention bf16",
+             g->device, g->device_name, prop.major, prop.minor, prop.multiProcessorCount, mem_free >> 20,
+             mem_total >> 20, f->cudnn_version, f->cudnn_header_version, f->unified_seqlen ? "yes" : "no",
+             f->fp8 ? "possible" : "no", f->fp8 ? "" : ": ", f->fp8 ? "" : f->fp8_reason);
+    vitd_log(VITD_LOG_INFO,
+             "gpu engine: weights %zu MiB bf16, activations %zu MiB for max_batch_tokens %zu and up to %d images per "
+             "batch, pinned staging %zu MiB, %d host threads",
+             g->weight_bytes >> 20, g->act_bytes >> 20, g->max_tokens, g->max_images,
+             (N * g->K * 2 + (size_t)g->n_out * Nm * g->Dout * 2 + N * 16) >> 20, g->host_threads);
+    *out = g;
+    return VITD_OK;
+fail:
+    gpu_engine_free(g);
+    return st;
 }
-vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err) {
-    (void)g;
-    (void)b;
-    return vitd_fail(err, VITD_E_INTERNAL, "GPU engine missing");
-}
-void gpu_engine_free(gpu_engine *g) { (void)g; }
+
 const char *gpu_engine_attn_dtype(const gpu_engine *g) {
     (void)g;
-    return "none";
+    return "bf16";
+}
+int gpu_engine_max_images(const gpu_engine *g) { return g->max_images; }
+size_t gpu_engine_max_tokens(const gpu_engine *g) { return g->max_tokens; }
+
+/* ---- profiling ---- */
+
+void gpu_engine_set_profile(gpu_engine *g, int on) {
+    if (on && !g->prof_ev) {
+        g->prof_ev = xcalloc(ENGINE_PROF_MARKS, sizeof *g->prof_ev);
+        for (int i = 0; i < ENGINE_PROF_MARKS; i++)
+            if (cudaEventCreate(&g->prof_ev[i]) != cudaSuccess) {
+                g->prof_ev[i] = NULL;
+                on = 0;
+            }
+    }
+    g->prof_on = on;
+}
+
+int gpu_engine_profile(const gpu_engine *g, gpu_engine_stage *out, int max) {
+    if (!g->prof_valid) return 0;
+    for (int i = 0; i < ST_COUNT && i < max; i++) out[i] = (gpu_engine_stage){stage_names[i], g->prof_ms[i],
+                                                                              g->prof_calls[i]};
+    return ST_COUNT;
+}
+
+/* Records a mark on the compute stream: the time since the previous mark belongs to `stage`. */
+static void prof_mark(gpu_engine *g, int stage) {
+    if (!g->prof_on || g->prof_n >= ENGINE_PROF_MARKS) return;
+    if (cudaEventRecord(g->prof_ev[g->prof_n], g->s_main) == cudaSuccess) g->prof_stage[g->prof_n++] = stage;
+}
+
+/* ---- forward ---- */
+
+#define KTRY(call) CUDA_TRY(call) /* a launcher's cudaError_t */
+
+/* y[n, out] = x W^T + b (+ y), see gpu_gemm.h. */
+static vitd_status gemm(gpu_engine *g, const void *x, const void *w, const void *bias, void *y, int n, int in, int out,
+                        gemm_epilogue epi, int acc, vitd_err *err) {
+    return gpu_gemm_bf16(g->gemm, x, w, bias, y, n, in, out, epi, acc, g->s_main, err);
+}
+
+/* The attention step of one block: rotary + split + pad of the QKV output, then cuDNN BF16 attention into o
+ * [N, H, dp] (pad lanes 0). The FP8 path replaces exactly this step. */
+static vitd_status attention_step(gpu_engine *g, int n_tokens, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    KTRY(rope_pack_qkv_bf16(g->qkv, g->cos_t, g->sin_t, n_tokens, g->H, g->hd, g->dp, g->q, g->k, g->v, g->s_main));
+    prof_mark(g, ST_ROPE_PACK);
+    st = gpu_attn_bf16(g->attn, g->q, g->k, g->v, g->o, g->s_main, err);
+    prof_mark(g, ST_ATTN);
+    return st;
+fail:
+    return st;
+}
+
+/* Merger j (-1 = final) on the residual stream, result in out slot (0 final, 1+j deepstack), then its D2H copy on
+ * the copy stream into pinned staging. */
+static vitd_status run_merger(gpu_engine *g, int j, int n_tokens, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    const eng_merger *mg = j < 0 ? &g->merger : &g->ds[j];
+    const int slot = j + 1, gd = g->g * g->d, nm = n_tokens / g->g;
+    if (j < 0) KTRY(ln_bf16(g->x, mg->nw, mg->nb, g->h, n_tokens, g->d, (float)g->cfg.ln_eps, g->s_main));
+    else KTRY(ln_bf16(g->x, mg->nw, mg->nb, g->h, nm, gd, (float)g->cfg.ln_eps, g->s_main));
+    if ((st = gemm(g, g->h, mg->fc1_w, mg->fc1_b, g->qkv, nm, gd, gd, GEMM_EPI_BIAS, 0, err)) != VITD_OK) goto fail;
+    KTRY(gelu_erf_bf16(g->qkv, (size_t)nm * gd, g->s_main));
+    if ((st = gemm(g, g->qkv, mg->fc2_w, mg->fc2_b, g->out[slot], nm, gd, g->Dout, GEMM_EPI_BIAS, 0, err)) != VITD_OK)
+        goto fail;
+    prof_mark(g, j < 0 ? ST_MERGER : ST_DEEPSTACK);
+    const size_t n_el = (size_t)nm * g->Dout;
+    CUDA_TRY(cudaEventRecord(g->ev_out[slot], g->s_main));
+    CUDA_TRY(cudaStreamWaitEvent(g->s_copy, g->ev_out[slot], 0));
+    CUDA_TRY(cudaMemcpyAsync(g->h_out + (size_t)slot * (g->max_tokens / g->g) * g->Dout, g->out[slot], n_el * 2,
+                             cudaMemcpyDeviceToHost, g->s_copy));
+    CUDA_TRY(cudaEventRecord(g->ev_d2h[slot], g->s_copy));
+fail:
+    return st;
+}
+
+/* Waits for output slot's D2H copy and converts it to float32 into dst (host threads). */
+static vitd_status collect_output(gpu_engine *g, int slot, int n_tokens, float *dst, double *wait_s, double *conv_s,
+                                  vitd_err *err) {
+    vitd_status st = VITD_OK;
+    double t0 = vitd_now();
+    CUDA_TRY(cudaEventSynchronize(g->ev_d2h[slot]));
+    double t1 = vitd_now();
+    const size_t n_el = (size_t)(n_tokens / g->g) * g->Dout;
+    to_f32_job job = {g->h_out + (size_t)slot * (g->max_tokens / g->g) * g->Dout, dst};
+    pool_run(&g->pool, n_el, (size_t)1 << 17, to_f32_range, &job);
+    *wait_s += t1 - t0;
+    *conv_s += vitd_now() - t1;
+fail:
+    return st;
+}
+
+/* Checks a batch against the engine's limits; fills the per-token geometry, cu_seqlens and segment lengths in
+ * pinned staging. Returns tokens in *n_tokens and segments in *n_seg. */
+static vitd_status batch_setup(gpu_engine *g, const vitd_batch *b, int *n_tokens, int *n_seg, vitd_err *err) {
+    if (!b || b->n_images < 1 || !b->grids || !b->pixel_values || !b->embeddings)
+        return vitd_fail(err, VITD_E_INVALID_ARG, "gpu engine: batch needs n_images >= 1, grids, pixel_values and "
+                         "embeddings");
+    size_t n = 0;
+    int segs = 0;
+    for (int i = 0; i < b->n_images; i++) {
+        const vitd_grid *gr = &b->grids[i];
+        if (gr->t < 1 || gr->h < 1 || gr->w < 1 || gr->h % g->m || gr->w % g->m)
+            return vitd_fail(err, VITD_E_INVALID_ARG, "image %d: grid_thw [%d, %d, %d] needs t, h, w >= 1 with h and "
+                             "w multiples of spatial_merge_size %d", i, gr->t, gr->h, gr->w, g->m);
+        const size_t hw = (size_t)gr->h * (size_t)gr->w, ti = (size_t)gr->t * hw;
+        if (hw > g->max_tokens || ti > g->max_tokens || n + ti > g->max_tokens)
+            return vitd_fail(err, VITD_E_TOO_LARGE, "image %d: batch reaches %zu patches, over max_batch_tokens %zu",
+                             i, n + ti, g->max_tokens);
+        if (segs + gr->t > g->max_images)
+            return vitd_fail(err, VITD_E_TOO_LARGE, "image %d: batch has more than %d images (frames), the engine's "
+                             "limit", i, g->max_images);
+        for (int f = 0; f < gr->t; f++) {
+            g->h_lens[segs] = (int)hw;
+            g->h_cu[segs + 1] = (int32_t)(n + (size_t)(f + 1) * hw);
+            segs++;
+        }
+        for (size_t q = 0; q < hw; q++) {
+            int row, col;
+            cpu_token_pos((int)q, gr->w, g->m, &row, &col);
+            int32_t *t = g->h_tok + (n + q) * 4;
+            t[0] = row;
+            t[1] = col;
+            t[2] = gr->h;
+            t[3] = gr->w;
+        }
+        for (int f = 1; f < gr->t; f++) memcpy(g->h_tok + (n + f * hw) * 4, g->h_tok + n * 4, hw * 16);
+        n += ti;
+    }
+    g->h_cu[0] = 0;
+    *n_tokens = (int)n;
+    *n_seg = segs;
+    return VITD_OK;
+}
+
+/* Sums the profiling marks of the batch just finished (the streams are idle). */
+static void prof_collect(gpu_engine *g) {
+    for (int i = 1; i < g->prof_n; i++) {
+        float ms = 0;
+        if (cudaEventElapsedTime(&ms, g->prof_ev[i - 1], g->prof_ev[i]) == cudaSuccess) {
+            g->prof_ms[g->prof_stage[i]] += ms;
+            g->prof_calls[g->prof_stage[i]]++;
+        }
+    }
+    float tail = 0;
+    if (cudaEventElapsedTime(&tail, g->ev_out[0], g->ev_d2h[0]) == cudaSuccess) {
+        g->prof_ms[ST_D2H_TAIL] += tail;
+        g->prof_calls[ST_D2H_TAIL]++;
+    }
+    g->prof_valid = 1;
+}
+
+vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    int N = 0, n_seg = 0;
+    const double t_start = vitd_now();
+    double host_in = 0, host_out = 0, host_wait = 0;
+    CUDA_TRY(cudaSetDevice(g->device));
+    if ((st = batch_setup(g, b, &N, &n_seg, err)) != VITD_OK) return st;
+    const int d = g->d, Nm = N / g->g;
+    const float eps = (float)g->cfg.ln_eps;
+    const int want_ds = b->deepstack != NULL;
+    if (g->prof_on) {
+        memset(g->prof_ms, 0, sizeof g->prof_ms);
+        memset(g->prof_calls, 0, sizeof g->prof_calls);
+        g->prof_n = 0;
+        g->prof_valid = 0;
+    }
+    prof_mark(g, ST_EMBED);
+
+    /* Geometry and segments (small) on the compute stream, then the attention batch and rotary tables. */
+    CUDA_TRY(cudaMemcpyAsync(g->tok, g->h_tok, (size_t)N * 16, cudaMemcpyHostToDevice, g->s_main));
+    CUDA_TRY(cudaMemcpyAsync(g->cu, g->h_cu, ((size_t)n_seg + 1) * 4, cudaMemcpyHostToDevice, g->s_main));
+    gpu_attn_batch ab = {.n_images = n_seg, .lens = g->h_lens, .d_cu_seqlens = g->cu};
+    if ((st = gpu_attn_begin(g->attn, &ab, g->s_main, err)) != VITD_OK) goto fail;
+    KTRY(rope_tables(g->tok, N, g->inv_freq, g->hd, g->cos_t, g->sin_t, g->s_main));
+    prof_mark(g, ST_POS_ROPE);
+
+    /* Pixels: host f32 -> bf16 into pinned staging a chunk at a time; each chunk's copy and patch-embed GEMM are
+     * enqueued before the next chunk is converted. */
+    int chunk = ENGINE_CHUNK_ROWS;
+    while ((N + chunk - 1) / chunk > ENGINE_MAX_CHUNKS) chunk *= 2;
+    for (int r0 = 0, ci = 0; r0 < N; r0 += chunk, ci++) {
+        const int rows = N - r0 < chunk ? N - r0 : chunk;
+        const size_t off = (size_t)r0 * g->K, n_el = (size_t)rows * g->K;
+        double t0 = vitd_now();
+        to_bf16_job job = {b->pixel_values + off, g->h_pix + off};
+        pool_run(&g->pool, n_el, (size_t)1 << 17, to_bf16_range, &job);
+        host_in += vitd_now() - t0;
+        CUDA_TRY(cudaMemcpyAsync(g->pix + off, g->h_pix + off, n_el * 2, cudaMemcpyHostToDevice, g->s_copy));
+        CUDA_TRY(cudaEventRecord(g->ev_chunk[ci], g->s_copy));
+        CUDA_TRY(cudaStreamWaitEvent(g->s_main, g->ev_chunk[ci], 0));
+        if ((st = gemm(g, g->pix + off, g->patch_w, g->patch_b, g->x + (size_t)r0 * d, rows, g->K, d, GEMM_EPI_BIAS,
+                       0, err)) != VITD_OK)
+            goto fail;
+    }
+    prof_mark(g, ST_EMBED);
+    KTRY(pos_embed_add_bf16(g->x, g->pos_table, g->side, d, g->tok, N, g->s_main));
+    prof_mark(g, ST_POS_ROPE);
+
+    for (int i = 0; i < g->cfg.depth; i++) {
+        const eng_block *bl = &g->blocks[i];
+        KTRY(ln_bf16(g->x, bl->n1w, bl->n1b, g->h, N, d, eps, g->s_main));
+        prof_mark(g, ST_LN);
+        if ((st = gemm(g, g->h, bl->qkv_w, bl->qkv_b, g->qkv, N, d, 3 * d, GEMM_EPI_BIAS, 0, err)) != VITD_OK)
+            goto fail;
+        prof_mark(g, ST_QKV);
+        if ((st = attention_step(g, N, err)) != VITD_OK) goto fail;
+        if ((st = gemm(g, g->o, bl->proj_w, bl->proj_b, g->x, N, g->H * g->dp, d, GEMM_EPI_BIAS, 1, err)) != VITD_OK)
+            goto fail;
+        prof_mark(g, ST_PROJ);
+        KTRY(ln_bf16(g->x, bl->n2w, bl->n2b, g->h, N, d, eps, g->s_main));
+        prof_mark(g, ST_LN);
+        if ((st = gemm(g, g->h, bl->fc1_w, bl->fc1_b, g->mlp, N, d, g->I, GEMM_EPI_BIAS_GELU_TANH, 0, err)) !=
+            VITD_OK)
+            goto fail;
+        prof_mark(g, ST_FC1);
+        if ((st = gemm(g, g->mlp, bl->fc2_w, bl->fc2_b, g->x, N, g->I, d, GEMM_EPI_BIAS, 1, err)) != VITD_OK)
+            goto fail;
+        prof_mark(g, ST_FC2);
+        for (int j = 0; want_ds && j < g->cfg.n_deepstack; j++)
+            if (g->cfg.deepstack_indexes[j] == i && (st = run_merger(g, j, N, err)) != VITD_OK) goto fail;
+    }
+    if ((st = run_merger(g, -1, N, err)) != VITD_OK) goto fail;
+
+    /* Outputs in the order they are made: deepstack (converted while later blocks run), then the final merger. */
+    for (int j = 0; want_ds && j < g->cfg.n_deepstack; j++)
+        if ((st = collect_output(g, 1 + j, N, b->deepstack + (size_t)j * Nm * g->Dout, &host_wait, &host_out,
+                                 err)) != VITD_OK)
+            goto fail;
+    if ((st = collect_output(g, 0, N, b->embeddings, &host_wait, &host_out, err)) != VITD_OK) goto fail;
+    CUDA_TRY(cudaStreamSynchronize(g->s_main));
+    CUDA_TRY(cudaGetLastError());
+    if (g->prof_on) {
+        prof_collect(g);
+        g->prof_ms[ST_HOST_IN] = host_in * 1e3;
+        g->prof_ms[ST_HOST_OUT] = host_out * 1e3;
+        g->prof_ms[ST_HOST_WAIT] = host_wait * 1e3;
+        g->prof_ms[ST_WALL] = (vitd_now() - t_start) * 1e3;
+        g->prof_calls[ST_HOST_IN] = g->prof_calls[ST_HOST_OUT] = g->prof_calls[ST_HOST_WAIT] =
+            g->prof_calls[ST_WALL] = 1;
+    }
+    return VITD_OK;
+fail:
+    /* Leave the engine idle for the next batch: drain both streams (errors already reported). */
+    cudaStreamSynchronize(g->s_main);
+    cudaStreamSynchronize(g->s_copy);
+    cudaGetLastError();
+    return st;
 }

@@ -1,17 +1,71 @@
 /* gpu_engine.h — one GPU engine per device: BF16 weights uploaded once, every activation buffer planned once for
  * the configured maximum batch tokens, its own streams and pinned staging; runs the whole vision tower on Hopper
- * (cuBLASLt GEMMs, kernels/ for the rest, cuDNN attention in BF16 or FP8). Used through encoder.c's backend table.
- * One engine runs one batch at a time. */
+ * (cuBLASLt GEMMs, kernels/ for the rest, cuDNN attention). Used through encoder.c's backend table.
+ *
+ * Limits of one engine (fixed at creation): at most opts->max_batch_tokens patches per batch (the server's largest
+ * image runs alone, so this is also the largest image), and at most gpu_engine_max_images() attention segments
+ * (images x frames) per batch, GPU_ENGINE_MAX_IMAGES unless max_batch_tokens / 256 is larger (an image has at least
+ * 256 patches with Qwen3-VL's min_pixels), capped at 1024. Batches over a limit fail with VITD_E_TOO_LARGE naming it.
+ *
+ * Numerics follow Hugging Face's BF16 inference (MODEL.md 5): pixel values rounded to bf16, bf16 activations,
+ * float32 accumulation and LayerNorm statistics, position embedding summed in float32 then added in bf16, rotary
+ * in float32, attention in cuDNN (float32 softmax); outputs are bf16 values returned as float32.
+ *
+ * Threads: one engine runs one batch at a time (gpu_engine_run is not reentrant); the host helpers at the end are
+ * pure and thread-safe.
+ */
 #ifndef VITD_GPU_ENGINE_H
 #define VITD_GPU_ENGINE_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "vitd.h"
+
+#define GPU_ENGINE_MAX_IMAGES 64
 
 typedef struct gpu_engine gpu_engine;
 
+/* Creates the engine on opts->device: checks the device (compute capability >= 9.0), the cuDNN library (logged
+ * with what it allows), the free device memory against the plan (VITD_E_NOMEM names both numbers), uploads the
+ * weights and allocates everything a forward pass uses. opts->attn_dtype "fp8" is accepted and runs BF16 (logged):
+ * the FP8 path is not part of this engine yet. The model must outlive the engine.
+ * On success *out is owned by the caller; free with gpu_engine_free(). */
 vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts, gpu_engine **out, vitd_err *err);
+
+/* Runs one batch (vitd.h's vitd_batch: float32 host memory in and out). No device allocation and no host/device
+ * synchronisation other than waiting for the outputs; see gpu_engine.c for what overlaps. */
 vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err);
-void gpu_engine_free(gpu_engine *g);
-const char *gpu_engine_attn_dtype(const gpu_engine *g);
+void gpu_engine_free(gpu_engine *g); /* accepts NULL */
+const char *gpu_engine_attn_dtype(const gpu_engine *g); /* "bf16" */
+
+/* The limits described above. */
+int gpu_engine_max_images(const gpu_engine *g);
+size_t gpu_engine_max_tokens(const gpu_engine *g);
+
+/* ---- profiling (benchmarks) ---- */
+
+/* Time of one stage summed over a batch: device stages from CUDA event pairs around each operation on the compute
+ * stream (the gap before an operation, e.g. waiting for uploaded patches, counts to it), host stages from the
+ * wall clock. */
+typedef struct {
+    const char *name;
+    double ms;
+    int calls;
+} gpu_engine_stage;
+
+/* On: every following gpu_engine_run records events around each operation (a little launch overhead) and keeps
+ * the per-stage sums of that batch. Off by default. */
+void gpu_engine_set_profile(gpu_engine *g, int on);
+/* Copies the last profiled batch's stages (at most max) into out; returns how many there are. */
+int gpu_engine_profile(const gpu_engine *g, gpu_engine_stage *out, int max);
+
+/* ---- host conversions (exposed for tests) ---- */
+
+/* out[i] = bf16(in[i]) round to nearest even, NaN kept NaN (bit-equal to util.h f32_to_bf16), SSE2 when built
+ * for x86-64. */
+void gpu_engine_host_to_bf16(const float *in, uint16_t *out, size_t n);
+/* out[i] = float(in[i]), exact. */
+void gpu_engine_host_to_f32(const uint16_t *in, float *out, size_t n);
 
 #endif

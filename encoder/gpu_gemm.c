@@ -52,6 +52,25 @@ void gpu_gemm_free(gpu_gemm *g) {
     free(g);
 }
 
+/* Builds the heuristic preference: the workspace limit, and split-K partial sums only in float32 (the default
+ * also allows summing them "in place" or in the output type, i.e. rounded to bf16 once per part).
+ * *pref must be destroyed by the caller. */
+static vitd_status make_pref(const gpu_gemm *g, cublasLtMatmulPreference_t *pref, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    *pref = NULL;
+    CUBLAS_TRY(cublasLtMatmulPreferenceCreate(pref));
+    CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(*pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                    &g->workspace_bytes, sizeof g->workspace_bytes));
+    CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(*pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes,
+                                                    sizeof schemes));
+    return VITD_OK;
+fail:
+    if (*pref) cublasLtMatmulPreferenceDestroy(*pref);
+    *pref = NULL;
+    return st;
+}
+
 /* Builds the operation descriptor for an epilogue; *desc must be destroyed by the caller. */
 static vitd_status make_desc(cublasLtMatmulDesc_t *desc, gemm_epilogue epi, const void *bias, vitd_err *err) {
     vitd_status st = VITD_OK;
@@ -108,9 +127,7 @@ vitd_status gpu_gemm_bf16(gpu_gemm *g, const void *x, const void *w, const void 
     if (!hit) {
         cublasLtMatmulHeuristicResult_t res;
         int returned = 0;
-        CUBLAS_TRY(cublasLtMatmulPreferenceCreate(&pref));
-        CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                        &g->workspace_bytes, sizeof g->workspace_bytes));
+        if ((st = make_pref(g, &pref, err)) != VITD_OK) goto fail;
         /* Choose with the bucket's n, so the cached algorithm suits the whole bucket. */
         cublasLtMatrixLayout_t hb = NULL, hc = NULL;
         CUBLAS_TRY(cublasLtMatrixLayoutCreate(&hb, CUDA_R_16BF, in, nb, in));
@@ -137,11 +154,7 @@ vitd_status gpu_gemm_bf16(gpu_gemm *g, const void *x, const void *w, const void 
     cublasLtMatmulHeuristicResult_t exact;
     if (cublasLtMatmulAlgoCheck(g->lt, desc, la, lb, lc, lc, algo, &exact) != CUBLAS_STATUS_SUCCESS) {
         int returned = 0;
-        if (!pref) {
-            CUBLAS_TRY(cublasLtMatmulPreferenceCreate(&pref));
-            CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                            &g->workspace_bytes, sizeof g->workspace_bytes));
-        }
+        if (!pref && (st = make_pref(g, &pref, err)) != VITD_OK) goto fail;
         CUBLAS_TRY(cublasLtMatmulAlgoGetHeuristic(g->lt, desc, la, lb, lc, lc, pref, 1, &exact, &returned));
         if (returned == 0) {
             st = vitd_fail(err, VITD_E_GPU, "gemm: no algorithm for n=%d in=%d out=%d", n, in, out);

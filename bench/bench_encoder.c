@@ -1,0 +1,208 @@
+/* bench_encoder.c — images/s and latency of the GPU engine (encoder/gpu_engine.c, BF16) on the shapes of the
+ * issue: 448x448 in batches of 16, 1024x1024 in batches of 4, 2048x2048 alone, and a mixed batch; on the 8B tower
+ * (the "8b" demo preset: real shapes, random weights) unless --model names another checkpoint; plus one 448x448
+ * image alone (latency).
+ *
+ * Method: pixel values are seeded uniform [-1, 1] floats in host memory (never zeros), as a server hands them over;
+ * one engine sized for the largest case; per case --warmup runs, then --iters runs each timed with the host clock
+ * around gpu_engine_run, which returns after the outputs are float32 in host memory (so copies in and out and the
+ * host conversions are included). Median and p10/p90 reported; img/s = images / median. TFLOP/s counts
+ * S*(L*(2(4d^2+2dI) + 4*S*d) + 2*K*d) per image of S patches plus the mergers' GEMMs (DEVICE.md's formula).
+ * --profile then runs each case once more with per-operation CUDA events and prints where the time goes.
+ * One parseable line per result:
+ *   encoder case=<name> images=<n> tokens=<T> ms=<median> p10_ms=.. p90_ms=.. img_s=<n/median> tflops=<eff>
+ *   stage case=<name> stage=<stage> ms=<sum> calls=<n> share=<% of wall>
+ * Usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] [--profile] [--max-batch-tokens N]
+ * Without --model it writes the 8b demo checkpoint to /tmp/vitd_bench_8b (kept for later runs).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "demo_model.h"
+#include "gpu_engine.h"
+#include "util.h"
+
+#define MAX_IMAGES 64
+
+typedef struct {
+    const char *name;
+    int n;
+    vitd_grid grids[MAX_IMAGES];
+} bcase;
+
+static void log_hook(vitd_log_level level, const char *msg, void *user) {
+    (void)user;
+    if (level >= VITD_LOG_INFO) fprintf(stderr, "  [log] %s\n", msg);
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static void make_cases(bcase *c, int *n) {
+    int k = 0;
+    c[k] = (bcase){.name = "448x448x16", .n = 16};
+    for (int i = 0; i < 16; i++) c[k].grids[i] = (vitd_grid){1, 28, 28};
+    k++;
+    c[k] = (bcase){.name = "448x448x1", .n = 1};
+    c[k].grids[0] = (vitd_grid){1, 28, 28};
+    k++;
+    c[k] = (bcase){.name = "1024x1024x4", .n = 4};
+    for (int i = 0; i < 4; i++) c[k].grids[i] = (vitd_grid){1, 64, 64};
+    k++;
+    c[k] = (bcase){.name = "2048x2048x1", .n = 1};
+    c[k].grids[0] = (vitd_grid){1, 128, 128};
+    k++;
+    /* mixed: 1024x1024, two 640x480, four 448x448, two 256x256 = 10144 patches */
+    c[k] = (bcase){.name = "mixed9", .n = 9};
+    c[k].grids[0] = (vitd_grid){1, 64, 64};
+    c[k].grids[1] = c[k].grids[2] = (vitd_grid){1, 30, 40};
+    for (int i = 3; i < 7; i++) c[k].grids[i] = (vitd_grid){1, 28, 28};
+    c[k].grids[7] = c[k].grids[8] = (vitd_grid){1, 16, 16};
+    k++;
+    *n = k;
+}
+
+static double case_flops(const bcase *c, const vitd_vision_config *v) {
+    const double d = v->hidden_size, I = v->intermediate_size, L = v->depth, D = v->out_hidden_size;
+    const double K = (double)v->in_channels * v->temporal_patch_size * v->patch_size * v->patch_size;
+    const double gd = 4 * d;
+    double f = 0;
+    for (int i = 0; i < c->n; i++) {
+        double S = (double)c->grids[i].t * c->grids[i].h * c->grids[i].w;
+        f += S * (L * (2 * (4 * d * d + 2 * d * I) + 4 * S * d) + 2 * K * d);
+        f += S / 4 * (1 + v->n_deepstack) * 2 * (gd * gd + gd * D);
+    }
+    return f;
+}
+
+int main(int argc, char **argv) {
+    const char *model_dir = NULL, *only = NULL;
+    int iters = 20, warmup = 3, profile = 0;
+    size_t max_tokens = 16384;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--model") && i + 1 < argc) model_dir = argv[++i];
+        else if (!strcmp(argv[i], "--iters") && i + 1 < argc) iters = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--cases") && i + 1 < argc) only = argv[++i];
+        else if (!strcmp(argv[i], "--max-batch-tokens") && i + 1 < argc) max_tokens = (size_t)atol(argv[++i]);
+        else if (!strcmp(argv[i], "--profile")) profile = 1;
+        else {
+            fprintf(stderr, "usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] [--profile] "
+                            "[--max-batch-tokens N]\n");
+            return 2;
+        }
+    }
+    if (iters < 1) iters = 1;
+    vitd_log_set(log_hook, NULL);
+    vitd_err err = {0};
+    if (!model_dir) {
+        model_dir = "/tmp/vitd_bench_8b";
+        struct stat sb;
+        if (stat("/tmp/vitd_bench_8b/model.safetensors", &sb) != 0) {
+            demo_model_opts o = demo_model_opts_default();
+            o.preset = "8b";
+            o.out_dir = model_dir;
+            double t = vitd_now();
+            if (demo_model_write(&o, &err) != VITD_OK) {
+                fprintf(stderr, "demo_model_write: %s\n", err.msg);
+                return 1;
+            }
+            fprintf(stderr, "wrote the 8b demo model to %s in %.1f s\n", model_dir, vitd_now() - t);
+        }
+    }
+    vitd_model *model = NULL;
+    if (vitd_model_load(model_dir, &model, &err) != VITD_OK) {
+        fprintf(stderr, "model: %s\n", err.msg);
+        return 1;
+    }
+    const vitd_vision_config *vc = vitd_model_config(model);
+    const int D = vc->out_hidden_size, nds = vc->n_deepstack;
+    const size_t K = (size_t)vc->in_channels * vc->temporal_patch_size * vc->patch_size * vc->patch_size;
+
+    bcase cases[8];
+    int n_cases = 0;
+    make_cases(cases, &n_cases);
+    size_t need = 0;
+    for (int c = 0; c < n_cases; c++) {
+        size_t t = vitd_grids_patches(cases[c].grids, cases[c].n);
+        if (t > need) need = t;
+    }
+    if (max_tokens < need) max_tokens = need;
+
+    vitd_encoder_opts eo = vitd_encoder_opts_default();
+    eo.max_batch_tokens = max_tokens;
+    gpu_engine *ge = NULL;
+    double t0 = vitd_now();
+    if (gpu_engine_create(model, &eo, &ge, &err) != VITD_OK) {
+        fprintf(stderr, "gpu_engine_create: %s\n", err.msg);
+        return 1;
+    }
+    fprintf(stderr, "engine created in %.2f s (max_batch_tokens %zu)\n", vitd_now() - t0, max_tokens);
+
+    /* Inputs and outputs sized for the largest case, in plain (pageable) host memory as a caller's would be. */
+    float *pv = malloc(need * K * sizeof(float));
+    float *emb = malloc(need / 4 * D * sizeof(float));
+    float *ds = malloc((size_t)(nds ? nds : 1) * need / 4 * D * sizeof(float));
+    unsigned long long s = 0x1234567ULL;
+    for (size_t i = 0; i < need * K; i++) {
+        s = s * 6364136223846793005ULL + 1442695040888963407ULL;
+        pv[i] = (float)((double)(s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+    }
+    double *ms = malloc((size_t)iters * sizeof(double));
+    printf("# encoder bench: %s, depth %d, d %d, I %d, D_out %d; iters %d, warmup %d\n", model_dir, vc->depth,
+           vc->hidden_size, vc->intermediate_size, D, iters, warmup);
+    for (int c = 0; c < n_cases; c++) {
+        const bcase *bc = &cases[c];
+        if (only && !strstr(only, bc->name)) continue;
+        vitd_batch b = {.n_images = bc->n, .grids = bc->grids, .pixel_values = pv, .embeddings = emb,
+                        .deepstack = nds ? ds : NULL};
+        int ok = 1;
+        for (int w = 0; w < warmup && ok; w++) ok = gpu_engine_run(ge, &b, &err) == VITD_OK;
+        for (int it = 0; it < iters && ok; it++) {
+            double a = vitd_now();
+            ok = gpu_engine_run(ge, &b, &err) == VITD_OK;
+            ms[it] = (vitd_now() - a) * 1e3;
+        }
+        if (!ok) {
+            fprintf(stderr, "case %s: %s\n", bc->name, err.msg);
+            return 1;
+        }
+        qsort(ms, (size_t)iters, sizeof *ms, cmp_double);
+        int i90 = iters * 9 / 10;
+        if (i90 >= iters) i90 = iters - 1;
+        const double med = ms[iters / 2], p10 = ms[iters / 10], p90 = ms[i90];
+        const size_t T = vitd_grids_patches(bc->grids, bc->n);
+        printf("encoder case=%s images=%d tokens=%zu ms=%.3f p10_ms=%.3f p90_ms=%.3f img_s=%.1f tflops=%.1f\n",
+               bc->name, bc->n, T, med, p10, p90, bc->n / (med * 1e-3), case_flops(bc, vc) / (med * 1e-3) / 1e12);
+        fflush(stdout);
+        if (profile) {
+            gpu_engine_set_profile(ge, 1);
+            gpu_engine_stage st[32];
+            int ns = 0;
+            /* two profiled runs: the first settles the event pool, the second is reported */
+            for (int r = 0; r < 2 && ok; r++) ok = gpu_engine_run(ge, &b, &err) == VITD_OK;
+            if (ok) ns = gpu_engine_profile(ge, st, 32);
+            gpu_engine_set_profile(ge, 0);
+            double wall = 0;
+            for (int i = 0; i < ns; i++)
+                if (!strcmp(st[i].name, "wall_total")) wall = st[i].ms;
+            for (int i = 0; i < ns; i++)
+                printf("stage case=%s stage=%s ms=%.3f calls=%d share=%.1f%%\n", bc->name, st[i].name, st[i].ms,
+                       st[i].calls, wall > 0 ? 100 * st[i].ms / wall : 0);
+            fflush(stdout);
+        }
+    }
+    free(ms);
+    free(pv);
+    free(emb);
+    free(ds);
+    gpu_engine_free(ge);
+    vitd_model_free(model);
+    return 0;
+}

@@ -1,0 +1,72 @@
+/* engine_kernels.h — C declarations of the GPU engine's own kernel launchers (kernels/layernorm.cu, pos_embed.cu,
+ * rope.cu, act.cu). The attention operand kernels live in kernels.h (kernels/attn_pack.cu, owned by gpu_attn).
+ *
+ * Conventions (as kernels.h): a launcher takes device pointers, sizes and a stream, enqueues its work and returns
+ * cudaGetLastError(); it never synchronises, allocates or logs. bf16 tensors are uint16_t bit patterns so this
+ * header is plain C. Shapes are `[rows, cols]` row-major. Every kernel has a float32 CPU twin in
+ * encoder/cpu_ops.c, named in its comment, and a row in tests/test_kernels.c.
+ *
+ * Token geometry. Kernels that need a token's place in its image read `tok` [n_tokens, 4] int32 =
+ * {row, col, h, w}: the token's grid row and column inside its frame (merge order, cpu_token_pos()) and the
+ * frame's grid height and width in patches. The engine fills it on the host per batch (engine_token_geometry()).
+ */
+#ifndef VITD_ENGINE_KERNELS_H
+#define VITD_ENGINE_KERNELS_H
+
+#include <cuda_runtime_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- kernels/layernorm.cu ---- */
+
+/* LayerNorm over the last dimension (torch nn.LayerNorm on bf16: statistics and affine in float32, output
+ * rounded once to bf16). Twin: cpu_layernorm.
+ *   x [rows, dim] bf16, gamma, beta [dim] bf16, y [rows, dim] bf16 (may equal x). */
+cudaError_t ln_bf16(const uint16_t *x, const uint16_t *gamma, const uint16_t *beta, uint16_t *y, int rows, int dim,
+                    float eps, cudaStream_t stream);
+
+/* ---- kernels/pos_embed.cu ---- */
+
+/* Adds the bilinearly interpolated learned position embedding (MODEL.md 3.2, transformers 5.17) to the patch
+ * embeddings: pe = 4-tap float32 sum over table, x = bf16(float(x) + float(bf16(pe))) as HF does in bf16.
+ * Twin: cpu_pos_embed (then the bf16 cast and add).
+ *   x [n_tokens, d] bf16 in place; table [side*side, d] float32; tok [n_tokens, 4] (header comment). */
+cudaError_t pos_embed_add_bf16(uint16_t *x, const float *table, int side, int d, const int32_t *tok, int n_tokens,
+                               cudaStream_t stream);
+
+/* ---- kernels/rope.cu ---- */
+
+/* Rotary angle tables of a batch (MODEL.md 3.3): for i < hd/4 the row angle, for hd/4 <= i < hd/2 the column
+ * angle (the second half of HF's cos_n repeats these): ang = float(row or col) * inv_freq[i mod hd/4].
+ * Twin: cpu_rope_cos_sin (its first hd/2 columns).
+ *   tok [n_tokens, 4]; inv_freq [hd/4] float32 (cpu_rope_inv_freq); cos_t, sin_t [n_tokens, hd/2] float32. */
+cudaError_t rope_tables(const int32_t *tok, int n_tokens, const float *inv_freq, int head_dim, float *cos_t,
+                        float *sin_t, cudaStream_t stream);
+
+/* QKV split + 2-D rotary on q and k + head_dim pad, in one pass over the QKV GEMM output:
+ *   qkv [n_tokens, 3*H*hd] bf16 (q | k | v, head h at h*hd of its third)
+ *   q, k, v [n_tokens, H, dp] bf16; q and k rotated in float32 (rotate_half, as HF: q*cos + rotate_half(q)*sin,
+ *   no fused multiply-add) then rounded to bf16; v copied; lanes hd..dp-1 written as 0.
+ *   cos_t, sin_t [n_tokens, hd/2] from rope_tables. hd even, dp >= hd. Twin: cpu_rope_apply. */
+cudaError_t rope_pack_qkv_bf16(const uint16_t *qkv, const float *cos_t, const float *sin_t, int n_tokens,
+                               int n_heads, int head_dim, int dp, uint16_t *q, uint16_t *k, uint16_t *v,
+                               cudaStream_t stream);
+
+/* ---- kernels/act.cu ---- */
+
+/* Exact (erf) GELU in place, x = bf16(0.5 x (1 + erf(x / sqrt 2))) evaluated in float32 (nn.GELU() on bf16, the
+ * mergers' activation; cuBLASLt has no erf epilogue). Twin: cpu_act_value(CPU_ACT_GELU_ERF). x [n] bf16. */
+cudaError_t gelu_erf_bf16(uint16_t *x, size_t n, cudaStream_t stream);
+
+/* dtype casts: f32 -> bf16 (round to nearest even, NaN kept) and bf16 -> f32 (exact). [n] each. */
+cudaError_t convert_f32_to_bf16(const float *in, uint16_t *out, size_t n, cudaStream_t stream);
+cudaError_t convert_bf16_to_f32(const uint16_t *in, float *out, size_t n, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

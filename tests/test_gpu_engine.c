@@ -1,0 +1,374 @@
+/* labels: gpu */
+/* test_gpu_engine.c — the whole vision tower on the GPU (encoder/gpu_engine.c, BF16) against the float32 CPU
+ * reference (encoder/cpu_forward.c), on real photographs of several sizes and aspect ratios decoded and
+ * preprocessed by vitd (tests/fixtures/images/).
+ *
+ * Checks, per image and per output (embeddings and every deepstack feature): cosine >= 0.999 against the CPU
+ * reference and no NaN/Inf (max abs and max rel reported); the same images encoded in one batch and each alone
+ * agree within bf16 noise (cosine >= 0.9995); the public API (vitd_encoder_create with backend "gpu") gives the
+ * engine's result; and the clear errors: a batch over max_batch_tokens (VITD_E_TOO_LARGE), a plan larger than the
+ * free device memory (VITD_E_NOMEM naming both numbers), a device that does not exist.
+ * Models: the "tiny" preset (fast) and the "8b" preset (the real Qwen3-VL-8B tower shapes, random weights,
+ * ~1.2 GB bf16), written with demo_model_write into /tmp, or read from $VITD_TEST_MODEL_8B when set (the device
+ * script writes it once for the benchmark too). VITD_TEST_SKIP_8B=1 runs the tiny preset only.
+ * Without CUDA, a device, or compute capability >= 9.0 it exits 77.
+ */
+#ifndef VITD_HAVE_CUDA
+#include <stdio.h>
+int main(void) {
+    printf("SKIP: vitd was built without CUDA (VITD_CUDA=OFF or no nvcc)\n");
+    return 77;
+}
+#else
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cuda_runtime_api.h>
+
+#include "check.h"
+#include "cpu_forward.h"
+#include "demo_model.h"
+#include "gpu_engine.h"
+#include "image.h"
+#include "preprocess.h"
+#include "util.h"
+
+static void log_hook(vitd_log_level level, const char *msg, void *user) {
+    (void)user;
+    if (level >= VITD_LOG_INFO) printf("  [log] %s\n", msg);
+}
+
+/* A preprocessed batch of fixture images. */
+typedef struct {
+    int n;
+    const char *names[8];
+    vitd_grid grids[8];
+    size_t off[9]; /* patch offsets */
+    float *pv;     /* [off[n], 1536] */
+} images;
+
+static int load_images(images *im, const char *const *files, int n, const vitd_preproc_config *pc) {
+    memset(im, 0, sizeof *im);
+    float *parts[8] = {0};
+    for (int i = 0; i < n; i++) {
+        char path[512];
+        vitd_err err = {0};
+        uint8_t *data = NULL;
+        size_t len = 0;
+        vitd_image img = {0};
+        snprintf(path, sizeof path, "%s/tests/fixtures/images/%s", VITD_SOURCE_DIR, files[i]);
+        if (image_read_file(path, &data, &len, &err) != VITD_OK || image_decode(data, len, 0, &img, &err) ||
+            preprocess_plan(img.height, img.width, pc, &im->grids[i], &err)) {
+            fprintf(stderr, "FAIL: %s: %s\n", files[i], err.msg);
+            return -1;
+        }
+        size_t rows = (size_t)im->grids[i].h * im->grids[i].w;
+        parts[i] = malloc(rows * 1536 * sizeof(float));
+        if (preprocess_run(&img, pc, &im->grids[i], parts[i], &err) != VITD_OK) {
+            fprintf(stderr, "FAIL: preprocess %s: %s\n", files[i], err.msg);
+            return -1;
+        }
+        im->names[i] = files[i];
+        im->off[i + 1] = im->off[i] + rows;
+        image_release(&img);
+        free(data);
+    }
+    im->n = n;
+    im->pv = malloc(im->off[n] * 1536 * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        memcpy(im->pv + im->off[i] * 1536, parts[i], (im->off[i + 1] - im->off[i]) * 1536 * sizeof(float));
+        free(parts[i]);
+    }
+    return 0;
+}
+
+/* Outputs of one run over a batch of images (embeddings [Nm, D], deepstack [nds][Nm][D]). */
+typedef struct {
+    float *emb, *ds;
+} outputs;
+
+static void outputs_alloc(outputs *o, size_t nm, int D, int nds) {
+    o->emb = malloc(nm * D * sizeof(float));
+    o->ds = malloc((size_t)(nds ? nds : 1) * nm * D * sizeof(float));
+    for (size_t i = 0; i < nm * D; i++) o->emb[i] = NAN; /* poison: every element must be written */
+    for (size_t i = 0; i < (size_t)(nds ? nds : 1) * nm * D; i++) o->ds[i] = NAN;
+}
+
+static void outputs_free(outputs *o) {
+    free(o->emb);
+    free(o->ds);
+}
+
+/* Runs images [first, first + count) of im as one batch, writing into o at the batch's merged-token offsets of
+ * the whole set (so that alone and batched runs land in the same layout). */
+typedef vitd_status (*run_fn)(void *impl, const vitd_batch *b, vitd_err *err);
+
+static vitd_status run_subset(run_fn fn, void *impl, const images *im, int first, int count, int D, int nds,
+                              outputs *o, vitd_err *err) {
+    const size_t nm_all = im->off[im->n] / 4, t0 = im->off[first], nm = (im->off[first + count] - t0) / 4;
+    float *emb = malloc(nm * D * sizeof(float)), *ds = malloc((size_t)(nds ? nds : 1) * nm * D * sizeof(float));
+    vitd_batch b = {.n_images = count, .grids = im->grids + first, .pixel_values = im->pv + t0 * 1536,
+                    .embeddings = emb, .deepstack = nds ? ds : NULL};
+    vitd_status st = fn(impl, &b, err);
+    if (st == VITD_OK) {
+        memcpy(o->emb + t0 / 4 * D, emb, nm * D * sizeof(float));
+        for (int j = 0; j < nds; j++)
+            memcpy(o->ds + ((size_t)j * nm_all + t0 / 4) * D, ds + (size_t)j * nm * D, nm * D * sizeof(float));
+    }
+    free(emb);
+    free(ds);
+    return st;
+}
+
+static vitd_status cpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return cpu_forward(impl, b, NULL, err); }
+static vitd_status gpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return gpu_engine_run(impl, b, err); }
+static vitd_status enc_run(void *impl, const vitd_batch *b, vitd_err *err) { return vitd_encoder_run(impl, b, err); }
+
+/* Per image and output: cosine of got vs ref >= min_cos, no NaN. Returns the worst cosine. */
+static double compare(const char *label, const images *im, const outputs *got, const outputs *ref, int D, int nds,
+                      double min_cos) {
+    const size_t nm_all = im->off[im->n] / 4;
+    double worst = 1;
+    for (int i = 0; i < im->n; i++) {
+        const size_t a = im->off[i] / 4, nm = (im->off[i + 1] - im->off[i]) / 4;
+        for (int j = -1; j < nds; j++) {
+            const float *g = j < 0 ? got->emb + a * D : got->ds + ((size_t)j * nm_all + a) * D;
+            const float *r = j < 0 ? ref->emb + a * D : ref->ds + ((size_t)j * nm_all + a) * D;
+            cmp_stats s = cmp_f32(g, r, nm * D, 0, 0);
+            char what[160];
+            if (j < 0)
+                snprintf(what, sizeof what, "%s %s [%dx%d] embeddings", label, im->names[i], im->grids[i].h,
+                         im->grids[i].w);
+            else
+                snprintf(what, sizeof what, "%s %s [%dx%d] deepstack.%d", label, im->names[i], im->grids[i].h,
+                         im->grids[i].w, j);
+            printf("  %-62s max_abs %.3e max_rel %.3e rel_l2 %.3e cos %.7f nan %zu\n", what, s.max_abs, s.max_rel,
+                   s.rel_l2, s.cosine, s.n_nan);
+            CHECK_MSG(s.n_nan == 0, "%s: %zu NaN/Inf", what, s.n_nan);
+            CHECK_MSG(s.cosine >= min_cos, "%s: cosine %.7f < %.4f", what, s.cosine, min_cos);
+            if (s.cosine < worst) worst = s.cosine;
+        }
+    }
+    return worst;
+}
+
+/* The whole comparison on one model directory. */
+static void check_model(const char *dir, const char *label, const char *const *files, int n_files, int gpu_alone) {
+    vitd_err err = {0};
+    vitd_model *model = NULL;
+    cpu_model *cm = NULL;
+    gpu_engine *ge = NULL;
+    images im;
+    printf("%s: %s\n", label, dir);
+    CHECK_OK(vitd_model_load(dir, &model, &err), &err);
+    if (!model) return;
+    const vitd_vision_config *vc = vitd_model_config(model);
+    const int D = vc->out_hidden_size, nds = vc->n_deepstack;
+    if (load_images(&im, files, n_files, vitd_model_preproc(model))) {
+        CHECK(0);
+        vitd_model_free(model);
+        return;
+    }
+    const size_t N = im.off[im.n], nm = N / 4;
+    printf("  %d images, %zu patches\n", im.n, N);
+
+    outputs ref, bat, alone;
+    outputs_alloc(&ref, nm, D, nds);
+    outputs_alloc(&bat, nm, D, nds);
+    outputs_alloc(&alone, nm, D, nds);
+
+    double t0 = vitd_now();
+    CHECK_OK(cpu_model_create(model, 0, &cm, &err), &err);
+    if (cm) CHECK_OK(run_subset(cpu_run, cm, &im, 0, im.n, D, nds, &ref, &err), &err);
+    double t1 = vitd_now();
+    vitd_encoder_opts eo = vitd_encoder_opts_default();
+    eo.max_batch_tokens = N;
+    CHECK_OK(gpu_engine_create(model, &eo, &ge, &err), &err);
+    double t2 = vitd_now();
+    printf("  cpu reference %.1f s, gpu engine create %.1f s\n", t1 - t0, t2 - t1);
+    if (ge && cm) {
+        CHECK_OK(run_subset(gpu_run, ge, &im, 0, im.n, D, nds, &bat, &err), &err);
+        for (int i = 0; i < im.n; i++) CHECK_OK(run_subset(gpu_run, ge, &im, i, 1, D, nds, &alone, &err), &err);
+        /* the rows must be informative: not constant, not equal across images */
+        double r0 = 0;
+        for (size_t k = 0; k < (size_t)D; k++) r0 += fabs(bat.emb[k] - bat.emb[(nm - 1) * D + k]);
+        CHECK_MSG(r0 > 1e-3, "first and last merged token identical (%g)", r0);
+        double w1 = compare("gpu batch vs cpu", &im, &bat, &ref, D, nds, 0.999);
+        double w2 = gpu_alone ? compare("gpu alone vs cpu", &im, &alone, &ref, D, nds, 0.999) : 1;
+        double w3 = compare("gpu alone vs gpu batch", &im, &alone, &bat, D, nds, 0.9995);
+        printf("  worst cosine: batch vs cpu %.7f, alone vs cpu %.7f, alone vs batch %.7f\n", w1, w2, w3);
+
+        /* Repeat the batch: the engine keeps no state between batches. */
+        outputs again;
+        outputs_alloc(&again, nm, D, nds);
+        CHECK_OK(run_subset(gpu_run, ge, &im, 0, im.n, D, nds, &again, &err), &err);
+        CHECK_MSG(!memcmp(again.emb, bat.emb, nm * D * sizeof(float)), "second run of the same batch differs");
+        outputs_free(&again);
+
+        /* Over the batch budget. */
+        gpu_engine_free(ge);
+        ge = NULL;
+        eo.max_batch_tokens = im.off[1]; /* only the first image fits */
+        CHECK_OK(gpu_engine_create(model, &eo, &ge, &err), &err);
+        if (ge) {
+            vitd_batch b = {.n_images = im.n, .grids = im.grids, .pixel_values = im.pv, .embeddings = ref.emb,
+                            .deepstack = NULL};
+            vitd_status s = gpu_engine_run(ge, &b, &err);
+            CHECK_EQ_INT(VITD_E_TOO_LARGE, s);
+            CHECK_STR_CONTAINS(err.msg, "max_batch_tokens");
+            printf("  over budget: %s\n", err.msg);
+        }
+    }
+    gpu_engine_free(ge);
+    cpu_model_free(cm);
+    outputs_free(&ref);
+    outputs_free(&bat);
+    outputs_free(&alone);
+    free(im.pv);
+    vitd_model_free(model);
+}
+
+/* The public API on the tiny model: backend gpu, its names, same result as the engine; and the clear errors. */
+static void check_api_and_errors(const char *dir) {
+    vitd_err err = {0};
+    vitd_model *model = NULL;
+    CHECK_OK(vitd_model_load(dir, &model, &err), &err);
+    if (!model) return;
+    const vitd_vision_config *vc = vitd_model_config(model);
+    const int D = vc->out_hidden_size, nds = vc->n_deepstack;
+    const char *files[] = {"photo_q90_420.jpg"};
+    images im;
+    if (load_images(&im, files, 1, vitd_model_preproc(model))) {
+        CHECK(0);
+        vitd_model_free(model);
+        return;
+    }
+    const size_t nm = im.off[1] / 4;
+    vitd_encoder_opts eo = vitd_encoder_opts_default();
+    eo.backend = "gpu";
+    eo.max_batch_tokens = im.off[1];
+    vitd_encoder *enc = NULL;
+    gpu_engine *ge = NULL;
+    CHECK_OK(vitd_encoder_create(model, &eo, &enc, &err), &err);
+    CHECK_OK(gpu_engine_create(model, &eo, &ge, &err), &err);
+    if (enc && ge) {
+        CHECK(!strcmp(vitd_encoder_backend(enc), "gpu"));
+        CHECK(!strcmp(vitd_encoder_attn_dtype(enc), "bf16"));
+        outputs a, b;
+        outputs_alloc(&a, nm, D, nds);
+        outputs_alloc(&b, nm, D, nds);
+        CHECK_OK(run_subset(enc_run, enc, &im, 0, 1, D, nds, &a, &err), &err);
+        CHECK_OK(run_subset(gpu_run, ge, &im, 0, 1, D, nds, &b, &err), &err);
+        CHECK_MSG(!memcmp(a.emb, b.emb, nm * D * sizeof(float)) &&
+                      !memcmp(a.ds, b.ds, (size_t)nds * nm * D * sizeof(float)),
+                  "vitd_encoder_run (backend gpu) differs from gpu_engine_run");
+        outputs_free(&a);
+        outputs_free(&b);
+        /* no deepstack requested: embeddings only, identical */
+        float *emb = malloc(nm * D * sizeof(float));
+        vitd_batch bb = {.n_images = 1, .grids = im.grids, .pixel_values = im.pv, .embeddings = emb,
+                         .deepstack = NULL};
+        outputs c;
+        outputs_alloc(&c, nm, D, nds);
+        CHECK_OK(run_subset(gpu_run, ge, &im, 0, 1, D, nds, &c, &err), &err);
+        CHECK_OK(gpu_engine_run(ge, &bb, &err), &err);
+        CHECK_MSG(!memcmp(emb, c.emb, nm * D * sizeof(float)), "embeddings differ without deepstack outputs");
+        /* a grid that is not a multiple of the merge size */
+        vitd_grid bad = {1, 3, 4};
+        vitd_batch b2 = {.n_images = 1, .grids = &bad, .pixel_values = im.pv, .embeddings = emb};
+        CHECK_EQ_INT(VITD_E_INVALID_ARG, gpu_engine_run(ge, &b2, &err));
+        CHECK_STR_CONTAINS(err.msg, "image 0");
+        outputs_free(&c);
+        free(emb);
+    }
+    vitd_encoder_free(enc);
+    gpu_engine_free(ge);
+
+    /* a plan far beyond the device's memory */
+    eo.max_batch_tokens = (size_t)1 << 24;
+    ge = NULL;
+    vitd_status s = gpu_engine_create(model, &eo, &ge, &err);
+    CHECK_EQ_INT(VITD_E_NOMEM, s);
+    CHECK_STR_CONTAINS(err.msg, "free");
+    printf("  too little memory: %s\n", err.msg);
+    gpu_engine_free(ge);
+    /* a device that does not exist */
+    eo.max_batch_tokens = 4096;
+    eo.device = 99;
+    s = gpu_engine_create(model, &eo, &ge, &err);
+    CHECK_EQ_INT(VITD_E_INVALID_ARG, s);
+    printf("  no such device: %s\n", err.msg);
+    free(im.pv);
+    vitd_model_free(model);
+}
+
+/* Writes a demo checkpoint into a fresh /tmp directory; returns the path (static storage per preset). */
+static const char *write_demo(const char *preset, char *buf, size_t len) {
+    vitd_err err = {0};
+    snprintf(buf, len, "/tmp/vitd_test_gpu_engine_%s_%d", preset, (int)getpid());
+    demo_model_opts o = demo_model_opts_default();
+    o.preset = preset;
+    o.out_dir = buf;
+    o.seed = 7;
+    double t = vitd_now();
+    if (demo_model_write(&o, &err) != VITD_OK) {
+        fprintf(stderr, "FAIL: demo_model_write %s: %s\n", preset, err.msg);
+        return NULL;
+    }
+    printf("wrote the %s demo model in %.1f s\n", preset, vitd_now() - t);
+    return buf;
+}
+
+static void remove_demo(const char *dir) {
+    const char *files[] = {"config.json", "preprocessor_config.json", "README.md", "model.safetensors"};
+    char p[600];
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        unlink(p);
+    }
+    rmdir(dir);
+}
+
+int main(void) {
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) SKIP("no CUDA device");
+    struct cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) SKIP("cannot read device 0");
+    if (prop.major < 9) SKIP("GPU %s has compute capability %d.%d, the engine needs >= 9.0", prop.name, prop.major,
+                             prop.minor);
+    vitd_log_set(log_hook, NULL);
+    printf("device: %s\n", prop.name);
+
+    const char *const photos[] = {"chelsea.png", "rocket.jpg", "photo_q90_420.jpg", "rgb8_4x600.png",
+                                  "photo_gray.jpg"};
+    char tiny_buf[256];
+    const char *tiny = write_demo("tiny", tiny_buf, sizeof tiny_buf);
+    CHECK(tiny != NULL);
+    if (tiny) {
+        check_model(tiny, "tiny", photos, 5, 1);
+        check_api_and_errors(tiny);
+        remove_demo(tiny);
+    }
+
+    const char *skip8 = getenv("VITD_TEST_SKIP_8B");
+    if (!skip8 || strcmp(skip8, "1")) {
+        const char *dir8 = getenv("VITD_TEST_MODEL_8B");
+        char buf8[256];
+        int own = 0;
+        if (!dir8 || !*dir8) {
+            dir8 = write_demo("8b", buf8, sizeof buf8);
+            own = 1;
+        }
+        CHECK(dir8 != NULL);
+        /* 504, 1040, 280 and 392 patches: 3:2, 3:2 (downscaled grid), 7:10 upscaled, 1:98 */
+        if (dir8) check_model(dir8, "8b", photos, 4, 1);
+        if (dir8 && own) remove_demo(dir8);
+    }
+    return check_done("test_gpu_engine");
+}
+#endif
