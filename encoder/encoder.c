@@ -28,7 +28,7 @@ struct vitd_encoder {
 
 vitd_encoder_opts vitd_encoder_opts_default(void) {
     vitd_encoder_opts o = {.backend = "auto", .attn_dtype = "auto", .device = 0, .threads = 0,
-                           .max_batch_tokens = 16384};
+                           .max_batch_tokens = 16384, .max_batch_images = 0};
     return o;
 }
 

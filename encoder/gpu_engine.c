@@ -578,7 +578,8 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
     g->max_tokens = (opts->max_batch_tokens + (size_t)g->g - 1) / g->g * g->g;
     g->max_images = GPU_ENGINE_MAX_IMAGES;
     if (g->max_tokens / 256 > (size_t)g->max_images) g->max_images = (int)(g->max_tokens / 256);
-    if (g->max_images > 1024) g->max_images = 1024;
+    if (opts->max_batch_images > g->max_images) g->max_images = opts->max_batch_images;
+    if (g->max_images > 4096) g->max_images = 4096;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     g->host_threads = opts->threads > 0 ? opts->threads : (cores > 16 ? 16 : cores > 0 ? (int)cores : 1);
     pool_start(&g->pool, g->host_threads - 1);

@@ -4,8 +4,8 @@
  *
  * Limits of one engine (fixed at creation): at most opts->max_batch_tokens patches per batch (the server's largest
  * image runs alone, so this is also the largest image), and at most gpu_engine_max_images() attention segments
- * (images x frames) per batch, GPU_ENGINE_MAX_IMAGES unless max_batch_tokens / 256 is larger (an image has at least
- * 256 patches with Qwen3-VL's min_pixels), capped at 1024. Batches over a limit fail with VITD_E_TOO_LARGE naming it.
+ * (images x frames) per batch: the largest of GPU_ENGINE_MAX_IMAGES, max_batch_tokens / 256 (an image has at least
+ * 256 patches with Qwen3-VL's min_pixels) and opts->max_batch_images, capped at 4096. Batches over a limit fail with VITD_E_TOO_LARGE naming it.
  *
  * Numerics follow Hugging Face's BF16 inference (MODEL.md 5): pixel values rounded to bf16, bf16 activations,
  * float32 accumulation and LayerNorm statistics, position embedding summed in float32 then added in bf16, rotary

@@ -148,6 +148,7 @@ typedef struct {
     int device;                   /* CUDA device ordinal */
     int threads;                  /* CPU backend threads (0 = all cores) */
     size_t max_batch_tokens;      /* largest batch (in patches) the encoder must accept */
+    int max_batch_images;         /* most images (x frames) per batch the encoder must accept; 0 = backend default */
 } vitd_encoder_opts;
 
 vitd_encoder_opts vitd_encoder_opts_default(void);

@@ -300,6 +300,7 @@ int serve_main(int argc, char **argv) {
     eo.device = cfg.device;
     eo.threads = cfg.encoder_threads;
     eo.max_batch_tokens = encoder_tokens;
+    eo.max_batch_images = cfg.batch_max_images;
     if (vitd_encoder_create(model, &eo, &enc, &err) != VITD_OK) {
         log_msg(VITD_LOG_ERROR, "encoder (backend %s): %s", cfg.backend, err.msg);
         goto done;
