@@ -17,6 +17,8 @@
 
 #include <cJSON.h>
 
+#include "util.h"
+
 #define KIB 1024.0
 #define MIB (1024.0 * 1024.0)
 #define GIB (1024.0 * 1024.0 * 1024.0)
@@ -135,20 +137,6 @@ static const config_option k_options[] = {
 #define FIELD(cfg, opt, T) ((T *)((char *)(cfg) + (opt)->offset))
 #define CFIELD(cfg, opt, T) ((const T *)((const char *)(cfg) + (opt)->offset))
 
-/* Fills err like vitd_fail() (kept local so the config library depends on nothing but cJSON). */
-static vitd_status cfg_fail(vitd_err *err, vitd_status code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static vitd_status cfg_fail(vitd_err *err, vitd_status code, const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
-        va_end(ap);
-        err->code = code;
-    }
-    return code;
-}
-
 /* ---- lookup ---- */
 
 const config_option *config_options(int *n) {
@@ -244,12 +232,12 @@ static vitd_status out_of_range(const config_option *o, const char *value, const
     char lo[32], hi[32];
     fmt_bound(lo, sizeof lo, o, o->min);
     fmt_bound(hi, sizeof hi, o, o->max);
-    return cfg_fail(err, VITD_E_INVALID_ARG, "%s: %s = %.64s is out of range [%s, %s]", source, o->name, value,
+    return vitd_fail(err, VITD_E_INVALID_ARG, "%s: %s = %.64s is out of range [%s, %s]", source, o->name, value,
                     lo, hi);
 }
 
 static vitd_status bad_syntax(const config_option *o, const char *value, const char *source, vitd_err *err) {
-    return cfg_fail(err, VITD_E_INVALID_ARG, "%s: %s expects %s, got \"%.64s\"", source, o->name,
+    return vitd_fail(err, VITD_E_INVALID_ARG, "%s: %s expects %s, got \"%.64s\"", source, o->name,
                     type_word(o->type), value);
 }
 
@@ -303,7 +291,7 @@ static vitd_status store_number(vitd_config *cfg, const config_option *o, double
     case CONFIG_INT: *FIELD(cfg, o, int) = (int)v; break;
     case CONFIG_SIZE: *FIELD(cfg, o, size_t) = (size_t)v; break;
     case CONFIG_DOUBLE: *FIELD(cfg, o, double) = v; break;
-    default: return cfg_fail(err, VITD_E_INTERNAL, "%s: %s is not numeric", source, o->name);
+    default: return vitd_fail(err, VITD_E_INTERNAL, "%s: %s is not numeric", source, o->name);
     }
     return VITD_OK;
 }
@@ -312,8 +300,8 @@ static vitd_status store_string(vitd_config *cfg, const config_option *o, const 
                                 vitd_err *err) {
     size_t len = strlen(s);
     if ((double)len < o->min || (double)len > o->max) {
-        if (len == 0) return cfg_fail(err, VITD_E_INVALID_ARG, "%s: %s must not be empty", source, o->name);
-        return cfg_fail(err, VITD_E_INVALID_ARG, "%s: %s is %zu bytes long, more than the %.0f allowed", source,
+        if (len == 0) return vitd_fail(err, VITD_E_INVALID_ARG, "%s: %s must not be empty", source, o->name);
+        return vitd_fail(err, VITD_E_INVALID_ARG, "%s: %s is %zu bytes long, more than the %.0f allowed", source,
                         o->name, len, o->max);
     }
     memcpy(FIELD(cfg, o, char), s, len + 1);
@@ -333,7 +321,7 @@ static vitd_status store_enum(vitd_config *cfg, const config_option *o, const ch
         if (i) strncat(allowed, "|", sizeof allowed - strlen(allowed) - 1);
         strncat(allowed, o->choices[i], sizeof allowed - strlen(allowed) - 1);
     }
-    return cfg_fail(err, VITD_E_INVALID_ARG, "%s: %s = \"%.64s\" is not one of %s", source, o->name, s, allowed);
+    return vitd_fail(err, VITD_E_INVALID_ARG, "%s: %s = \"%.64s\" is not one of %s", source, o->name, s, allowed);
 }
 
 /* Parses text for option o and stores it. Numbers and words are trimmed of surrounding whitespace; strings are
@@ -373,7 +361,7 @@ static vitd_status set_text(vitd_config *cfg, const config_option *o, const char
     case CONFIG_ENUM: return store_enum(cfg, o, t, source, err);
     case CONFIG_STRING: break;
     }
-    return cfg_fail(err, VITD_E_INTERNAL, "%s: %s has an unknown type", source, o->name);
+    return vitd_fail(err, VITD_E_INTERNAL, "%s: %s has an unknown type", source, o->name);
 }
 
 vitd_status config_set(vitd_config *cfg, const char *name, const char *value, const char *source, vitd_err *err) {
@@ -381,10 +369,10 @@ vitd_status config_set(vitd_config *cfg, const char *name, const char *value, co
     if (!source) source = "config";
     if (!o) {
         const char *s = name ? suggest(name, strlen(name)) : NULL;
-        return cfg_fail(err, VITD_E_INVALID_ARG, "%s: unknown option \"%.64s\"%s%s%s", source, name ? name : "",
+        return vitd_fail(err, VITD_E_INVALID_ARG, "%s: unknown option \"%.64s\"%s%s%s", source, name ? name : "",
                         s ? " (did you mean " : "", s ? s : "", s ? "?)" : "");
     }
-    if (!value) return cfg_fail(err, VITD_E_INVALID_ARG, "%s: %s needs a value", source, o->name);
+    if (!value) return vitd_fail(err, VITD_E_INVALID_ARG, "%s: %s needs a value", source, o->name);
     return set_text(cfg, o, value, source, err);
 }
 
@@ -437,7 +425,7 @@ static vitd_status apply_json_value(vitd_config *cfg, const config_option *o, co
         if (!cJSON_IsString(v)) break;
         return store_enum(cfg, o, v->valuestring, source, err);
     }
-    return cfg_fail(err, VITD_E_INVALID_ARG, "%s: key \"%s\" must be %s, got %s", source, o->name,
+    return vitd_fail(err, VITD_E_INVALID_ARG, "%s: key \"%s\" must be %s, got %s", source, o->name,
                     o->type == CONFIG_SIZE ? "a number or a size string"
                     : o->type == CONFIG_ENUM || o->type == CONFIG_STRING ? "a string"
                                                                         : type_word(o->type),
@@ -452,10 +440,10 @@ vitd_status config_apply_json(vitd_config *cfg, const char *json, const char *so
     if (!root) {
         int line = 1;
         for (const char *p = json; end && p < end && *p; p++) line += *p == '\n';
-        return cfg_fail(err, VITD_E_INVALID_ARG, "%s: JSON syntax error near line %d", source, line);
+        return vitd_fail(err, VITD_E_INVALID_ARG, "%s: JSON syntax error near line %d", source, line);
     }
     if (!cJSON_IsObject(root)) {
-        st = cfg_fail(err, VITD_E_INVALID_ARG, "%s: expected one JSON object {\"key\": value, ...}, got %s",
+        st = vitd_fail(err, VITD_E_INVALID_ARG, "%s: expected one JSON object {\"key\": value, ...}, got %s",
                       source, json_type_name(root));
         goto fail;
     }
@@ -465,12 +453,12 @@ vitd_status config_apply_json(vitd_config *cfg, const char *json, const char *so
             if (strcmp(k_options[i].name, v->string) == 0) o = &k_options[i];
         if (!o) {
             const char *s = suggest(v->string, strlen(v->string));
-            st = cfg_fail(err, VITD_E_INVALID_ARG, "%s: unknown key \"%.64s\"%s%s%s", source, v->string,
+            st = vitd_fail(err, VITD_E_INVALID_ARG, "%s: unknown key \"%.64s\"%s%s%s", source, v->string,
                           s ? " (did you mean \"" : "", s ? s : "", s ? "\"?)" : "");
             goto fail;
         }
         if (seen[o - k_options]) {
-            st = cfg_fail(err, VITD_E_INVALID_ARG, "%s: key \"%s\" appears twice", source, o->name);
+            st = vitd_fail(err, VITD_E_INVALID_ARG, "%s: key \"%s\" appears twice", source, o->name);
             goto fail;
         }
         seen[o - k_options] = true;
@@ -482,41 +470,11 @@ fail:
     return st;
 }
 
-/* Reads a whole small file into a malloc'd NUL-terminated string; the caller frees *out. */
-static vitd_status read_small_file(const char *path, size_t limit, const char *what, char **out, vitd_err *err) {
-    vitd_status st = VITD_OK;
-    char *buf = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return cfg_fail(err, VITD_E_IO, "%s %s: %s", what, path, strerror(errno));
-    buf = malloc(limit + 1);
-    if (!buf) {
-        st = cfg_fail(err, VITD_E_NOMEM, "%s %s: out of memory", what, path);
-        goto fail;
-    }
-    size_t n = fread(buf, 1, limit + 1, f);
-    if (ferror(f)) {
-        st = cfg_fail(err, VITD_E_IO, "%s %s: read error", what, path);
-        goto fail;
-    }
-    if (n > limit) {
-        st = cfg_fail(err, VITD_E_INVALID_ARG, "%s %s: larger than %zu bytes", what, path, limit);
-        goto fail;
-    }
-    buf[n] = '\0';
-    fclose(f);
-    *out = buf;
-    return VITD_OK;
-fail:
-    free(buf);
-    fclose(f);
-    return st;
-}
-
 static vitd_status load_file(vitd_config *cfg, const char *path, vitd_err *err) {
     char *text = NULL;
     char source[160];
     snprintf(source, sizeof source, "config file %s", path);
-    vitd_status st = read_small_file(path, CONFIG_FILE_MAX, "config file", &text, err);
+    vitd_status st = vitd_read_file(path, source, CONFIG_FILE_MAX, &text, NULL, err);
     if (st != VITD_OK) return st;
     st = config_apply_json(cfg, text, source, err);
     free(text);
@@ -526,16 +484,18 @@ static vitd_status load_file(vitd_config *cfg, const char *path, vitd_err *err) 
 /* Reads api_key_file's first line, trimmed, into cfg->api_key. */
 static vitd_status load_key_file(vitd_config *cfg, vitd_err *err) {
     char *text = NULL;
-    vitd_status st = read_small_file(cfg->api_key_file, 64 * 1024, "api_key_file", &text, err);
+    char label[VITD_CONFIG_STR_MAX + 16];
+    snprintf(label, sizeof label, "api_key_file %s", cfg->api_key_file);
+    vitd_status st = vitd_read_file(cfg->api_key_file, label, 64 * 1024, &text, NULL, err);
     if (st != VITD_OK) return st;
     char *p = text;
     while (isspace((unsigned char)*p)) p++;
     size_t len = strcspn(p, "\r\n");
     while (len > 0 && isspace((unsigned char)p[len - 1])) len--;
     if (len == 0) {
-        st = cfg_fail(err, VITD_E_INVALID_ARG, "api_key_file %s: no key in the file", cfg->api_key_file);
+        st = vitd_fail(err, VITD_E_INVALID_ARG, "api_key_file %s: no key in the file", cfg->api_key_file);
     } else if (len >= sizeof cfg->api_key) {
-        st = cfg_fail(err, VITD_E_INVALID_ARG, "api_key_file %s: key longer than %zu bytes", cfg->api_key_file,
+        st = vitd_fail(err, VITD_E_INVALID_ARG, "api_key_file %s: key longer than %zu bytes", cfg->api_key_file,
                       sizeof cfg->api_key - 1);
     } else {
         memcpy(cfg->api_key, p, len);
@@ -594,10 +554,10 @@ static vitd_status scan_config_flag(int argc, char **argv, const char **path, vi
         if (!is_config_flag(argv[i], &v)) continue;
         if (!v) {
             if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0)
-                return cfg_fail(err, VITD_E_INVALID_ARG, "flag --config needs a value (a JSON file)");
+                return vitd_fail(err, VITD_E_INVALID_ARG, "flag --config needs a value (a JSON file)");
             v = argv[++i];
         }
-        if (!*v) return cfg_fail(err, VITD_E_INVALID_ARG, "flag --config needs a value (a JSON file)");
+        if (!*v) return vitd_fail(err, VITD_E_INVALID_ARG, "flag --config needs a value (a JSON file)");
         *path = v;
     }
     return VITD_OK;
@@ -605,7 +565,7 @@ static vitd_status scan_config_flag(int argc, char **argv, const char **path, vi
 
 static vitd_status add_positional(config_args *args, char *arg, vitd_err *err) {
     if (!args)
-        return cfg_fail(err, VITD_E_INVALID_ARG, "unexpected argument \"%.64s\" (options are flags: --name value)",
+        return vitd_fail(err, VITD_E_INVALID_ARG, "unexpected argument \"%.64s\" (options are flags: --name value)",
                         arg);
     args->positional[args->n_positional++] = arg;
     return VITD_OK;
@@ -622,7 +582,7 @@ static vitd_status apply_flags(vitd_config *cfg, int argc, char **argv, config_a
             break;
         }
         if (strcmp(arg, "-h") == 0 || strcmp(arg, "--help") == 0) {
-            if (!args) return cfg_fail(err, VITD_E_INVALID_ARG, "%s is not accepted here", arg);
+            if (!args) return vitd_fail(err, VITD_E_INVALID_ARG, "%s is not accepted here", arg);
             args->help = true;
             continue;
         }
@@ -635,7 +595,7 @@ static vitd_status apply_flags(vitd_config *cfg, int argc, char **argv, config_a
             continue;
         }
         if (arg[1] != '-')
-            return cfg_fail(err, VITD_E_INVALID_ARG, "unknown flag %.64s (flags are long: --name value)", arg);
+            return vitd_fail(err, VITD_E_INVALID_ARG, "unknown flag %.64s (flags are long: --name value)", arg);
         const char *name = arg + 2;
         const char *eq = strchr(name, '=');
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
@@ -651,7 +611,7 @@ static vitd_status apply_flags(vitd_config *cfg, int argc, char **argv, config_a
         }
         if (!o) {
             const char *s = suggest(name, nlen);
-            return cfg_fail(err, VITD_E_INVALID_ARG, "unknown flag --%.*s%s%s%s", (int)(nlen > 64 ? 64 : nlen),
+            return vitd_fail(err, VITD_E_INVALID_ARG, "unknown flag --%.*s%s%s%s", (int)(nlen > 64 ? 64 : nlen),
                             name, s ? " (did you mean --" : "", s ? s : "", s ? "?)" : "");
         }
         if (eq) {
@@ -660,7 +620,7 @@ static vitd_status apply_flags(vitd_config *cfg, int argc, char **argv, config_a
             v = "true";
         } else {
             if (i + 1 >= argc || strncmp(argv[i + 1], "--", 2) == 0)
-                return cfg_fail(err, VITD_E_INVALID_ARG, "%s needs a value (%s)", source, type_word(o->type));
+                return vitd_fail(err, VITD_E_INVALID_ARG, "%s needs a value (%s)", source, type_word(o->type));
             v = argv[++i];
         }
         if ((st = set_text(cfg, o, v, source, err)) != VITD_OK) return st;
@@ -684,7 +644,7 @@ vitd_status config_validate(const vitd_config *cfg, vitd_err *err) {
             const char *s = CFIELD(cfg, o, char);
             size_t len = strnlen(s, VITD_CONFIG_STR_MAX);
             if ((double)len < o->min || (double)len > o->max)
-                return cfg_fail(err, VITD_E_INVALID_ARG, "config: %s must be %.0f to %.0f bytes long", o->name,
+                return vitd_fail(err, VITD_E_INVALID_ARG, "config: %s must be %.0f to %.0f bytes long", o->name,
                                 o->min, o->max);
             continue;
         }
@@ -693,7 +653,7 @@ vitd_status config_validate(const vitd_config *cfg, vitd_err *err) {
             bool ok = false;
             for (int c = 0; s && o->choices[c]; c++) ok |= strcmp(s, o->choices[c]) == 0;
             if (!ok)
-                return cfg_fail(err, VITD_E_INVALID_ARG, "config: %s = \"%.64s\" is not an allowed word", o->name,
+                return vitd_fail(err, VITD_E_INVALID_ARG, "config: %s = \"%.64s\" is not an allowed word", o->name,
                                 s ? s : "(null)");
             continue;
         }
@@ -704,10 +664,10 @@ vitd_status config_validate(const vitd_config *cfg, vitd_err *err) {
         }
     }
     if (cfg->min_pixels && cfg->max_pixels && cfg->min_pixels > cfg->max_pixels)
-        return cfg_fail(err, VITD_E_INVALID_ARG, "config: min_pixels = %zu is larger than max_pixels = %zu",
+        return vitd_fail(err, VITD_E_INVALID_ARG, "config: min_pixels = %zu is larger than max_pixels = %zu",
                         cfg->min_pixels, cfg->max_pixels);
     if (cfg->queue_max_tokens < cfg->batch_max_tokens)
-        return cfg_fail(err, VITD_E_INVALID_ARG,
+        return vitd_fail(err, VITD_E_INVALID_ARG,
                         "config: queue_max_tokens = %zu is smaller than batch_max_tokens = %zu (a full batch "
                         "could never be queued)",
                         cfg->queue_max_tokens, cfg->batch_max_tokens);
@@ -722,7 +682,7 @@ vitd_status config_load_args(vitd_config *cfg, int argc, char **argv, char **env
     if (args) {
         memset(args, 0, sizeof *args);
         args->positional = calloc((size_t)(argc > 0 ? argc : 1), sizeof *args->positional);
-        if (!args->positional) return cfg_fail(err, VITD_E_NOMEM, "config: out of memory");
+        if (!args->positional) return vitd_fail(err, VITD_E_NOMEM, "config: out of memory");
     }
     if (!envp) envp = environ;
     if ((st = scan_config_flag(argc, argv, &path, err)) != VITD_OK) return st;
@@ -737,7 +697,7 @@ vitd_status config_load_args(vitd_config *cfg, int argc, char **argv, char **env
     if ((st = apply_env(cfg, envp, args, err)) != VITD_OK) return st;
     if ((st = apply_flags(cfg, argc, argv, args, err)) != VITD_OK) return st;
     if (cfg->api_key[0] && cfg->api_key_file[0])
-        return cfg_fail(err, VITD_E_INVALID_ARG, "config: api_key and api_key_file are both set; use one");
+        return vitd_fail(err, VITD_E_INVALID_ARG, "config: api_key and api_key_file are both set; use one");
     if ((st = config_validate(cfg, err)) != VITD_OK) return st;
     if (cfg->api_key_file[0] && (st = load_key_file(cfg, err)) != VITD_OK) return st;
     return VITD_OK;
@@ -755,54 +715,6 @@ void config_args_release(config_args *args) {
 
 /* ---- rendering ---- */
 
-/* A growable string; on allocation failure `failed` is set and later appends do nothing. */
-typedef struct {
-    char *p;
-    size_t len, cap;
-    bool failed;
-} strbuf;
-
-static void sb_append(strbuf *b, const char *s, size_t n) {
-    if (b->failed) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_puts(strbuf *b, const char *s) { sb_append(b, s, strlen(s)); }
-
-static void sb_printf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void sb_printf(strbuf *b, const char *fmt, ...) {
-    char tmp[128];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
-    va_end(ap);
-    if (n < 0) return;
-    sb_append(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
-}
-
-/* Returns the string owned by b (or NULL after a failed allocation). */
-static char *sb_finish(strbuf *b) {
-    if (b->failed) {
-        free(b->p);
-        return NULL;
-    }
-    if (!b->p) sb_append(b, "", 0);
-    return b->failed ? NULL : b->p;
-}
-
 /* Shortest %g rendering of a double that reads back to the same value. */
 static void fmt_double(char *buf, size_t n, double v) {
     for (int prec = 15; prec <= 17; prec++) {
@@ -811,23 +723,23 @@ static void fmt_double(char *buf, size_t n, double v) {
     }
 }
 
-static void sb_json_string(strbuf *b, const char *s) {
-    sb_puts(b, "\"");
+static void append_json_string(strbuf *b, const char *s) {
+    strbuf_puts(b, "\"");
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
         if (*p == '"' || *p == '\\') {
             char e[2] = {'\\', (char)*p};
-            sb_append(b, e, 2);
+            strbuf_append(b, e, 2);
         } else if (*p == '\n') {
-            sb_puts(b, "\\n");
+            strbuf_puts(b, "\\n");
         } else if (*p == '\t') {
-            sb_puts(b, "\\t");
+            strbuf_puts(b, "\\t");
         } else if (*p < 0x20) {
-            sb_printf(b, "\\u%04x", *p);
+            strbuf_printf(b, "\\u%04x", *p);
         } else {
-            sb_append(b, (const char *)p, 1);
+            strbuf_append(b, (const char *)p, 1);
         }
     }
-    sb_puts(b, "\"");
+    strbuf_puts(b, "\"");
 }
 
 /* The value of one option as text; strings are returned as they are (the caller quotes). */
@@ -851,20 +763,20 @@ const char *config_value_text(const vitd_config *cfg, const config_option *o, ch
 
 char *config_dump_json(const vitd_config *cfg) {
     strbuf b = {0};
-    sb_puts(&b, "{\n");
+    strbuf_puts(&b, "{\n");
     for (int i = 0; i < N_OPTIONS; i++) {
         const config_option *o = &k_options[i];
         char buf[64];
         const char *v = config_value_text(cfg, o, buf, sizeof buf);
-        sb_puts(&b, "  ");
-        sb_json_string(&b, o->name);
-        sb_puts(&b, ": ");
-        if (o->type == CONFIG_STRING || o->type == CONFIG_ENUM) sb_json_string(&b, v);
-        else sb_puts(&b, v);
-        sb_puts(&b, i + 1 < N_OPTIONS ? ",\n" : "\n");
+        strbuf_puts(&b, "  ");
+        append_json_string(&b, o->name);
+        strbuf_puts(&b, ": ");
+        if (o->type == CONFIG_STRING || o->type == CONFIG_ENUM) append_json_string(&b, v);
+        else strbuf_puts(&b, v);
+        strbuf_puts(&b, i + 1 < N_OPTIONS ? ",\n" : "\n");
     }
-    sb_puts(&b, "}\n");
-    return sb_finish(&b);
+    strbuf_puts(&b, "}\n");
+    return strbuf_finish(&b);
 }
 
 /* A logfmt value needs quotes when it is empty or holds a space, quote, '=', backslash or control character. */
@@ -881,13 +793,13 @@ char *config_format_line(const vitd_config *cfg) {
         const config_option *o = &k_options[i];
         char buf[64];
         const char *v = config_value_text(cfg, o, buf, sizeof buf);
-        if (i) sb_puts(&b, " ");
-        sb_puts(&b, o->name);
-        sb_puts(&b, "=");
-        if (needs_quotes(v)) sb_json_string(&b, v);
-        else sb_puts(&b, v);
+        if (i) strbuf_puts(&b, " ");
+        strbuf_puts(&b, o->name);
+        strbuf_puts(&b, "=");
+        if (needs_quotes(v)) append_json_string(&b, v);
+        else strbuf_puts(&b, v);
     }
-    return sb_finish(&b);
+    return strbuf_finish(&b);
 }
 
 /* Writes text wrapped at `width` columns, each line indented by `indent` spaces. */

@@ -51,41 +51,6 @@ static int vision_prefix(const char *name) {
 
 /* ---- small files ---- */
 
-/* Reads a whole text file into a NUL-terminated malloc'd buffer (*out, caller frees); label names it in messages.
- * Returns VITD_E_IO when it cannot be opened, VITD_E_MODEL when it is not a regular file of at most
- * CONFIG_MAX_BYTES. */
-static vitd_status read_text(const char *path, const char *label, char **out, vitd_err *err) {
-    *out = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) return vitd_fail(err, VITD_E_IO, "cannot read %s: %s", label, strerror(errno));
-    vitd_status st = VITD_OK;
-    char *buf = NULL;
-    struct stat sb;
-    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        st = vitd_fail(err, VITD_E_MODEL, "%s is not a regular file", label);
-        goto fail;
-    }
-    if ((unsigned long long)sb.st_size > CONFIG_MAX_BYTES) {
-        st = vitd_fail(err, VITD_E_MODEL, "%s: %lld bytes exceeds the limit %u", label, (long long)sb.st_size,
-                       CONFIG_MAX_BYTES);
-        goto fail;
-    }
-    size_t n = (size_t)sb.st_size;
-    buf = xmalloc(n + 1);
-    if (fread(buf, 1, n, f) != n) {
-        st = vitd_fail(err, VITD_E_MODEL, "%s: short read", label);
-        goto fail;
-    }
-    buf[n] = 0;
-    fclose(f);
-    *out = buf;
-    return VITD_OK;
-fail:
-    free(buf);
-    fclose(f);
-    return st;
-}
-
 /* Re-labels a failure of a lower layer (I/O, safetensors parse) as a model error, keeping its message. */
 static vitd_status as_model_error(vitd_status st, vitd_err *err) {
     if (st == VITD_E_NOMEM) return st;
@@ -538,7 +503,7 @@ static vitd_status find_weight_files(const char *dir, char ***names, int *n, cJS
     }
     if (file_exists(dir, "model.safetensors.index.json")) {
         ipath = path_join(dir, "model.safetensors.index.json");
-        if ((st = read_text(ipath, "model.safetensors.index.json", &text, err)) != VITD_OK) {
+        if ((st = vitd_read_file(ipath, "model.safetensors.index.json", CONFIG_MAX_BYTES, &text, NULL, err)) != VITD_OK) {
             st = as_model_error(st, err);
             goto fail;
         }
@@ -725,7 +690,7 @@ vitd_status vitd_model_load(const char *dir, vitd_model **out, vitd_err *err) {
     m->path = xstrdup(dir);
 
     p = path_join(dir, "config.json");
-    if ((st = read_text(p, "config.json", &text, err)) != VITD_OK) {
+    if ((st = vitd_read_file(p, "config.json", CONFIG_MAX_BYTES, &text, NULL, err)) != VITD_OK) {
         st = vitd_fail(err, VITD_E_MODEL, "no readable config.json in %.200s", dir);
         goto fail;
     }
@@ -741,7 +706,7 @@ vitd_status vitd_model_load(const char *dir, vitd_model **out, vitd_err *err) {
     m->pp.merge_size = m->cfg.spatial_merge_size;
     p = path_join(dir, "preprocessor_config.json");
     if (file_exists(dir, "preprocessor_config.json")) {
-        if ((st = read_text(p, "preprocessor_config.json", &text, err)) != VITD_OK) {
+        if ((st = vitd_read_file(p, "preprocessor_config.json", CONFIG_MAX_BYTES, &text, NULL, err)) != VITD_OK) {
             st = as_model_error(st, err);
             goto fail;
         }

@@ -103,32 +103,11 @@ done:
 }
 
 vitd_status fp8_scales_load(const char *path, int n_layers, fp8_qkv *out, vitd_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return vitd_fail(err, VITD_E_IO, "fp8 scales: cannot open %s: %s", path, strerror(errno));
-    char *buf = NULL;
-    size_t cap = 0, n = 0;
-    for (;;) {
-        if (n + 4096 + 1 > cap) {
-            cap = cap ? cap * 2 : 8192;
-            if (cap > (64u << 20)) {
-                fclose(f);
-                free(buf);
-                return vitd_fail(err, VITD_E_TOO_LARGE, "fp8 scales: %s is larger than 64 MiB", path);
-            }
-            buf = realloc(buf, cap);
-            if (!buf) {
-                fclose(f);
-                return vitd_fail(err, VITD_E_NOMEM, "fp8 scales: out of memory reading %s", path);
-            }
-        }
-        size_t r = fread(buf + n, 1, cap - n - 1, f);
-        n += r;
-        if (r == 0) break;
-    }
-    fclose(f);
-    buf[n] = 0;
-    vitd_status st = fp8_scales_parse(buf, n_layers, out, err);
-    free(buf);
+    char *text = NULL;
+    vitd_status st = vitd_read_file(path, path, 64u << 20, &text, NULL, err);
+    if (st != VITD_OK) return st;
+    st = fp8_scales_parse(text, n_layers, out, err);
+    free(text);
     if (st != VITD_OK) {
         char msg[sizeof err->msg];
         snprintf(msg, sizeof msg, "%s", err->msg);

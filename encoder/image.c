@@ -40,6 +40,7 @@
  * No global state: the libpng and libjpeg error handlers longjmp into a context that lives on the caller's stack.
  */
 #include "image.h"
+#include "util.h"
 
 #include <errno.h>
 #include <limits.h>
@@ -693,39 +694,9 @@ vitd_status image_decode(const uint8_t *data, size_t len, size_t max_pixels, vit
 }
 
 vitd_status image_read_file(const char *path, uint8_t **data, size_t *len, vitd_err *err) {
-    char ebuf[128];
-    struct stat sb;
-    uint8_t *buf = NULL;
-    vitd_status st = VITD_OK;
-    *data = NULL;
-    *len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) return vitd_fail(err, VITD_E_IO, "%s: %s", path, strerror_r(errno, ebuf, sizeof ebuf));
-    if (fstat(fileno(f), &sb) != 0) {
-        st = vitd_fail(err, VITD_E_IO, "%s: %s", path, strerror_r(errno, ebuf, sizeof ebuf));
-        goto fail;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        st = vitd_fail(err, VITD_E_IO, "%s: not a regular file", path);
-        goto fail;
-    }
-    size_t n = (size_t)sb.st_size;
-    buf = malloc(n ? n : 1);
-    if (!buf) {
-        st = vitd_fail(err, VITD_E_NOMEM, "%s: cannot allocate %zu bytes", path, n);
-        goto fail;
-    }
-    if (fread(buf, 1, n, f) != n) {
-        st = vitd_fail(err, VITD_E_IO, "%s: short read (%zu bytes expected)", path, n);
-        goto fail;
-    }
-    fclose(f);
-    *data = buf;
-    *len = n;
-    return VITD_OK;
-fail:
-    free(buf);
-    fclose(f);
+    char *buf = NULL;
+    vitd_status st = vitd_read_file(path, path, IMAGE_MAX_FILE_BYTES, &buf, len, err);
+    *data = (uint8_t *)buf;
     return st;
 }
 

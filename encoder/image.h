@@ -37,6 +37,8 @@ typedef enum {
 /* Absolute limits, applied even when max_pixels is 0: no side over 2^20, no more than 2^30 pixels. */
 #define IMAGE_MAX_SIDE (1u << 20)
 #define IMAGE_MAX_PIXELS (1ull << 30)
+/* Largest file image_read_file() reads (VITD_E_TOO_LARGE beyond). */
+#define IMAGE_MAX_FILE_BYTES ((size_t)1 << 32)
 
 /* 8-bit RGB, row-major, 3 bytes per pixel, no row padding. */
 typedef struct {

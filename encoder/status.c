@@ -1,8 +1,11 @@
-/* status.c — vitd_status names, the vitd_err filler, the library's log hook, and util.h's helpers. */
+/* status.c — vitd_status names, the vitd_err filler, the library's log hook, and util.h's helpers: the vitd_util
+ * library under both config/ and encoder/. */
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "util.h"
@@ -94,6 +97,100 @@ double vitd_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+vitd_status vitd_read_file(const char *path, const char *label, size_t max_bytes, char **out, size_t *len,
+                           vitd_err *err) {
+    *out = NULL;
+    if (len) *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) return vitd_fail(err, VITD_E_IO, "cannot read %s: %s", label, strerror(errno));
+    vitd_status st = VITD_OK;
+    char *buf = NULL;
+    struct stat sb;
+    if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        st = vitd_fail(err, VITD_E_IO, "%s is not a regular file", label);
+        goto fail;
+    }
+    if ((unsigned long long)sb.st_size > max_bytes) {
+        st = vitd_fail(err, VITD_E_TOO_LARGE, "%s: %lld bytes exceeds the limit of %zu", label,
+                       (long long)sb.st_size, max_bytes);
+        goto fail;
+    }
+    size_t n = (size_t)sb.st_size;
+    buf = malloc(n + 1);
+    if (!buf) {
+        st = vitd_fail(err, VITD_E_NOMEM, "%s: cannot allocate %zu bytes", label, n + 1);
+        goto fail;
+    }
+    if (fread(buf, 1, n, f) != n) {
+        st = vitd_fail(err, VITD_E_IO, "%s: short read (%zu bytes expected)", label, n);
+        goto fail;
+    }
+    buf[n] = 0;
+    fclose(f);
+    *out = buf;
+    if (len) *len = n;
+    return VITD_OK;
+fail:
+    free(buf);
+    fclose(f);
+    return st;
+}
+
+/* ---- strbuf ---- */
+
+void strbuf_append(strbuf *b, const char *s, size_t n) {
+    if (b->failed) return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        while (cap < b->len + n + 1) cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->failed = true;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+void strbuf_puts(strbuf *b, const char *s) { strbuf_append(b, s, strlen(s)); }
+
+void strbuf_printf(strbuf *b, const char *fmt, ...) {
+    char tmp[256];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+    va_end(ap);
+    if (n < 0) return;
+    if ((size_t)n < sizeof tmp) {
+        strbuf_append(b, tmp, (size_t)n);
+        return;
+    }
+    char *big = malloc((size_t)n + 1);
+    if (!big) {
+        b->failed = true;
+        return;
+    }
+    va_start(ap, fmt);
+    vsnprintf(big, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    strbuf_append(b, big, (size_t)n);
+    free(big);
+}
+
+char *strbuf_finish(strbuf *b) {
+    if (!b->p && !b->failed) strbuf_append(b, "", 0);
+    if (b->failed) {
+        free(b->p);
+        b->p = NULL;
+        return NULL;
+    }
+    return b->p;
 }
 
 /* IEEE half <-> float, round-to-nearest-even, with subnormals, infinities and NaN. */

@@ -1,11 +1,15 @@
 /* util.h — small helpers shared by every module: aborting allocation for small fixed sizes, invariant asserts,
- * a monotonic clock, and bf16/f16 <-> f32 conversions (round-to-nearest-even, as torch does). */
+ * a monotonic clock, whole-file reads, a growable string, and bf16/f16 <-> f32 conversions (round-to-nearest-even,
+ * as torch does). Implemented in status.c, which forms the vitd_util library that config/ and encoder/ both link. */
 #ifndef VITD_UTIL_H
 #define VITD_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "vitd.h"
 
 /* Allocations whose size no input controls: abort with the size on failure. Sizes from input use malloc and
  * fail softly with VITD_E_NOMEM. */
@@ -20,6 +24,26 @@ void vitd_assert_fail(const char *expr, const char *file, int line) __attribute_
 
 /* Monotonic clock in seconds. */
 double vitd_now(void);
+
+/* Reads a whole regular file of at most max_bytes into a malloc'd buffer with a NUL after the data (*out, the
+ * caller frees; *len = size without the NUL, len may be NULL). label names the file in messages. Errors: VITD_E_IO
+ * (cannot open or read, not a regular file), VITD_E_TOO_LARGE (over max_bytes), VITD_E_NOMEM. */
+vitd_status vitd_read_file(const char *path, const char *label, size_t max_bytes, char **out, size_t *len,
+                           vitd_err *err);
+
+/* A growable NUL-terminated string. Zero-initialise; after a failed allocation `failed` is set and appends do
+ * nothing, so a renderer checks once at the end (strbuf_finish). */
+typedef struct {
+    char *p;
+    size_t len, cap;
+    bool failed;
+} strbuf;
+
+void strbuf_append(strbuf *b, const char *s, size_t n);
+void strbuf_puts(strbuf *b, const char *s);
+void strbuf_printf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Hands over the string (the caller frees it), or frees it and returns NULL if an allocation failed. */
+char *strbuf_finish(strbuf *b);
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;

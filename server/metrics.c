@@ -280,39 +280,13 @@ double metrics_value(const metrics_series *s) {
 
 /* ---- rendering ---- */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-    bool failed;
-} outbuf;
-
-static void out_append(outbuf *b, const char *s, size_t n) {
-    if (b->failed) return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = true;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void out_puts(outbuf *b, const char *s) { out_append(b, s, strlen(s)); }
-
 /* Escapes for HELP text (\\ and \n) or, with quote, for label values (also \"). */
-static void out_escaped(outbuf *b, const char *s, bool quote) {
+static void out_escaped(strbuf *b, const char *s, bool quote) {
     for (; *s; s++) {
-        if (*s == '\\') out_puts(b, "\\\\");
-        else if (*s == '\n') out_puts(b, "\\n");
-        else if (quote && *s == '"') out_puts(b, "\\\"");
-        else out_append(b, s, 1);
+        if (*s == '\\') strbuf_puts(b, "\\\\");
+        else if (*s == '\n') strbuf_puts(b, "\\n");
+        else if (quote && *s == '"') strbuf_puts(b, "\\\"");
+        else strbuf_append(b, s, 1);
     }
 }
 
@@ -331,40 +305,40 @@ static void format_value(char *buf, size_t n, double v) {
 
 /* Writes `{a="x",b="y"` plus an optional extra label (le) and the closing brace; nothing when there are no
  * labels at all. */
-static void out_labels(outbuf *b, const metrics_series *s, const char *extra_name, const char *extra_value) {
+static void out_labels(strbuf *b, const metrics_series *s, const char *extra_name, const char *extra_value) {
     const metrics_family *f = s->family;
     if (f->n_labels == 0 && !extra_name) return;
-    out_puts(b, "{");
+    strbuf_puts(b, "{");
     for (int i = 0; i < f->n_labels; i++) {
-        if (i) out_puts(b, ",");
-        out_puts(b, f->labels[i]);
-        out_puts(b, "=\"");
+        if (i) strbuf_puts(b, ",");
+        strbuf_puts(b, f->labels[i]);
+        strbuf_puts(b, "=\"");
         out_escaped(b, s->values[i], true);
-        out_puts(b, "\"");
+        strbuf_puts(b, "\"");
     }
     if (extra_name) {
-        if (f->n_labels) out_puts(b, ",");
-        out_puts(b, extra_name);
-        out_puts(b, "=\"");
-        out_puts(b, extra_value);
-        out_puts(b, "\"");
+        if (f->n_labels) strbuf_puts(b, ",");
+        strbuf_puts(b, extra_name);
+        strbuf_puts(b, "=\"");
+        strbuf_puts(b, extra_value);
+        strbuf_puts(b, "\"");
     }
-    out_puts(b, "}");
+    strbuf_puts(b, "}");
 }
 
-static void out_sample(outbuf *b, const char *name, const char *suffix, const metrics_series *s,
+static void out_sample(strbuf *b, const char *name, const char *suffix, const metrics_series *s,
                        const char *extra_name, const char *extra_value, double v) {
     char num[64];
-    out_puts(b, name);
-    out_puts(b, suffix);
+    strbuf_puts(b, name);
+    strbuf_puts(b, suffix);
     out_labels(b, s, extra_name, extra_value);
     format_value(num, sizeof num, v);
-    out_puts(b, " ");
-    out_puts(b, num);
-    out_puts(b, "\n");
+    strbuf_puts(b, " ");
+    strbuf_puts(b, num);
+    strbuf_puts(b, "\n");
 }
 
-static void render_series(outbuf *b, const metrics_family *f, const metrics_series *s) {
+static void render_series(strbuf *b, const metrics_family *f, const metrics_series *s) {
     if (f->type != METRICS_HISTOGRAM) {
         out_sample(b, f->name, "", s, NULL, NULL, bits_to_double(atomic_load(&s->value)));
         return;
@@ -383,29 +357,25 @@ static void render_series(outbuf *b, const metrics_family *f, const metrics_seri
 
 char *metrics_render(metrics_registry *r, size_t *len) {
     static const char *const type_names[] = {"counter", "gauge", "histogram"};
-    outbuf b = {0};
+    strbuf b = {0};
     pthread_mutex_lock(&r->lock);
     for (const metrics_family *f = r->first; f; f = f->next) {
-        out_puts(&b, "# HELP ");
-        out_puts(&b, f->name);
-        out_puts(&b, " ");
+        strbuf_puts(&b, "# HELP ");
+        strbuf_puts(&b, f->name);
+        strbuf_puts(&b, " ");
         out_escaped(&b, f->help, false);
-        out_puts(&b, "\n# TYPE ");
-        out_puts(&b, f->name);
-        out_puts(&b, " ");
-        out_puts(&b, type_names[f->type]);
-        out_puts(&b, "\n");
+        strbuf_puts(&b, "\n# TYPE ");
+        strbuf_puts(&b, f->name);
+        strbuf_puts(&b, " ");
+        strbuf_puts(&b, type_names[f->type]);
+        strbuf_puts(&b, "\n");
         int n = atomic_load_explicit(&f->n_series, memory_order_acquire);
         for (int i = 0; i < n; i++) render_series(&b, f, f->series[i]);
     }
     pthread_mutex_unlock(&r->lock);
-    if (!b.p) out_append(&b, "", 0);
-    if (b.failed) {
-        free(b.p);
-        return NULL;
-    }
-    if (len) *len = b.len;
-    return b.p;
+    char *text = strbuf_finish(&b);
+    if (text && len) *len = b.len;
+    return text;
 }
 
 /* ---- vitd's metrics ---- */
