@@ -443,3 +443,134 @@ vitd_status cpu_attention(const float *q, const float *k, const float *v, size_t
     free(scores);
     return VITD_OK;
 }
+
+/* ---- fp8 ---- */
+
+/* The twins of kernels/fp8_quant.cu. The quantiser follows the semantics of the GPU's
+ * cvt.rn.satfinite.e4m3x2.f32 (CUDA's __nv_cvt_float_to_fp8 with __NV_SATFINITE): one round-to-nearest-even
+ * from the float value. Scaling by powers of two (frexpf, ldexpf, * 512) is exact, so rintf sees the exact
+ * quotient by the target grid's step and does the one rounding. */
+
+uint8_t cpu_e4m3_from_f32(float x) {
+    uint32_t u;
+    memcpy(&u, &x, sizeof u);
+    const uint8_t sign = (uint8_t)((u >> 24) & 0x80u);
+    const float a = fabsf(x);
+    if (a != a) return 0x7f;               /* NaN: the canonical 0x7f, whatever its sign */
+    if (a > 464.0f) return sign | 0x7e;    /* past 448 + half an ulp, and inf: saturate */
+    if (a < 0.015625f) {                   /* below 2^-6: subnormal grid of step 2^-9 */
+        int m = (int)rintf(a * 512.0f);    /* 0..8; 8 is 2^-6, whose code 0x08 is the first normal */
+        return sign | (uint8_t)m;
+    }
+    int e;
+    (void)frexpf(a, &e);
+    e -= 1;                                /* a = 1.f * 2^e, -6 <= e <= 8 */
+    int m = (int)rintf(ldexpf(a, 3 - e));  /* 8..16: the significand in eighths */
+    if (m == 16) {
+        m = 8;
+        e++;
+    }
+    return sign | (uint8_t)(((e + 7) << 3) | (m - 8));
+}
+
+float cpu_e4m3_to_f32(uint8_t b) {
+    if ((b & 0x7f) == 0x7f) return NAN;
+    const int e = (b >> 3) & 15, m = b & 7;
+    const float v = e == 0 ? ldexpf((float)m, -9) : ldexpf((float)(8 + m), e - 10);
+    return (b & 0x80) ? -v : v;
+}
+
+#define FP8_AMAX_PARTS 64
+
+typedef struct {
+    const float *qkv, *cos_t, *sin_t;
+    size_t n;
+    int heads, hd, dp;
+    const float *descale3;
+    uint8_t *q8, *k8, *v8;
+    float part[FP8_AMAX_PARTS][3]; /* amax of each part of the tokens */
+} fp8_quant_ctx;
+
+/* Rotates the two halves of one head in place: lo = a*c - b*s, hi = b*c + a*s, every operation rounded. */
+static void fp8_rotate(float *x, int half, const float *co, const float *si) {
+    for (int j = 0; j < half; j++) {
+        const float a = x[j], b = x[j + half];
+        const float ac = a * co[j], bs = b * si[j], bc = b * co[j], as = a * si[j];
+        x[j] = ac - bs;
+        x[j + half] = bc + as;
+    }
+}
+
+static float fp8_amax_of(float m, const float *x, int n) {
+    for (int j = 0; j < n; j++) m = fmaxf(m, fabsf(x[j]));
+    return m;
+}
+
+static void fp8_store(uint8_t *dst, const float *x, int hd, int dp, float inv) {
+    for (int j = 0; j < hd; j++) {
+        const float y = x[j] * inv;
+        dst[j] = cpu_e4m3_from_f32(y);
+    }
+    for (int j = hd; j < dp; j++) dst[j] = 0;
+}
+
+/* Items are parts of the token range; part p handles tokens [p*n/parts, (p+1)*n/parts). */
+static void fp8_quant_parts(void *arg, size_t begin, size_t end) {
+    fp8_quant_ctx *c = arg;
+    const int hd = c->hd, half = hd / 2, H = c->heads;
+    float buf[2][1024];
+    float inv[3] = {1.0f, 1.0f, 1.0f};
+    if (c->descale3)
+        for (int w = 0; w < 3; w++) inv[w] = 1.0f / c->descale3[w];
+    for (size_t p = begin; p < end; p++) {
+        const size_t t0 = p * c->n / FP8_AMAX_PARTS, t1 = (p + 1) * c->n / FP8_AMAX_PARTS;
+        float m[3] = {0.0f, 0.0f, 0.0f};
+        for (size_t t = t0; t < t1; t++) {
+            const float *row = c->qkv + t * 3 * (size_t)H * hd;
+            const float *co = c->cos_t + t * (size_t)half, *si = c->sin_t + t * (size_t)half;
+            for (int h = 0; h < H; h++) {
+                for (int w = 0; w < 3; w++) {
+                    float *x = buf[w == 2];
+                    memcpy(x, row + ((size_t)w * H + h) * hd, (size_t)hd * sizeof(float));
+                    if (w < 2) fp8_rotate(x, half, co, si);
+                    m[w] = fp8_amax_of(m[w], x, hd);
+                    if (c->descale3) {
+                        uint8_t *dst = (w == 0 ? c->q8 : w == 1 ? c->k8 : c->v8) + (t * H + h) * (size_t)c->dp;
+                        fp8_store(dst, x, hd, c->dp, inv[w]);
+                    }
+                }
+            }
+        }
+        for (int w = 0; w < 3; w++) c->part[p][w] = m[w];
+    }
+}
+
+void cpu_fp8_quant_qkv_rope(const float *qkv, const float *cos_t, const float *sin_t, size_t n, int heads,
+                            int head_dim, int dp, const float *descale3, uint8_t *q8, uint8_t *k8, uint8_t *v8,
+                            float *amax3, int threads) {
+    VITD_ASSERT(head_dim % 2 == 0 && head_dim <= 1024 && dp >= head_dim && heads > 0);
+    fp8_quant_ctx c = {qkv, cos_t, sin_t, n, heads, head_dim, dp, descale3, q8, k8, v8, {{0}}};
+    size_t per_part = (n * (size_t)heads * head_dim * 3) / FP8_AMAX_PARTS + 1;
+    cpu_parallel_for(threads, FP8_AMAX_PARTS, CPU_MIN_ELEMS / per_part + 1, fp8_quant_parts, &c);
+    for (int p = 0; p < FP8_AMAX_PARTS; p++)
+        for (int w = 0; w < 3; w++) amax3[w] = fmaxf(amax3[w], c.part[p][w]);
+}
+
+void cpu_fp8_slots_fill(const float *scale3, float *slots) {
+    const int w = 4; /* ATTN_FP8_SLOT_FLOATS (kernels.h) */
+    slots[0 * w] = scale3[0];        /* DESCALE_Q */
+    slots[1 * w] = scale3[1];        /* DESCALE_K */
+    slots[2 * w] = scale3[2];        /* DESCALE_V */
+    slots[3 * w] = 1.0f / 448.0f;    /* DESCALE_S */
+    slots[4 * w] = 448.0f;           /* SCALE_S (P <= 1) */
+    slots[5 * w] = 1.0f / scale3[2]; /* SCALE_O: |O| <= 448 * DESCALE_V */
+}
+
+void cpu_fp8_dequant(const uint8_t *o8, size_t n, int heads, int head_dim, int dp, float scale_o, float *out) {
+    const float inv = 1.0f / scale_o;
+    for (size_t th = 0; th < n * (size_t)heads; th++)
+        for (int j = 0; j < head_dim; j++) {
+            const float y = cpu_e4m3_to_f32(o8[th * (size_t)dp + j]) * inv;
+            out[th * (size_t)head_dim + j] = y;
+        }
+}

@@ -149,4 +149,39 @@ vitd_status cpu_attention(const float *q, const float *k, const float *v, size_t
                           const int32_t *cu, int n_seg, int heads, int head_dim, float scale, int block_rows,
                           int threads, vitd_err *err);
 
+/* ---- fp8 ---- */
+
+/* The twins of kernels/fp8_quant.cu (FP8 E4M3 attention operands; fp8_kernels.h has the layouts). E4M3: 1 sign,
+ * 4 exponent bits (bias 7), 3 mantissa bits; largest finite 448, smallest normal 2^-6, subnormals m * 2^-9;
+ * 0x7f / 0xff are NaN, there is no infinity. */
+
+/* float -> E4M3 byte exactly as the GPU's cvt.rn.satfinite.e4m3x2.f32 (__nv_cvt_float_to_fp8 with
+ * __NV_SATFINITE): round to nearest even from the float value (one rounding), subnormals on the 2^-9 grid
+ * (|x| <= 2^-10 -> signed zero), |x| > 464 (448 + half an ulp) and +-inf -> +-448, NaN -> 0x7f. */
+uint8_t cpu_e4m3_from_f32(float x);
+/* E4M3 byte -> float (exact; NaN for 0x7f / 0xff). */
+float cpu_e4m3_to_f32(uint8_t b);
+
+/* Rotary + quantise + pad + amax of the fused kernel fp8_quant_qkv_rope, in the same float32 operations:
+ *   qkv [n, 3*heads*hd]  values of the bf16 QKV GEMM output (q | k | v, head h at h*hd of its third)
+ *   cos_t, sin_t [n, hd/2]  rotary tables (the first hd/2 columns of cpu_rope_cos_sin, or rope_tables)
+ *   q, k: lo = a*c - b*s, hi = b*c + a*s (a = x[j], b = x[j+hd/2]; each product and sum rounded to float32);
+ *   x8 = cpu_e4m3_from_f32(x * inv), inv = 1.0f / descale3[0|1|2] (float32 division) for q, k, v
+ *   q8, k8, v8 [n, heads, dp] E4M3, lanes hd..dp-1 = 0; descale3 == NULL computes the amax only (q8.. unused)
+ *   amax3 [3]: max |q rotated|, |k rotated|, |v| over the batch folded into the values it holds (NaN ignored).
+ * hd even, dp >= hd. Result independent of `threads`. */
+void cpu_fp8_quant_qkv_rope(const float *qkv, const float *cos_t, const float *sin_t, size_t n, int heads,
+                            int head_dim, int dp, const float *descale3, uint8_t *q8, uint8_t *k8, uint8_t *v8,
+                            float *amax3, int threads);
+
+/* The six input slots of one attention call (kernels.h ATTN_FP8_*: first float of each 4-float slot) from the
+ * Q, K, V dequantisation scales: DESCALE_Q/K/V = scale3, DESCALE_S = 1.0f/448, SCALE_S = 448,
+ * SCALE_O = 1.0f / scale3[2]. The AMAX slots and the other floats are left as they are. slots: 32 floats. */
+void cpu_fp8_slots_fill(const float *scale3, float *slots);
+
+/* Dequantisation of the FP8 attention output (fp8_quant_dequant_o before its bf16 rounding):
+ *   o8 [n, heads, dp] E4M3 -> out [n, heads*hd] float = cpu_e4m3_to_f32(o8) * (1.0f / scale_o), pad dropped.
+ * The kernel's output is f32_to_bf16(out[i]). */
+void cpu_fp8_dequant(const uint8_t *o8, size_t n, int heads, int head_dim, int dp, float scale_o, float *out);
+
 #endif
