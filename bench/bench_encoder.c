@@ -1,7 +1,9 @@
-/* bench_encoder.c — images/s and latency of the GPU engine (encoder/gpu_engine.c, BF16) on the shapes of the
- * issue: 448x448 in batches of 16, 1024x1024 in batches of 4, 2048x2048 alone, and a mixed batch; on the 8B tower
- * (the "8b" demo preset: real shapes, random weights) unless --model names another checkpoint; plus one 448x448
- * image alone (latency).
+/* bench_encoder.c — images/s and latency of the GPU engine (encoder/gpu_engine.c) on the shapes of the issue:
+ * 448x448 in batches of 16, 1024x1024 in batches of 4, 2048x2048 alone, and a mixed batch; on the 8B tower (the
+ * "8b" demo preset: real shapes, random weights) unless --model names another checkpoint; plus one 448x448 image
+ * alone (latency). Each case runs on every attention path of --attn (default bf16,fp8,auto) in the same process,
+ * one engine created with attn_dtype auto (so its start-up routing table is logged) and the path forced per case
+ * (gpu_engine_set_attn; fp8 = dynamic scales, history 16); then one line per case with fp8 / bf16 and auto / bf16.
  *
  * Method: pixel values are seeded uniform [-1, 1] floats in host memory (never zeros), as a server hands them over;
  * one engine sized for the largest case; per case --warmup runs, then --iters runs each timed with the host clock
@@ -10,9 +12,12 @@
  * S*(L*(2(4d^2+2dI) + 4*S*d) + 2*K*d) per image of S patches plus the mergers' GEMMs (DEVICE.md's formula).
  * --profile then runs each case once more with per-operation CUDA events and prints where the time goes.
  * One parseable line per result:
- *   encoder case=<name> images=<n> tokens=<T> ms=<median> p10_ms=.. p90_ms=.. img_s=<n/median> tflops=<eff>
- *   stage case=<name> stage=<stage> ms=<sum> calls=<n> share=<% of wall>
- * Usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] [--profile] [--max-batch-tokens N]
+ *   encoder case=<name> attn=<path> images=<n> tokens=<T> ms=<median> p10_ms=.. p90_ms=.. img_s=<n/median>
+ *           tflops=<eff> ran=<path of the last batch>
+ *   stage case=<name> attn=<path> stage=<stage> ms=<sum> calls=<n> share=<% of wall>
+ *   ratio case=<name> fp8_over_bf16=<bf16 ms / fp8 ms> auto_over_bf16=<bf16 ms / auto ms> auto_ran=<path>
+ * Usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] [--attn bf16,fp8,auto] [--profile]
+ *                      [--max-batch-tokens N]
  * Without --model it writes the 8b demo checkpoint to /tmp/vitd_bench_8b (kept for later runs).
  */
 #include <math.h>
@@ -81,8 +86,54 @@ static double case_flops(const bcase *c, const vitd_vision_config *v) {
     return f;
 }
 
+/* Runs one case on the engine's current attention path: warm-up, `iters` timed runs (host clock around
+ * gpu_engine_run), one `encoder` line, and with profile the per-stage lines. Returns the median ms, -1 on error
+ * (printed). ms: scratch [iters]. */
+static double time_case(gpu_engine *ge, const bcase *bc, const vitd_vision_config *vc, const vitd_batch *b,
+                        const char *path, int iters, int warmup, int profile, double *ms) {
+    vitd_err err = {0};
+    int ok = 1;
+    for (int w = 0; w < warmup && ok; w++) ok = gpu_engine_run(ge, b, &err) == VITD_OK;
+    for (int it = 0; it < iters && ok; it++) {
+        double a = vitd_now();
+        ok = gpu_engine_run(ge, b, &err) == VITD_OK;
+        ms[it] = (vitd_now() - a) * 1e3;
+    }
+    if (!ok) {
+        fprintf(stderr, "case %s attn %s: %s\n", bc->name, path, err.msg);
+        return -1;
+    }
+    qsort(ms, (size_t)iters, sizeof *ms, cmp_double);
+    int i90 = iters * 9 / 10;
+    if (i90 >= iters) i90 = iters - 1;
+    const double med = ms[iters / 2], p10 = ms[iters / 10], p90 = ms[i90];
+    const size_t T = vitd_grids_patches(bc->grids, bc->n);
+    printf("encoder case=%s attn=%s images=%d tokens=%zu ms=%.3f p10_ms=%.3f p90_ms=%.3f img_s=%.1f tflops=%.1f "
+           "ran=%s\n", bc->name, path, bc->n, T, med, p10, p90, bc->n / (med * 1e-3),
+           case_flops(bc, vc) / (med * 1e-3) / 1e12, gpu_engine_last_attn(ge));
+    fflush(stdout);
+    if (profile) {
+        gpu_engine_set_profile(ge, 1);
+        gpu_engine_stage st[32];
+        int ns = 0;
+        /* two profiled runs: the first settles the event pool, the second is reported */
+        for (int r = 0; r < 2 && ok; r++) ok = gpu_engine_run(ge, b, &err) == VITD_OK;
+        if (ok) ns = gpu_engine_profile(ge, st, 32);
+        gpu_engine_set_profile(ge, 0);
+        double wall = 0;
+        for (int i = 0; i < ns; i++)
+            if (!strcmp(st[i].name, "wall_total")) wall = st[i].ms;
+        for (int i = 0; i < ns; i++)
+            if (st[i].calls > 0 || st[i].ms > 0)
+                printf("stage case=%s attn=%s stage=%s ms=%.3f calls=%d share=%.1f%%\n", bc->name, path,
+                       st[i].name, st[i].ms, st[i].calls, wall > 0 ? 100 * st[i].ms / wall : 0);
+        fflush(stdout);
+    }
+    return med;
+}
+
 int main(int argc, char **argv) {
-    const char *model_dir = NULL, *only = NULL;
+    const char *model_dir = NULL, *only = NULL, *attn_list = "bf16,fp8,auto";
     int iters = 20, warmup = 3, profile = 0;
     size_t max_tokens = 16384;
     for (int i = 1; i < argc; i++) {
@@ -90,11 +141,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--iters") && i + 1 < argc) iters = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) warmup = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--cases") && i + 1 < argc) only = argv[++i];
+        else if (!strcmp(argv[i], "--attn") && i + 1 < argc) attn_list = argv[++i];
         else if (!strcmp(argv[i], "--max-batch-tokens") && i + 1 < argc) max_tokens = (size_t)atol(argv[++i]);
         else if (!strcmp(argv[i], "--profile")) profile = 1;
         else {
-            fprintf(stderr, "usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] [--profile] "
-                            "[--max-batch-tokens N]\n");
+            fprintf(stderr, "usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] "
+                            "[--attn bf16,fp8,auto] [--profile] [--max-batch-tokens N]\n");
             return 2;
         }
     }
@@ -137,13 +189,24 @@ int main(int argc, char **argv) {
 
     vitd_encoder_opts eo = vitd_encoder_opts_default();
     eo.max_batch_tokens = max_tokens;
+    eo.attn_dtype = strstr(attn_list, "fp8") || strstr(attn_list, "auto") ? "auto" : "bf16";
     gpu_engine *ge = NULL;
     double t0 = vitd_now();
     if (gpu_engine_create(model, &eo, &ge, &err) != VITD_OK) {
         fprintf(stderr, "gpu_engine_create: %s\n", err.msg);
         return 1;
     }
-    fprintf(stderr, "engine created in %.2f s (max_batch_tokens %zu)\n", vitd_now() - t0, max_tokens);
+    fprintf(stderr, "engine created in %.2f s (max_batch_tokens %zu, attention %s)\n", vitd_now() - t0, max_tokens,
+            gpu_engine_attn_dtype(ge));
+    {
+        const attn_route_entry *t = NULL;
+        const int n = gpu_engine_route_table(ge, &t);
+        for (int i = 0; i < n; i++)
+            printf("route shape=%dx%d bf16_ms=%.4f fp8_ms=%.4f ratio=%.3f path=%s\n", t[i].n_images, t[i].max_len,
+                   t[i].ms_bf16, t[i].ms_fp8, t[i].ms_fp8 > 0 ? t[i].ms_bf16 / t[i].ms_fp8 : 0,
+                   t[i].fp8 ? "fp8" : "bf16");
+    }
+    static const char *const paths[3] = {"bf16", "fp8", "auto"};
 
     /* Inputs and outputs sized for the largest case, in plain (pageable) host memory as a caller's would be. */
     float *pv = malloc(need * K * sizeof(float));
@@ -162,42 +225,25 @@ int main(int argc, char **argv) {
         if (only && !strstr(only, bc->name)) continue;
         vitd_batch b = {.n_images = bc->n, .grids = bc->grids, .pixel_values = pv, .embeddings = emb,
                         .deepstack = nds ? ds : NULL};
-        int ok = 1;
-        for (int w = 0; w < warmup && ok; w++) ok = gpu_engine_run(ge, &b, &err) == VITD_OK;
-        for (int it = 0; it < iters && ok; it++) {
-            double a = vitd_now();
-            ok = gpu_engine_run(ge, &b, &err) == VITD_OK;
-            ms[it] = (vitd_now() - a) * 1e3;
+        double med_of[3] = {0, 0, 0};
+        char ran_auto[8] = "";
+        for (int pi = 0; pi < 3; pi++) {
+            if (!strstr(attn_list, paths[pi])) continue;
+            if (gpu_engine_set_attn(ge, paths[pi], &err) != VITD_OK) {
+                fprintf(stderr, "case %s attn %s: %s\n", bc->name, paths[pi], err.msg);
+                continue;
+            }
+            med_of[pi] = time_case(ge, bc, vc, &b, paths[pi], iters, warmup, profile, ms);
+            if (med_of[pi] < 0) return 1;
+            if (pi == 2) snprintf(ran_auto, sizeof ran_auto, "%s", gpu_engine_last_attn(ge));
         }
-        if (!ok) {
-            fprintf(stderr, "case %s: %s\n", bc->name, err.msg);
-            return 1;
-        }
-        qsort(ms, (size_t)iters, sizeof *ms, cmp_double);
-        int i90 = iters * 9 / 10;
-        if (i90 >= iters) i90 = iters - 1;
-        const double med = ms[iters / 2], p10 = ms[iters / 10], p90 = ms[i90];
-        const size_t T = vitd_grids_patches(bc->grids, bc->n);
-        printf("encoder case=%s images=%d tokens=%zu ms=%.3f p10_ms=%.3f p90_ms=%.3f img_s=%.1f tflops=%.1f\n",
-               bc->name, bc->n, T, med, p10, p90, bc->n / (med * 1e-3), case_flops(bc, vc) / (med * 1e-3) / 1e12);
+        if (med_of[0] > 0 && (med_of[1] > 0 || med_of[2] > 0))
+            printf("ratio case=%s fp8_over_bf16=%.3f auto_over_bf16=%.3f auto_ran=%s\n", bc->name,
+                   med_of[1] > 0 ? med_of[0] / med_of[1] : 0, med_of[2] > 0 ? med_of[0] / med_of[2] : 0,
+                   ran_auto[0] ? ran_auto : "-");
         fflush(stdout);
-        if (profile) {
-            gpu_engine_set_profile(ge, 1);
-            gpu_engine_stage st[32];
-            int ns = 0;
-            /* two profiled runs: the first settles the event pool, the second is reported */
-            for (int r = 0; r < 2 && ok; r++) ok = gpu_engine_run(ge, &b, &err) == VITD_OK;
-            if (ok) ns = gpu_engine_profile(ge, st, 32);
-            gpu_engine_set_profile(ge, 0);
-            double wall = 0;
-            for (int i = 0; i < ns; i++)
-                if (!strcmp(st[i].name, "wall_total")) wall = st[i].ms;
-            for (int i = 0; i < ns; i++)
-                printf("stage case=%s stage=%s ms=%.3f calls=%d share=%.1f%%\n", bc->name, st[i].name, st[i].ms,
-                       st[i].calls, wall > 0 ? 100 * st[i].ms / wall : 0);
-            fflush(stdout);
-        }
     }
+    gpu_engine_set_attn(ge, "auto", &err);
     free(ms);
     free(pv);
     free(emb);

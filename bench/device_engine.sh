@@ -5,16 +5,19 @@
 # Build here first with CUDA and copy what the device needs (the GPU machine lacks libcjson, libmicrohttpd and
 # Debian's libjpeg.so.62 / libstb.so.0):
 #     cmake -S . -B build-eng -DVITD_CUDA=ON
-#     cmake --build build-eng -j2 --target vitd test_kernels test_gpu_engine bench_encoder
+#     cmake --build build-eng -j2 --target vitd test_kernels test_gpu_attn test_fp8_quant test_gpu_engine \
+#         test_fp8_engine bench_encoder
 #     mkdir -p .carry/eng .carry/lib
-#     cp build-eng/vitd build-eng/tests/test_kernels build-eng/tests/test_gpu_engine \
-#        build-eng/bench/bench_encoder .carry/eng/
+#     cp build-eng/vitd build-eng/tests/test_kernels build-eng/tests/test_gpu_attn build-eng/tests/test_fp8_quant \
+#        build-eng/tests/test_gpu_engine build-eng/tests/test_fp8_engine build-eng/bench/bench_encoder .carry/eng/
 #     for l in libcjson.so.1 libmicrohttpd.so.12 libjpeg.so.62 libstb.so.0; do
 #         cp -L /usr/lib/x86_64-linux-gnu/$l .carry/lib/; done
 # then run on the device (run tool, carry .carry/eng and .carry/lib):
 #     bash bench/device_engine.sh [stages...]
-# Stages (default: test bench hf compare): test (test_kernels + test_gpu_engine), sanitize (compute-sanitizer
-# memcheck over test_kernels), bench (bench_encoder --profile), hf (hf_baseline.py eager + e2e), hfcompile
+# Stages (default: test bench hf compare): test (test_kernels + test_gpu_engine), fp8 (test_gpu_attn, test_fp8_quant,
+# test_fp8_engine; then test_fp8_engine again with the system cuDNN 9.14, where FP8 must be refused: "nofp8"),
+# sanitize (compute-sanitizer memcheck over test_kernels), bench (bench_encoder --profile: every case on bf16, fp8
+# and auto; BENCH_ARGS adds arguments), hf (hf_baseline.py eager + e2e), hfcompile
 # (torch.compile on the cases in $HF_COMPILE_CASES, default 448x448x16,1024x1024x4), compare (vitd --backend gpu vs
 # HF bf16/fp32 on two photos). Environment: ITERS (20), HF_ITERS (20).
 set -u
@@ -24,7 +27,8 @@ mkdir -p "$OUT"
 BIN=${BIN:-$PWD/.carry/eng}
 SITE=/opt/torch/.venv/lib/python3.12/site-packages
 # cuDNN 9.19 of the Python environment first (the system one is 9.14), then the carried libraries, then CUDA's.
-export LD_LIBRARY_PATH=$SITE/nvidia/cudnn/lib:$PWD/.carry/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib:$SITE/nvidia/cu13/lib:$SITE/nvidia/cublas/lib:${LD_LIBRARY_PATH:-}
+SYS_LD=$PWD/.carry/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib:$SITE/nvidia/cu13/lib:$SITE/nvidia/cublas/lib:${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=$SITE/nvidia/cudnn/lib:$SYS_LD
 PY=python3
 $PY -c 'import torch, transformers' 2>/dev/null || PY=/opt/torch/.venv/bin/python
 STAGES=" ${*:-test bench hf compare} "
@@ -56,6 +60,21 @@ if want test; then
     say "test_gpu_engine rc=$? ($(( $(date +%s) - t )) s): $(tail -1 "$OUT/test_gpu_engine.log")"
     grep -E "FAIL|worst|cpu reference|over budget|too little|no such" "$OUT/test_gpu_engine.log" | head -30 | tee -a "$SUM"
 fi
+if want fp8; then
+    for t in test_gpu_attn test_fp8_quant test_fp8_engine; do
+        t0=$(date +%s)
+        VITD_TEST_MODEL_8B=$MODEL timeout 300 "$BIN/$t" > "$OUT/$t.log" 2>&1
+        say "$t rc=$? ($(( $(date +%s) - t0 )) s): $(tail -1 "$OUT/$t.log")"
+        grep -E "FAIL" "$OUT/$t.log" | head -20 | tee -a "$SUM"
+    done
+    grep -E "worst cosine|wrote at|B / A|table says|attn_dtype fp8:|invalid scales|calibrate: [0-9]" \
+        "$OUT/test_fp8_engine.log" | head -30 | tee -a "$SUM"
+    # the system cuDNN (9.14 there): FP8 must be a start-up error, auto a BF16 engine
+    t0=$(date +%s)
+    LD_LIBRARY_PATH=$SYS_LD VITD_TEST_SKIP_8B=1 timeout 120 "$BIN/test_fp8_engine" > "$OUT/nofp8.log" 2>&1
+    say "test_fp8_engine (system cuDNN) rc=$? ($(( $(date +%s) - t0 )) s): $(tail -1 "$OUT/nofp8.log")"
+    grep -E "FAIL|device:|attn_dtype fp8:" "$OUT/nofp8.log" | head -10 | tee -a "$SUM"
+fi
 if want sanitize; then
     t=$(date +%s)
     timeout 400 compute-sanitizer --tool memcheck "$BIN/test_kernels" > "$OUT/sanitize.log" 2>&1
@@ -63,9 +82,10 @@ if want sanitize; then
 fi
 if want bench; then
     t=$(date +%s)
-    timeout 300 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --profile > "$OUT/bench.log" 2> "$OUT/bench.err"
+    timeout 300 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --profile ${BENCH_ARGS:-} > "$OUT/bench.log" \
+        2> "$OUT/bench.err"
     say "bench_encoder rc=$? ($(( $(date +%s) - t )) s)"
-    grep -E "^encoder" "$OUT/bench.log" | tee -a "$SUM"
+    grep -E "^encoder|^ratio|^route" "$OUT/bench.log" | tee -a "$SUM"
     tail -3 "$OUT/bench.err" | tee -a "$SUM"
 fi
 if want hf; then
@@ -107,6 +127,8 @@ def parse(path, prefix):
             if not line.startswith(prefix + " "):
                 continue
             kv = dict(re.findall(r"(\w+)=(\S+)", line))
+            if prefix == "encoder" and kv.get("attn", "bf16") != "bf16":
+                continue  # the HF comparison uses vitd's BF16 path; FP8 ratios are the "ratio" lines
             out.setdefault((kv["case"], kv.get("mode", "vitd")), kv)  # the first of each, if repeated
     except OSError:
         pass

@@ -1,12 +1,18 @@
 /* encoder.c — the encoder object of vitd.h: picks a backend (cpu | gpu | auto) and dispatches every batch through
- * one backend table, so the server never knows which backend runs.
+ * one backend table, so the server never knows which backend runs; counts the batches per attention path.
  *
  * Backends: "cpu" is the float32 reference (cpu_forward.c). "gpu" is the CUDA engine (gpu_engine.c), present only
- * in builds with VITD_HAVE_CUDA. "auto" takes the GPU when one is usable and says why not otherwise. */
+ * in builds with VITD_HAVE_CUDA. "auto" takes the GPU when one is usable and says why not otherwise.
+ * attn_dtype: checked here (auto | fp8 | bf16); "fp8" where only the CPU backend can run is a start-up error, as
+ * the engine makes it where FP8 attention cannot run on the GPU (attn_route.h); auto falls back to BF16 inside
+ * the engine with one warning. */
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn_route.h"
 #include "cpu_forward.h"
+#include "fp8_scales.h"
 #include "util.h"
 #include "vitd.h"
 #ifdef VITD_HAVE_CUDA
@@ -18,17 +24,26 @@ typedef struct {
     vitd_status (*run)(void *impl, const vitd_batch *b, vitd_err *err);
     void (*free)(void *impl);
     const char *(*attn_dtype)(const void *impl);
+    const char *(*last_attn)(const void *impl);   /* path of the batch just run */
+    const char *(*fallback)(const void *impl);
 } backend_ops;
+
+enum { PATH_NONE = -1, PATH_FP32 = 0, PATH_BF16 = 1, PATH_FP8 = 2, N_PATHS = 3 };
+static const char *const path_names[N_PATHS] = {"fp32", "bf16", "fp8"};
 
 struct vitd_encoder {
     const backend_ops *ops;
     void *impl;
     const vitd_model *model;
+    _Atomic uint64_t batches[N_PATHS];  /* written by the running thread, read by any */
+    _Atomic int last;                   /* PATH_*, likewise */
 };
 
 vitd_encoder_opts vitd_encoder_opts_default(void) {
     vitd_encoder_opts o = {.backend = "auto", .attn_dtype = "auto", .device = 0, .threads = 0,
-                           .max_batch_tokens = 16384, .max_batch_images = 0};
+                           .max_batch_tokens = 16384, .max_batch_images = 0, .fp8_scales = NULL,
+                           .fp8_save_scales = NULL, .fp8_save_margin = 1.5, .fp8_history = 16,
+                           .fp8_calibrate = 0};
     return o;
 }
 
@@ -48,14 +63,20 @@ static const char *cpu_attn(const void *impl) {
     (void)impl;
     return "fp32";
 }
-static const backend_ops cpu_backend = {"cpu", cpu_run, cpu_free, cpu_attn};
+static const char *cpu_fallback(const void *impl) {
+    (void)impl;
+    return "";
+}
+static const backend_ops cpu_backend = {"cpu", cpu_run, cpu_free, cpu_attn, cpu_attn, cpu_fallback};
 
 /* ---- gpu backend ---- */
 #ifdef VITD_HAVE_CUDA
 static vitd_status gpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return gpu_engine_run(impl, b, err); }
 static void gpu_free(void *impl) { gpu_engine_free(impl); }
 static const char *gpu_attn(const void *impl) { return gpu_engine_attn_dtype(impl); }
-static const backend_ops gpu_backend = {"gpu", gpu_run, gpu_free, gpu_attn};
+static const char *gpu_last(const void *impl) { return gpu_engine_last_attn(impl); }
+static const char *gpu_fallback(const void *impl) { return gpu_engine_fp8_fallback(impl); }
+static const backend_ops gpu_backend = {"gpu", gpu_run, gpu_free, gpu_attn, gpu_last, gpu_fallback};
 #endif
 
 vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *opts, vitd_encoder **out,
@@ -66,8 +87,29 @@ vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *op
     if (strcmp(want, "cpu") && strcmp(want, "gpu") && strcmp(want, "auto"))
         return vitd_fail(err, VITD_E_INVALID_ARG, "backend '%s' is not one of cpu, gpu, auto", want);
 
+    attn_mode am;
+    if (attn_mode_parse(o.attn_dtype, &am) != 0)
+        return vitd_fail(err, VITD_E_INVALID_ARG, "attn_dtype '%s' is not one of auto, fp8, bf16", o.attn_dtype);
+    if (o.fp8_save_margin < 1.0 || o.fp8_save_margin > 100.0)
+        return vitd_fail(err, VITD_E_INVALID_ARG, "fp8_save_margin %g outside [1, 100]", o.fp8_save_margin);
+    if (o.fp8_history < 1 || o.fp8_history > 1024)
+        return vitd_fail(err, VITD_E_INVALID_ARG, "fp8_history %d outside [1, 1024]", o.fp8_history);
+    if (am == ATTN_MODE_FP8 && !strcmp(want, "cpu"))
+        return vitd_fail(err, VITD_E_UNSUPPORTED, "attn_dtype fp8 needs the GPU backend (backend is cpu); use "
+                         "attn_dtype auto or bf16");
+
+    /* a static scales file is configuration: wrong is a start-up error on every backend (naming the layer) */
+    if (am != ATTN_MODE_BF16 && o.fp8_scales && *o.fp8_scales) {
+        const vitd_vision_config *vc = vitd_model_config(m);
+        fp8_qkv *sc = xcalloc((size_t)vc->depth, sizeof *sc);
+        vitd_status ls = fp8_scales_load(o.fp8_scales, vc->depth, sc, err);
+        free(sc);
+        if (ls != VITD_OK) return ls;
+    }
+
     vitd_encoder *e = xcalloc(1, sizeof *e);
     e->model = m;
+    atomic_store(&e->last, PATH_NONE);
     vitd_status s;
     if (strcmp(want, "cpu") != 0) {
 #ifdef VITD_HAVE_CUDA
@@ -82,8 +124,18 @@ vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *op
             free(e);
             return vitd_fail(err, s, "backend gpu: %s", gerr.msg);
         }
+        /* asking for FP8 explicitly is an error wherever it cannot run, the CPU included */
+        if (am == ATTN_MODE_FP8) {
+            free(e);
+            return vitd_fail(err, s, "backend auto: %s", gerr.msg);
+        }
         vitd_log(VITD_LOG_WARN, "backend auto: GPU unusable, using the CPU backend: %s", gerr.msg);
 #else
+        if (am == ATTN_MODE_FP8) {
+            free(e);
+            return vitd_fail(err, VITD_E_UNSUPPORTED, "attn_dtype fp8 needs the GPU backend: this vitd was built "
+                             "without CUDA; use attn_dtype auto or bf16");
+        }
         if (strcmp(want, "gpu") == 0) {
             free(e);
             return vitd_fail(err, VITD_E_GPU, "backend gpu: this vitd was built without CUDA (-DVITD_CUDA=OFF or "
@@ -105,7 +157,16 @@ vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *op
 vitd_status vitd_encoder_run(vitd_encoder *e, const vitd_batch *b, vitd_err *err) {
     if (!b || b->n_images <= 0 || !b->grids || !b->pixel_values || !b->embeddings)
         return vitd_fail(err, VITD_E_INVALID_ARG, "encoder: empty or incomplete batch");
-    return e->ops->run(e->impl, b, err);
+    vitd_status s = e->ops->run(e->impl, b, err);
+    if (s == VITD_OK) {
+        const char *p = e->ops->last_attn(e->impl);
+        for (int i = 0; i < N_PATHS; i++)
+            if (p && !strcmp(p, path_names[i])) {
+                atomic_fetch_add(&e->batches[i], 1);
+                atomic_store(&e->last, i);
+            }
+    }
+    return s;
 }
 
 void vitd_encoder_free(vitd_encoder *e) {
@@ -116,3 +177,27 @@ void vitd_encoder_free(vitd_encoder *e) {
 
 const char *vitd_encoder_backend(const vitd_encoder *e) { return e->ops->name; }
 const char *vitd_encoder_attn_dtype(const vitd_encoder *e) { return e->ops->attn_dtype(e->impl); }
+
+const char *vitd_encoder_last_attn(const vitd_encoder *e) {
+    int i = atomic_load(&((vitd_encoder *)e)->last);
+    return i >= 0 && i < N_PATHS ? path_names[i] : "";
+}
+
+void vitd_encoder_attn_info(const vitd_encoder *e, vitd_attn_info *out) {
+    vitd_encoder *m = (vitd_encoder *)e; /* atomics are read, not changed */
+    out->mode = vitd_encoder_attn_dtype(e);
+    out->last = vitd_encoder_last_attn(e);
+    out->fallback = e->ops->fallback(e->impl);
+    out->batches_fp32 = atomic_load(&m->batches[PATH_FP32]);
+    out->batches_bf16 = atomic_load(&m->batches[PATH_BF16]);
+    out->batches_fp8 = atomic_load(&m->batches[PATH_FP8]);
+}
+
+vitd_status vitd_encoder_fp8_amax(vitd_encoder *e, float *amax, vitd_err *err) {
+#ifdef VITD_HAVE_CUDA
+    if (e->ops == &gpu_backend) return gpu_engine_fp8_amax(e->impl, amax, err);
+#endif
+    (void)amax;
+    return vitd_fail(err, VITD_E_UNSUPPORTED, "FP8 calibration needs the GPU backend (backend is %s; the CPU "
+                     "reference records no amax)", e->ops->name);
+}

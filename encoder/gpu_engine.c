@@ -1,4 +1,5 @@
-/* gpu_engine.c — the GPU engine (gpu_engine.h): the Qwen3-VL vision tower in BF16 on one Hopper GPU.
+/* gpu_engine.c — the GPU engine (gpu_engine.h): the Qwen3-VL vision tower in BF16 on one Hopper GPU, with FP8
+ * attention where it is asked for or (auto) measured faster.
  *
  * Owns: the device choice and checks, the BF16 weight arena (uploaded once), the activation plan (one device
  * allocation sized for max_batch_tokens at creation), pinned host staging, two streams (compute, copy), the
@@ -11,6 +12,10 @@
  *   per block: LN1 -> QKV GEMM + bias -> rotary + split + pad (rope.cu) -> cuDNN BF16 attention ->
  *              proj GEMM + bias accumulated into the residual -> LN2 -> fc1 GEMM + bias + tanh-GELU epilogue ->
  *              fc2 GEMM + bias accumulated into the residual
+ *   FP8 batches replace the attention step only (attention_fp8): rotary + E4M3 quantise + pad + amax
+ *   (fp8_quant.cu) -> cuDNN FP8 attention -> dequantise into the same padded [N, H*dp] bf16 layout, with the
+ *   per-layer scale state (dynamic amax ring or static slots) in one device block per layer. Which path a batch
+ *   takes: attn_dtype and, for auto, the table measured at creation (fp8_setup, attn_route.h).
  *   deepstack mergers after their blocks (LN over the [N/4, 4d] view, fc1 + bias, erf-GELU, fc2 + bias),
  *   final merger (LN over d, fc1 + bias, erf-GELU, fc2 + bias); each merger output D2H as soon as it is made.
  *
@@ -39,9 +44,12 @@
 #include <emmintrin.h>
 #endif
 
+#include "attn_route.h"
 #include "checkpoint.h"
 #include "cpu_ops.h"
 #include "engine_kernels.h"
+#include "fp8_kernels.h"
+#include "fp8_scales.h"
 #include "gpu_attn.h"
 #include "gpu_common.h"
 #include "gpu_gemm.h"
@@ -74,12 +82,13 @@ typedef struct {
 /* Profiling stages (device stages first). */
 enum {
     ST_EMBED, ST_POS_ROPE, ST_LN, ST_QKV, ST_ROPE_PACK, ST_ATTN, ST_PROJ, ST_FC1, ST_FC2, ST_DEEPSTACK, ST_MERGER,
-    ST_D2H_TAIL, ST_HOST_IN, ST_HOST_OUT, ST_HOST_WAIT, ST_WALL, ST_COUNT
+    ST_FP8_QUANT, ST_FP8_DEQUANT, ST_D2H_TAIL, ST_HOST_IN, ST_HOST_OUT, ST_HOST_WAIT, ST_WALL, ST_COUNT
 };
 static const char *const stage_names[ST_COUNT] = {
     "h2d_wait+patch_embed", "pos_embed+rope_tables", "layernorm", "qkv_gemm", "rope_pack", "attention",
     "proj_gemm+residual", "fc1_gemm+gelu", "fc2_gemm+residual", "deepstack_mergers", "final_merger",
-    "d2h_tail(final)", "host_pixels_to_bf16", "host_outputs_to_f32", "host_wait", "wall_total"};
+    "fp8_rope_quant(+amax)", "fp8_dequant+ring", "d2h_tail(final)", "host_pixels_to_bf16", "host_outputs_to_f32",
+    "host_wait", "wall_total"};
 
 /* ---- host worker pool ----
  * The pixel and output conversions run on host threads that live as long as the engine, not on threads started per
@@ -231,6 +240,27 @@ struct gpu_engine {
     cudaEvent_t ev_out[1 + VITD_MAX_DEEPSTACK], ev_d2h[1 + VITD_MAX_DEEPSTACK];
     gpu_gemm *gemm;
     gpu_attn_ctx *attn;
+
+    /* FP8 attention (fp8_kernels.h has the per-layer call order and the state block layout) */
+    attn_mode attn_setting;      /* what the options asked for */
+    int fp8_ok;                  /* the FP8 path is ready: buffers, state, plans */
+    int fp8_static;              /* static scales from a file: no amax, no ring */
+    int fp8_hist;                /* amax ring length (0 with static scales) */
+    size_t fp8_stride;           /* floats per state block (fp8_state_floats) */
+    float *d_fp8;                /* [depth + 1][fp8_stride]: one state block per layer, then the timing probe's */
+    void *d_fp8_buf;             /* one allocation for q8, k8, v8, o8 */
+    uint8_t *q8, *k8, *v8, *o8;  /* [N + slack, H, dp] E4M3 */
+    long *fp8_steps;             /* [depth] FP8 steps run per layer (host count: first-batch pre-pass) */
+    char *fp8_save_path;         /* auto-save target or NULL */
+    double fp8_save_margin;
+    int fp8_saved;               /* the auto-save has been attempted */
+    float *d_calib;              /* [depth][4] amax of Q, K, V over all batches (fp8_calibrate), or NULL */
+    attn_route_entry route[ATTN_ROUTE_MAX]; /* auto: measured shapes and decisions */
+    int n_route;
+    int route_any_fp8;           /* some shape routes to FP8 */
+    int force;                   /* -1: by setting; 0: bf16; 1: fp8 (gpu_engine_set_attn) */
+    int last_path;               /* -1 none, 0 bf16, 1 fp8 */
+    char fp8_fallback[300];      /* why FP8 does not run though allowed ("" otherwise) */
 
     /* profiling */
     int prof_on;
@@ -529,14 +559,22 @@ void gpu_engine_free(gpu_engine *g) {
     if (g->h_cu) cudaFreeHost(g->h_cu);
     if (g->d_act) cudaFree(g->d_act);
     if (g->d_weights) cudaFree(g->d_weights);
+    if (g->d_fp8) cudaFree(g->d_fp8);
+    if (g->d_fp8_buf) cudaFree(g->d_fp8_buf);
+    if (g->d_calib) cudaFree(g->d_calib);
+    free(g->fp8_steps);
+    free(g->fp8_save_path);
     free(g->h_lens);
     free(g->blocks);
     free(g);
 }
 
+static vitd_status fp8_setup(gpu_engine *g, int *dead, vitd_err *err);
+
 vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts, gpu_engine **out, vitd_err *err) {
     vitd_status st = VITD_OK;
     gpu_engine *g = NULL;
+    fp8_qkv *scales = NULL;
     const vitd_vision_config *c = vitd_model_config(m);
     *out = NULL;
     int n_dev = 0;
@@ -587,14 +625,54 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
     g->h_lens = xcalloc((size_t)g->max_images, sizeof *g->h_lens);
 
     CUDA_TRY(cudaSetDevice(g->device));
-    if (opts->attn_dtype && !strcmp(opts->attn_dtype, "fp8"))
-        vitd_log(VITD_LOG_WARN, "gpu engine: attn_dtype fp8 is not implemented in this engine yet; running bf16");
+    g->force = -1;
+    g->last_path = -1;
+
+    /* Attention path: what is asked, what the runtime allows (attn_route.h). */
+    if (attn_mode_parse(opts->attn_dtype, &g->attn_setting) != 0) {
+        st = vitd_fail(err, VITD_E_INVALID_ARG, "attn_dtype '%s' is not one of auto, fp8, bf16", opts->attn_dtype);
+        goto fail;
+    }
+    if (opts->fp8_calibrate) g->attn_setting = ATTN_MODE_BF16; /* calibration measures the BF16 path's operands */
+    gpu_attn_features feat;
+    if ((st = gpu_attn_query(g->device, &feat, err)) != VITD_OK) goto fail;
+    char why[160];
+    const int fp8_can = attn_fp8_supported(feat.cudnn_version, feat.cc_major, feat.cc_minor, why, sizeof why);
+    if (g->attn_setting == ATTN_MODE_FP8 && !fp8_can) {
+        st = vitd_fail(err, VITD_E_UNSUPPORTED, "attn_dtype fp8: FP8 attention cannot run on GPU %d (%s, cuDNN %d): "
+                       "%s; use attn_dtype auto or bf16", g->device, g->device_name, feat.cudnn_version, why);
+        goto fail;
+    }
+    if (g->attn_setting == ATTN_MODE_AUTO && !fp8_can)
+        snprintf(g->fp8_fallback, sizeof g->fp8_fallback, "%s", why);
+    int want_fp8 = g->attn_setting != ATTN_MODE_BF16 && fp8_can;
+    const int has_scales = opts->fp8_scales && *opts->fp8_scales;
+    if (want_fp8 && has_scales) {
+        scales = xcalloc((size_t)c->depth, sizeof *scales);
+        if ((st = fp8_scales_load(opts->fp8_scales, c->depth, scales, err)) != VITD_OK) goto fail;
+        g->fp8_static = 1;
+    } else if (has_scales) {
+        vitd_log(VITD_LOG_INFO, "gpu engine: fp8_scales %s not used: attention runs bf16", opts->fp8_scales);
+    }
+    g->fp8_hist = g->fp8_static ? 0 : opts->fp8_history > 0 ? opts->fp8_history : 16;
+    g->fp8_stride = fp8_state_floats(g->fp8_hist);
+    if (opts->fp8_save_scales && *opts->fp8_save_scales) {
+        if (!want_fp8 || g->fp8_static)
+            vitd_log(VITD_LOG_WARN, "gpu engine: fp8_save_scales %s not used: %s", opts->fp8_save_scales,
+                     g->fp8_static ? "the scales are static (fp8_scales)" : "attention runs bf16");
+        else
+            g->fp8_save_path = xstrdup(opts->fp8_save_scales);
+        g->fp8_save_margin = opts->fp8_save_margin > 0 ? opts->fp8_save_margin : 1.5;
+    }
 
     /* Memory plan vs what the device has free. */
     g->weight_bytes = weights_size(g);
     g->act_bytes = plan_activations(g, NULL);
     const size_t attn_ws = gpu_attn_opts_default().workspace_bytes;
-    const size_t need = g->weight_bytes + g->act_bytes + ENGINE_GEMM_WORKSPACE + attn_ws + ENGINE_MEM_MARGIN;
+    const size_t fp8_one = round256((g->max_tokens + GPU_ATTN_SLACK_ROWS) * (size_t)g->H * g->dp);
+    const size_t fp8_bytes = want_fp8 ? 4 * fp8_one + ((size_t)c->depth + 1) * g->fp8_stride * 4 : 0;
+    const size_t need = g->weight_bytes + g->act_bytes + fp8_bytes + ENGINE_GEMM_WORKSPACE + attn_ws +
+                        ENGINE_MEM_MARGIN;
     size_t mem_free = 0, mem_total = 0;
     CUDA_TRY(cudaMemGetInfo(&mem_free, &mem_total));
     if (need > mem_free) {
@@ -611,6 +689,34 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
     VITD_ASSERT(plan_activations(g, g->d_act) == g->act_bytes);
     /* Attention slack rows must hold finite values; zero everything once. */
     CUDA_TRY(cudaMemset(g->d_act, 0, g->act_bytes));
+    if (want_fp8) {
+        /* E4M3 operands (zeroed: finite slack rows) and the state blocks (zero = no step, no amax) */
+        CUDA_TRY(cudaMalloc(&g->d_fp8_buf, 4 * fp8_one));
+        CUDA_TRY(cudaMemset(g->d_fp8_buf, 0, 4 * fp8_one));
+        g->q8 = g->d_fp8_buf;
+        g->k8 = g->q8 + fp8_one;
+        g->v8 = g->k8 + fp8_one;
+        g->o8 = g->v8 + fp8_one;
+        const size_t state_bytes = ((size_t)c->depth + 1) * g->fp8_stride * 4;
+        CUDA_TRY(cudaMalloc((void **)&g->d_fp8, state_bytes));
+        CUDA_TRY(cudaMemset(g->d_fp8, 0, state_bytes));
+        g->fp8_steps = xcalloc((size_t)c->depth, sizeof *g->fp8_steps);
+        /* static scales: each layer's slots once; the timing probe (block `depth`) gets 1/448 (|x| <= 1) */
+        for (int i = 0; i <= c->depth; i++) {
+            float slots[FP8_STATE_AMAX] = {0};
+            const float unit[3] = {1.0f / FP8_E4M3_MAX, 1.0f / FP8_E4M3_MAX, 1.0f / FP8_E4M3_MAX};
+            const float sc3[3] = {i < c->depth && scales ? scales[i].q : unit[0],
+                                  i < c->depth && scales ? scales[i].k : unit[1],
+                                  i < c->depth && scales ? scales[i].v : unit[2]};
+            if (i < c->depth && !g->fp8_static) continue;
+            cpu_fp8_slots_fill(sc3, slots);
+            CUDA_TRY(cudaMemcpy(g->d_fp8 + (size_t)i * g->fp8_stride, slots, sizeof slots, cudaMemcpyHostToDevice));
+        }
+    }
+    if (opts->fp8_calibrate) {
+        CUDA_TRY(cudaMalloc((void **)&g->d_calib, (size_t)c->depth * 4 * sizeof(float)));
+        CUDA_TRY(cudaMemset(g->d_calib, 0, (size_t)c->depth * 4 * sizeof(float)));
+    }
 
     const size_t N = g->max_tokens, Nm = N / g->g;
     CUDA_TRY(cudaMallocHost((void **)&g->h_pix, N * g->K * 2));
@@ -633,30 +739,91 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
     ao.head_dim_padded = g->dp;
     ao.max_batch = g->max_images;
     ao.max_seqlen = (int)N;
-    ao.fp8 = 0;
+    ao.fp8 = want_fp8;
     if ((st = gpu_attn_create(g->device, &ao, &g->attn, err)) != VITD_OK) goto fail;
+    int dead = 0;
+    if (want_fp8 && (st = fp8_setup(g, &dead, err)) != VITD_OK) {
+        char msg[sizeof err->msg];
+        snprintf(msg, sizeof msg, "%s", err ? err->msg : "FP8 set-up failed");
+        if (dead) goto fail;
+        if (g->attn_setting == ATTN_MODE_FP8) {
+            vitd_fail(err, st, "attn_dtype fp8: the FP8 attention plan cannot be built on GPU %d: %s", g->device, msg);
+            goto fail;
+        }
+        snprintf(g->fp8_fallback, sizeof g->fp8_fallback, "%s", msg);
+        want_fp8 = 0;
+        st = VITD_OK;
+    }
+    g->fp8_ok = want_fp8;
+    if (g->fp8_fallback[0])
+        vitd_log(VITD_LOG_WARN, "gpu engine: attn_dtype auto: FP8 attention unavailable on GPU %d (%s): %s; every "
+                 "batch runs BF16 attention", g->device, g->device_name, g->fp8_fallback);
     const gpu_attn_features *f = gpu_attn_features_of(g->attn);
     vitd_log(VITD_LOG_INFO,
              "gpu engine: device %d %s cc %d.%d, %d SMs, %zu MiB free of %zu; cuDNN %d (headers %d): native SDPA "
-             "with sequence lengths %s, FP8 attention %s%s%s; attention bf16",
+             "with sequence lengths %s, FP8 attention %s%s%s; attention %s (attn_dtype %s%s%s)",
              g->device, g->device_name, prop.major, prop.minor, prop.multiProcessorCount, mem_free >> 20,
              mem_total >> 20, f->cudnn_version, f->cudnn_header_version, f->unified_seqlen ? "yes" : "no",
-             f->fp8 ? "possible" : "no", f->fp8 ? "" : ": ", f->fp8 ? "" : f->fp8_reason);
+             f->fp8 ? "possible" : "no", f->fp8 ? "" : ": ", f->fp8 ? "" : f->fp8_reason, gpu_engine_attn_dtype(g),
+             attn_mode_name(g->attn_setting), g->fp8_ok ? (g->fp8_static ? ", static scales " : ", dynamic scales")
+                                                        : "",
+             g->fp8_ok && g->fp8_static ? opts->fp8_scales : "");
     vitd_log(VITD_LOG_INFO,
              "gpu engine: weights %zu MiB bf16, activations %zu MiB for max_batch_tokens %zu and up to %d images per "
              "batch, pinned staging %zu MiB, %d host threads",
              g->weight_bytes >> 20, g->act_bytes >> 20, g->max_tokens, g->max_images,
              (N * g->K * 2 + (size_t)g->n_out * Nm * g->Dout * 2 + N * 16) >> 20, g->host_threads);
+    free(scales);
     *out = g;
     return VITD_OK;
 fail:
+    free(scales);
     gpu_engine_free(g);
     return st;
 }
 
 const char *gpu_engine_attn_dtype(const gpu_engine *g) {
-    (void)g;
-    return "bf16";
+    if (!g->fp8_ok) return "bf16";
+    if (g->attn_setting == ATTN_MODE_FP8) return "fp8";
+    return g->route_any_fp8 ? "auto" : "bf16";
+}
+const char *gpu_engine_last_attn(const gpu_engine *g) {
+    return g->last_path < 0 ? "" : g->last_path ? "fp8" : "bf16";
+}
+const char *gpu_engine_fp8_fallback(const gpu_engine *g) { return g->fp8_fallback; }
+long gpu_engine_fp8_steps(const gpu_engine *g) { return g->fp8_steps ? g->fp8_steps[0] : 0; }
+int gpu_engine_fp8_saved(const gpu_engine *g) { return g->fp8_saved; }
+
+int gpu_engine_route_table(const gpu_engine *g, const attn_route_entry **entries) {
+    *entries = g->route;
+    return g->n_route;
+}
+
+vitd_status gpu_engine_set_attn(gpu_engine *g, const char *path, vitd_err *err) {
+    if (!path || !strcmp(path, "auto")) g->force = -1;
+    else if (!strcmp(path, "bf16")) g->force = 0;
+    else if (!strcmp(path, "fp8") && g->fp8_ok) g->force = 1;
+    else if (!strcmp(path, "fp8"))
+        return vitd_fail(err, VITD_E_UNSUPPORTED, "gpu engine: no FP8 path (%s)",
+                         g->fp8_fallback[0] ? g->fp8_fallback : "attn_dtype bf16");
+    else return vitd_fail(err, VITD_E_INVALID_ARG, "gpu engine: attention path '%s' is not bf16, fp8 or auto", path);
+    return VITD_OK;
+}
+
+vitd_status gpu_engine_fp8_amax(gpu_engine *g, float *amax, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    if (!g->d_calib)
+        return vitd_fail(err, VITD_E_UNSUPPORTED, "gpu engine: created without fp8_calibrate, no amax recorded");
+    const int L = g->cfg.depth;
+    float *h = xmalloc((size_t)L * 4 * sizeof *h);
+    CUDA_TRY(cudaSetDevice(g->device));
+    CUDA_TRY(cudaStreamSynchronize(g->s_main));
+    CUDA_TRY(cudaMemcpy(h, g->d_calib, (size_t)L * 4 * sizeof *h, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < L; i++)
+        for (int t = 0; t < 3; t++) amax[i * 3 + t] = h[i * 4 + t];
+fail:
+    free(h);
+    return st;
 }
 int gpu_engine_max_images(const gpu_engine *g) { return g->max_images; }
 size_t gpu_engine_max_tokens(const gpu_engine *g) { return g->max_tokens; }
@@ -698,17 +865,202 @@ static vitd_status gemm(gpu_engine *g, const void *x, const void *w, const void 
     return gpu_gemm_bf16(g->gemm, x, w, bias, y, n, in, out, epi, acc, g->s_main, err);
 }
 
-/* The attention step of one block: rotary + split + pad of the QKV output, then cuDNN BF16 attention into o
- * [N, H, dp] (pad lanes 0). The FP8 path replaces exactly this step. */
-static vitd_status attention_step(gpu_engine *g, int n_tokens, vitd_err *err) {
+/* The BF16 attention step: rotary + split + pad of the QKV output, then cuDNN BF16 attention into o [N, H, dp]
+ * (pad lanes 0). calib: float[4] where the amax of Q, K (rotated) and V is folded in (vitd calibrate), or NULL. */
+static vitd_status attention_bf16(gpu_engine *g, int n_tokens, float *calib, vitd_err *err) {
     vitd_status st = VITD_OK;
     KTRY(rope_pack_qkv_bf16(g->qkv, g->cos_t, g->sin_t, n_tokens, g->H, g->hd, g->dp, g->q, g->k, g->v, g->s_main));
+    if (calib) KTRY(fp8_quant_qkv_amax(g->qkv, g->cos_t, g->sin_t, n_tokens, g->H, g->hd, calib, g->s_main));
     prof_mark(g, ST_ROPE_PACK);
     st = gpu_attn_bf16(g->attn, g->q, g->k, g->v, g->o, g->s_main, err);
     prof_mark(g, ST_ATTN);
-    return st;
 fail:
     return st;
+}
+
+/* The FP8 attention step on state block L, in fp8_kernels.h's order: (first: amax pre-pass of this batch and
+ * its scales) -> rotary + quantise + pad (+ amax) -> cuDNN FP8 -> dequantise (+ ring update). The result lands in
+ * o [N, H, dp] like the BF16 step's: the dequantisation runs with head_dim = dp, and o8's pad lanes are exactly 0
+ * (V's are), so the output projection reads the same padded layout through its zero weight columns.
+ * Dynamic scales: the first batch of a layer has an empty ring, so its scales come from its own amax (the
+ * pre-pass reads the same values the quantiser will, so nothing saturates); every later batch uses the maximum
+ * over the last fp8_hist batches, updated on the GPU after the attention (no host sync). Static: the slots were
+ * filled at creation; no amax, no ring. */
+static vitd_status attention_fp8(gpu_engine *g, float *L, int n_tokens, int first, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    float *amax = g->fp8_static ? NULL : L + FP8_STATE_AMAX;
+    if (first && amax) {
+        KTRY(fp8_quant_qkv_amax(g->qkv, g->cos_t, g->sin_t, n_tokens, g->H, g->hd, amax, g->s_main));
+        KTRY(fp8_quant_first_scales(L, g->s_main));
+    }
+    KTRY(fp8_quant_qkv_rope(g->qkv, g->cos_t, g->sin_t, n_tokens, g->H, g->hd, g->dp, L, amax, g->q8, g->k8, g->v8,
+                            g->s_main));
+    prof_mark(g, ST_FP8_QUANT);
+    if ((st = gpu_attn_fp8(g->attn, g->q8, g->k8, g->v8, g->o8, L, g->s_main, err)) != VITD_OK) goto fail;
+    prof_mark(g, ST_ATTN);
+    KTRY(fp8_quant_dequant_o(g->o8, n_tokens, g->H, g->dp, g->dp, L, g->fp8_hist, g->o, g->s_main));
+    prof_mark(g, ST_FP8_DEQUANT);
+fail:
+    return st;
+}
+
+/* The attention step of block `layer` on the path chosen for the batch (fp8 = 1: FP8). */
+static vitd_status attention_step(gpu_engine *g, int layer, int n_tokens, int fp8, vitd_err *err) {
+    if (!fp8) return attention_bf16(g, n_tokens, g->d_calib ? g->d_calib + (size_t)layer * 4 : NULL, err);
+    float *L = g->d_fp8 + (size_t)layer * g->fp8_stride;
+    vitd_status st = attention_fp8(g, L, n_tokens, g->fp8_steps[layer] == 0, err);
+    if (st == VITD_OK) g->fp8_steps[layer]++;
+    return st;
+}
+
+/* The path of a batch of n_seg segments whose longest has max_len tokens: 1 = FP8. */
+static int choose_fp8(const gpu_engine *g, int n_seg, int max_len) {
+    if (!g->fp8_ok) return 0;
+    if (g->force >= 0) return g->force;
+    if (g->attn_setting == ATTN_MODE_FP8) return 1;
+    if (g->attn_setting == ATTN_MODE_AUTO) return attn_route_fp8(g->route, g->n_route, n_seg, max_len);
+    return 0;
+}
+
+/* ---- FP8 set-up: plans and the auto routing table ---- */
+
+/* Uploads a batch of n images of len tokens each (h_lens, cu) and starts it in the attention context. */
+static vitd_status probe_batch(gpu_engine *g, int n, int len, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    g->h_cu[0] = 0;
+    for (int i = 0; i < n; i++) {
+        g->h_lens[i] = len;
+        g->h_cu[i + 1] = (int32_t)((i + 1) * len);
+    }
+    CUDA_TRY(cudaMemcpyAsync(g->cu, g->h_cu, ((size_t)n + 1) * 4, cudaMemcpyHostToDevice, g->s_main));
+    gpu_attn_batch ab = {.n_images = n, .lens = g->h_lens, .d_cu_seqlens = g->cu};
+    st = gpu_attn_begin(g->attn, &ab, g->s_main, err);
+fail:
+    return st;
+}
+
+/* One attention step of the current probe batch for timing: BF16, or FP8 on the probe state block in its steady
+ * form (quantise with amax, attention, dequantise + ring update; static: neither amax nor ring). The inputs are
+ * the zeroed activations: attention time does not depend on the values. */
+static vitd_status probe_step(gpu_engine *g, int n_tokens, int fp8, vitd_err *err) {
+    if (!fp8) return attention_bf16(g, n_tokens, NULL, err);
+    return attention_fp8(g, g->d_fp8 + (size_t)g->cfg.depth * g->fp8_stride, n_tokens, 0, err);
+}
+
+/* Times both paths on shape e (min over 2 rounds of the mean of `reps` steps, CUDA events on the compute stream).
+ * fp8_failed is set when only the FP8 path failed (its message in err). */
+static vitd_status time_shape(gpu_engine *g, attn_route_entry *e, cudaEvent_t ev[2], int *fp8_failed,
+                              vitd_err *err) {
+    vitd_status st = VITD_OK;
+    const int T = e->n_images * e->max_len, reps = T >= 16384 ? 3 : T >= 4096 ? 5 : 10;
+    double best[2] = {1e30, 1e30};
+    if ((st = probe_batch(g, e->n_images, e->max_len, err)) != VITD_OK) goto fail;
+    if ((st = probe_step(g, T, 0, err)) != VITD_OK) goto fail;
+    if ((st = probe_step(g, T, 1, err)) != VITD_OK) {
+        *fp8_failed = 1;
+        goto fail;
+    }
+    for (int round = 0; round < 2; round++)
+        for (int fp8 = 0; fp8 < 2; fp8++) {
+            float ms = 0;
+            CUDA_TRY(cudaEventRecord(ev[0], g->s_main));
+            for (int r = 0; r < reps; r++)
+                if ((st = probe_step(g, T, fp8, err)) != VITD_OK) {
+                    *fp8_failed = fp8;
+                    goto fail;
+                }
+            CUDA_TRY(cudaEventRecord(ev[1], g->s_main));
+            CUDA_TRY(cudaEventSynchronize(ev[1]));
+            CUDA_TRY(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+            if (ms / reps < best[fp8]) best[fp8] = ms / reps;
+        }
+    e->ms_bf16 = best[0];
+    e->ms_fp8 = best[1];
+fail:
+    return st;
+}
+
+/* Gets the FP8 path ready. fp8: builds the FP8 plans of one image of each ladder length (a plan cuDNN cannot
+ * build is the start-up error). auto: times both paths per shape (attn_route_shapes) and sets the routing table
+ * (attn_route_decide), logged. On failure *dead says whether the device is unusable afterwards (sticky error). */
+static vitd_status fp8_setup(gpu_engine *g, int *dead, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    cudaEvent_t ev[2] = {NULL, NULL};
+    int fp8_failed = 0;
+    const double t0 = vitd_now();
+    *dead = 0;
+    g->n_route = attn_route_shapes(g->max_tokens, g->max_images, (int)g->max_tokens, g->route, ATTN_ROUTE_MAX);
+    if (g->attn_setting == ATTN_MODE_FP8) {
+        for (int i = 0; i < g->n_route; i++)
+            if (g->route[i].n_images == 1 && (st = gpu_attn_prepare_fp8(g->attn, 1, g->route[i].max_len, err)))
+                goto fail;
+        if (g->n_route == 0 && (st = gpu_attn_prepare_fp8(g->attn, 1, (int)g->max_tokens, err))) goto fail;
+        g->n_route = 0;
+        vitd_log(VITD_LOG_INFO, "gpu engine: FP8 attention plans ready in %.0f ms", 1e3 * (vitd_now() - t0));
+        return VITD_OK;
+    }
+    CUDA_TRY(cudaEventCreate(&ev[0]));
+    CUDA_TRY(cudaEventCreate(&ev[1]));
+    for (int i = 0; i < g->n_route; i++)
+        if ((st = time_shape(g, &g->route[i], ev, &fp8_failed, err)) != VITD_OK) goto fail;
+    attn_route_decide(g->route, g->n_route, ATTN_ROUTE_MARGIN);
+    g->route_any_fp8 = 0;
+    for (int i = 0; i < g->n_route; i++) g->route_any_fp8 |= g->route[i].fp8;
+    char table[2048];
+    attn_route_format(g->route, g->n_route, table, sizeof table);
+    vitd_log(VITD_LOG_INFO, "gpu engine: attn_dtype auto: attention step per layer measured in %.0f ms (a batch "
+             "takes the decision of the longest measured length <= its longest image, then the most images <= its "
+             "count; below all: bf16): %s", 1e3 * (vitd_now() - t0), table);
+    if (!g->route_any_fp8)
+        vitd_log(VITD_LOG_INFO, "gpu engine: attn_dtype auto: FP8 measured faster on no shape; every batch runs "
+                 "BF16 attention");
+fail:
+    if (ev[0]) cudaEventDestroy(ev[0]);
+    if (ev[1]) cudaEventDestroy(ev[1]);
+    if (st != VITD_OK) {
+        /* a sticky error leaves the context unusable: then the engine cannot be created at all */
+        cudaError_t ce = cudaStreamSynchronize(g->s_main);
+        if (ce == cudaSuccess) ce = cudaGetLastError();
+        if (ce != cudaSuccess) *dead = 1;
+        if (!fp8_failed && g->attn_setting == ATTN_MODE_AUTO) *dead = 1; /* the BF16 path failed */
+        g->n_route = 0;
+        g->route_any_fp8 = 0;
+    }
+    return st;
+}
+
+/* Writes the dynamic scales once, when the amax ring first holds fp8_hist steps: the DESCALE_Q/K/V slots then
+ * hold max(ring) / 448 (fp8_kernels.h), copied back with one sync; times the margin, atomically
+ * (fp8_scales_save). Only this engine's own state is read, so engines on several GPUs never race (each has its
+ * own file). A failure is logged: the batch itself succeeded. */
+static void fp8_autosave(gpu_engine *g) {
+    const int L = g->cfg.depth;
+    const size_t w = ATTN_FP8_SLOT_FLOATS;
+    float *h = xmalloc((size_t)L * g->fp8_stride * sizeof *h);
+    fp8_qkv *sc = xcalloc((size_t)L, sizeof *sc);
+    vitd_err e = {0};
+    char source[400];
+    g->fp8_saved = 1;
+    cudaError_t ce = cudaMemcpy(h, g->d_fp8, (size_t)L * g->fp8_stride * sizeof *h, cudaMemcpyDeviceToHost);
+    if (ce != cudaSuccess) {
+        vitd_log(VITD_LOG_ERROR, "gpu engine: fp8_save_scales %s: reading the scales: %s", g->fp8_save_path,
+                 cudaGetErrorString(ce));
+        goto done;
+    }
+    for (int i = 0; i < L; i++) {
+        const float *b = h + (size_t)i * g->fp8_stride;
+        sc[i] = (fp8_qkv){b[ATTN_FP8_DESCALE_Q * w], b[ATTN_FP8_DESCALE_K * w], b[ATTN_FP8_DESCALE_V * w]};
+    }
+    snprintf(source, sizeof source, "vitd dynamic scaling: max amax of %d batches / 448 on GPU %d (%s)", g->fp8_hist,
+             g->device, g->device_name);
+    if (fp8_scales_save(g->fp8_save_path, sc, L, g->fp8_save_margin, source, &e) != VITD_OK)
+        vitd_log(VITD_LOG_ERROR, "gpu engine: fp8_save_scales: %s", e.msg);
+    else
+        vitd_log(VITD_LOG_INFO, "gpu engine: wrote the FP8 scales of %d layers (history %d, margin %.2f) to %s", L,
+                 g->fp8_hist, g->fp8_save_margin, g->fp8_save_path);
+done:
+    free(h);
+    free(sc);
 }
 
 /* Merger j (-1 = final) on the residual stream, result in out slot (0 final, 1+j deepstack), then its D2H copy on
@@ -818,6 +1170,10 @@ vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err) {
     CUDA_TRY(cudaSetDevice(g->device));
     if ((st = batch_setup(g, b, &N, &n_seg, err)) != VITD_OK) return st;
     const int d = g->d, Nm = N / g->g;
+    int max_len = 0;
+    for (int i = 0; i < n_seg; i++)
+        if (g->h_lens[i] > max_len) max_len = g->h_lens[i];
+    const int fp8 = choose_fp8(g, n_seg, max_len);
     const float eps = (float)g->cfg.ln_eps;
     const int want_ds = b->deepstack != NULL;
     if (g->prof_on) {
@@ -865,7 +1221,7 @@ vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err) {
         if ((st = gemm(g, g->h, bl->qkv_w, bl->qkv_b, g->qkv, N, d, 3 * d, GEMM_EPI_BIAS, 0, err)) != VITD_OK)
             goto fail;
         prof_mark(g, ST_QKV);
-        if ((st = attention_step(g, N, err)) != VITD_OK) goto fail;
+        if ((st = attention_step(g, i, N, fp8, err)) != VITD_OK) goto fail;
         if ((st = gemm(g, g->o, bl->proj_w, bl->proj_b, g->x, N, g->H * g->dp, d, GEMM_EPI_BIAS, 1, err)) != VITD_OK)
             goto fail;
         prof_mark(g, ST_PROJ);
@@ -891,6 +1247,8 @@ vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err) {
     if ((st = collect_output(g, 0, N, b->embeddings, &host_wait, &host_out, err)) != VITD_OK) goto fail;
     CUDA_TRY(cudaStreamSynchronize(g->s_main));
     CUDA_TRY(cudaGetLastError());
+    g->last_path = fp8;
+    if (fp8 && g->fp8_save_path && !g->fp8_saved && g->fp8_steps[g->cfg.depth - 1] >= g->fp8_hist) fp8_autosave(g);
     if (g->prof_on) {
         prof_collect(g);
         g->prof_ms[ST_HOST_IN] = host_in * 1e3;

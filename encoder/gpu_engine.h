@@ -9,7 +9,9 @@
  *
  * Numerics follow Hugging Face's BF16 inference (MODEL.md 5): pixel values rounded to bf16, bf16 activations,
  * float32 accumulation and LayerNorm statistics, position embedding summed in float32 then added in bf16, rotary
- * in float32, attention in cuDNN (float32 softmax); outputs are bf16 values returned as float32.
+ * in float32, attention in cuDNN (float32 softmax); outputs are bf16 values returned as float32. FP8 batches
+ * quantise the rotated Q, K and V to E4M3 per layer (scales: dynamic amax history or a static file) and run
+ * cuDNN's FP8 attention; the rest stays BF16 (whole encoder vs BF16: cosine >= 0.999 on the 8B preset).
  *
  * Threads: one engine runs one batch at a time (gpu_engine_run is not reentrant); the host helpers at the end are
  * pure and thread-safe.
@@ -20,6 +22,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "attn_route.h"
 #include "vitd.h"
 
 #define GPU_ENGINE_MAX_IMAGES 64
@@ -28,16 +31,42 @@ typedef struct gpu_engine gpu_engine;
 
 /* Creates the engine on opts->device: checks the device (compute capability >= 9.0), the cuDNN library (logged
  * with what it allows), the free device memory against the plan (VITD_E_NOMEM names both numbers), uploads the
- * weights and allocates everything a forward pass uses. opts->attn_dtype "fp8" is accepted and runs BF16 (logged):
- * the FP8 path is not part of this engine yet. The model must outlive the engine.
+ * weights and allocates everything a forward pass uses. The model must outlive the engine.
+ * Attention (opts->attn_dtype, attn_route.h): "bf16" always BF16; "fp8" always FP8, and VITD_E_UNSUPPORTED naming
+ * the cuDNN version / compute capability where FP8 cannot run, or the error of an FP8 plan that cuDNN cannot
+ * build; "auto" times both paths on a set of shapes, logs the table and routes each batch to the faster path, or
+ * runs BF16 after one warning where FP8 cannot run. FP8 scales: dynamic (opts->fp8_history steps of amax) or
+ * static from opts->fp8_scales (errors name the layer); opts->fp8_save_scales is written once when the history
+ * first fills. opts->fp8_calibrate: BF16 attention recording per-layer amax (gpu_engine_fp8_amax).
  * On success *out is owned by the caller; free with gpu_engine_free(). */
 vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts, gpu_engine **out, vitd_err *err);
 
 /* Runs one batch (vitd.h's vitd_batch: float32 host memory in and out). No device allocation and no host/device
- * synchronisation other than waiting for the outputs; see gpu_engine.c for what overlaps. */
+ * synchronisation other than waiting for the outputs (and, once, the copy of the scales for fp8_save_scales);
+ * see gpu_engine.c for what overlaps. */
 vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err);
 void gpu_engine_free(gpu_engine *g); /* accepts NULL */
-const char *gpu_engine_attn_dtype(const gpu_engine *g); /* "bf16" */
+
+/* ---- attention path ---- */
+
+/* The attention mode: "bf16" (asked for, FP8 unavailable, or auto found FP8 faster nowhere), "fp8", "auto". */
+const char *gpu_engine_attn_dtype(const gpu_engine *g);
+/* The path the last batch took: "bf16" or "fp8" ("" before the first). */
+const char *gpu_engine_last_attn(const gpu_engine *g);
+/* Why FP8 does not run although the setting allowed it ("" when it does or was not asked for). */
+const char *gpu_engine_fp8_fallback(const gpu_engine *g);
+/* Forces the path of the following batches: "bf16", "fp8" (VITD_E_UNSUPPORTED if the engine has no FP8 path),
+ * or "auto"/NULL back to the setting. For benchmarks and tests. */
+vitd_status gpu_engine_set_attn(gpu_engine *g, const char *path, vitd_err *err);
+/* The auto routing table measured at creation; *entries points into the engine. Returns the count (0 if none). */
+int gpu_engine_route_table(const gpu_engine *g, const attn_route_entry **entries);
+/* FP8 steps run so far by layer 0 (dynamic scaling: the history fills at fp8_history). */
+long gpu_engine_fp8_steps(const gpu_engine *g);
+/* 1 once the auto-save of the scales has been attempted (fp8_save_scales), else 0. */
+int gpu_engine_fp8_saved(const gpu_engine *g);
+/* Calibration (opts->fp8_calibrate): amax[depth][3] = max |Q|, |K| (after rotary), |V| per layer over every batch
+ * so far. One device sync. VITD_E_UNSUPPORTED without fp8_calibrate. */
+vitd_status gpu_engine_fp8_amax(gpu_engine *g, float *amax, vitd_err *err);
 
 /* The limits described above. */
 int gpu_engine_max_images(const gpu_engine *g);

@@ -149,6 +149,12 @@ typedef struct {
     int threads;                  /* CPU backend threads (0 = all cores) */
     size_t max_batch_tokens;      /* largest batch (in patches) the encoder must accept */
     int max_batch_images;         /* most images (x frames) per batch the encoder must accept; 0 = backend default */
+    /* FP8 attention (GPU, attn_dtype auto or fp8; README "FP8 attention"): */
+    const char *fp8_scales;       /* static scales JSON (fp8_scales.h); NULL or "" = dynamic scaling */
+    const char *fp8_save_scales;  /* write the dynamic scales here once, when the amax history first fills */
+    double fp8_save_margin;       /* factor multiplied into saved scales (1.5) */
+    int fp8_history;              /* amax history length of dynamic scaling (16) */
+    int fp8_calibrate;            /* 1: BF16 attention, recording per-layer amax of Q, K, V (vitd calibrate) */
 } vitd_encoder_opts;
 
 vitd_encoder_opts vitd_encoder_opts_default(void);
@@ -174,9 +180,29 @@ vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *op
 /* Runs one batch; images never attend to one another. Not reentrant on one encoder. */
 vitd_status vitd_encoder_run(vitd_encoder *e, const vitd_batch *b, vitd_err *err);
 void vitd_encoder_free(vitd_encoder *e);
-/* Which backend and attention path runs ("cpu"/"gpu", "fp32"/"bf16"/"fp8"). */
+/* Which backend runs ("cpu"/"gpu") and its attention mode: "fp32" (CPU), "bf16" (asked for, or FP8 unavailable
+ * or never faster), "fp8" (asked for), "auto" (each batch routed to the faster of bf16 and fp8 by its shape). */
 const char *vitd_encoder_backend(const vitd_encoder *e);
 const char *vitd_encoder_attn_dtype(const vitd_encoder *e);
+
+/* The attention path of the last successful batch: "fp32", "bf16" or "fp8" ("" before the first). Written by
+ * vitd_encoder_run; safe to read from another thread. */
+const char *vitd_encoder_last_attn(const vitd_encoder *e);
+
+/* Attention paths and per-path batch counts since creation (safe to read from another thread while batches run). */
+typedef struct {
+    const char *mode;       /* vitd_encoder_attn_dtype() */
+    const char *last;       /* vitd_encoder_last_attn() */
+    const char *fallback;   /* why FP8 does not run although the setting allows it ("" if it does or was not
+                               asked for) */
+    uint64_t batches_fp32, batches_bf16, batches_fp8;
+} vitd_attn_info;
+void vitd_encoder_attn_info(const vitd_encoder *e, vitd_attn_info *out);
+
+/* Calibration (opts.fp8_calibrate, GPU backend): the largest |Q| (after rotary), |K| (after rotary) and |V| per
+ * layer over every batch run so far, into amax[depth][3] (one device sync). VITD_E_UNSUPPORTED on the CPU backend
+ * or without fp8_calibrate. */
+vitd_status vitd_encoder_fp8_amax(vitd_encoder *e, float *amax, vitd_err *err);
 
 #ifdef __cplusplus
 }

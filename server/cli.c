@@ -1,13 +1,17 @@
 /* cli.c — the offline subcommands: `vitd demo-model` writes a random checkpoint, `vitd preprocess` runs the image
- * processor, `vitd encode` runs the encoder on image files. Outputs are safetensors (the binary format everywhere in
- * vitd) with the same tensor names as the HTTP service's safetensors answers (reply.c renders both). */
+ * processor, `vitd encode` runs the encoder on image files, `vitd calibrate` measures static FP8 attention scales.
+ * Outputs are safetensors (the binary format everywhere in vitd) with the same tensor names as the HTTP service's
+ * safetensors answers (reply.c renders both), and for calibrate a scales JSON (fp8_scales.h). */
+#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "demo_model.h"
+#include "fp8_scales.h"
 #include "image.h"
 #include "preprocess.h"
 #include "reply.h"
@@ -43,6 +47,44 @@ static int parse_long(const char *s, const char *flag, long lo, long hi, long *o
     }
     *out = v;
     return 0;
+}
+
+static int parse_double(const char *s, const char *flag, double lo, double hi, double *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || end == s || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "vitd: %s must be a number in [%g, %g], got '%s'\n", flag, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The encoder flags shared by encode and calibrate: --backend, --attn-dtype, --device, --fp8-*. Returns 1 if
+ * argv[*i] was one of them (value stored), 0 if not, -1 on a usage error (printed). */
+static int encoder_flag(int argc, char **argv, int *i, vitd_encoder_opts *eo, int *bad) {
+    const char *v;
+    long n;
+    if ((v = flag_value(argc, argv, i, "--backend", bad))) eo->backend = v;
+    else if ((v = flag_value(argc, argv, i, "--attn-dtype", bad))) {
+        if (strcmp(v, "auto") && strcmp(v, "fp8") && strcmp(v, "bf16")) {
+            fprintf(stderr, "vitd: --attn-dtype must be auto, fp8 or bf16, got '%s'\n", v);
+            return -1;
+        }
+        eo->attn_dtype = v;
+    } else if ((v = flag_value(argc, argv, i, "--device", bad))) {
+        if (parse_long(v, "--device", 0, 1023, &n)) return -1;
+        eo->device = (int)n;
+    } else if ((v = flag_value(argc, argv, i, "--fp8-scales", bad))) eo->fp8_scales = v;
+    else if ((v = flag_value(argc, argv, i, "--fp8-save-scales", bad))) eo->fp8_save_scales = v;
+    else if ((v = flag_value(argc, argv, i, "--fp8-save-margin", bad))) {
+        if (parse_double(v, "--fp8-save-margin", 1, 100, &eo->fp8_save_margin)) return -1;
+    } else if ((v = flag_value(argc, argv, i, "--fp8-history", bad))) {
+        if (parse_long(v, "--fp8-history", 1, 1024, &n)) return -1;
+        eo->fp8_history = (int)n;
+    } else return *bad ? -1 : 0;
+    return *bad ? -1 : 1;
 }
 
 static int parse_dtype(const char *s, st_dtype *out) {
@@ -260,6 +302,8 @@ static void encode_usage(FILE *f) {
     fprintf(f, "usage: vitd encode --model DIR IMAGE... [--out FILE.safetensors | --format json]\n"
                "                   [--backend cpu|gpu|auto] [--attn-dtype auto|fp8|bf16] [--dtype float32|bfloat16|float16]\n"
                "                   [--no-deepstack] [--layout separate|concat] [--one-by-one] [--threads N]\n"
+               "                   [--device N] [--fp8-scales FILE] [--fp8-save-scales FILE] [--fp8-save-margin X]\n"
+               "                   [--fp8-history N]\n"
                "Encodes the images in one batch (--one-by-one: each alone) and writes per image\n"
                "image.<i>.embeddings [tokens, out_hidden], image.<i>.deepstack.<layer> and image.<i>.grid_thw.\n"
                "--format json prints the same answer as the HTTP service's JSON instead.\n");
@@ -274,10 +318,13 @@ int cli_encode(int argc, char **argv) {
     char **files = xcalloc((size_t)argc + 1, sizeof *files);
     for (int i = 0; i < argc; i++) {
         const char *v;
+        int ef;
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             encode_usage(stdout);
             rc = 0;
             goto done;
+        } else if ((ef = encoder_flag(argc, argv, &i, &eo, &bad)) != 0) {
+            if (ef < 0) goto done;
         } else if ((v = flag_value(argc, argv, &i, "--out", &bad))) {
             out_path = v;
         } else if ((v = flag_value(argc, argv, &i, "--model", &bad))) {
@@ -288,10 +335,6 @@ int cli_encode(int argc, char **argv) {
                 goto done;
             }
             format = v;
-        } else if ((v = flag_value(argc, argv, &i, "--backend", &bad))) {
-            eo.backend = v;
-        } else if ((v = flag_value(argc, argv, &i, "--attn-dtype", &bad))) {
-            eo.attn_dtype = v;
         } else if ((v = flag_value(argc, argv, &i, "--dtype", &bad))) {
             if (parse_dtype(v, &opts.dtype)) goto done;
         } else if ((v = flag_value(argc, argv, &i, "--layout", &bad))) {
@@ -422,5 +465,269 @@ out:
     vitd_model_free(model);
 done:
     free(files);
+    return rc;
+}
+
+/* ---- calibrate ---- */
+
+static void calibrate_usage(FILE *f) {
+    fprintf(f, "usage: vitd calibrate --model DIR --out SCALES.json [--margin X] [--backend gpu] [--device N]\n"
+               "                      [--max-pixels N] IMAGE_OR_DIR...\n"
+               "Runs the images (files, or every decodable image in a directory) one at a time through the BF16\n"
+               "attention path of the GPU engine, records per layer the largest |Q| and |K| after the rotary and |V|,\n"
+               "and writes static FP8 scales (amax / 448 x margin, default margin 1.5) for --fp8-scales /\n"
+               "fp8_scales. Needs the GPU backend: the CPU reference records no amax.\n");
+}
+
+/* A growable list of input paths (owned strings); from_dir[i]: found in a directory (undecodable = skipped). */
+typedef struct {
+    char **v;
+    int *from_dir;
+    int n, cap;
+} path_list;
+
+static void path_list_add(path_list *l, const char *p, int from_dir) {
+    if (l->n == l->cap) {
+        int cap = l->cap ? 2 * l->cap : 16;
+        char **v = xcalloc((size_t)cap, sizeof *v);
+        int *fd = xcalloc((size_t)cap, sizeof *fd);
+        if (l->n) {
+            memcpy(v, l->v, (size_t)l->n * sizeof *v);
+            memcpy(fd, l->from_dir, (size_t)l->n * sizeof *fd);
+        }
+        free(l->v);
+        free(l->from_dir);
+        l->v = v;
+        l->from_dir = fd;
+        l->cap = cap;
+    }
+    l->from_dir[l->n] = from_dir;
+    l->v[l->n++] = xstrdup(p);
+}
+
+static void path_list_release(path_list *l) {
+    for (int i = 0; i < l->n; i++) free(l->v[i]);
+    free(l->v);
+    free(l->from_dir);
+    memset(l, 0, sizeof *l);
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Expands the arguments: a directory gives its regular files (sorted, not recursive, hidden ones skipped; which
+ * of them decode is decided later), a file itself. Returns 0, or 1 after printing why. */
+static int collect_inputs(int n, char **args, path_list *out) {
+    for (int i = 0; i < n; i++) {
+        struct stat sb;
+        if (stat(args[i], &sb) != 0) {
+            fprintf(stderr, "vitd calibrate: %s: %s\n", args[i], strerror(errno));
+            return 1;
+        }
+        if (!S_ISDIR(sb.st_mode)) {
+            path_list_add(out, args[i], 0);
+            continue;
+        }
+        DIR *d = opendir(args[i]);
+        if (!d) {
+            fprintf(stderr, "vitd calibrate: %s: %s\n", args[i], strerror(errno));
+            return 1;
+        }
+        path_list dir = {0};
+        struct dirent *de;
+        while ((de = readdir(d))) {
+            if (de->d_name[0] == '.') continue;
+            char p[4096];
+            snprintf(p, sizeof p, "%s/%s", args[i], de->d_name);
+            if (stat(p, &sb) == 0 && S_ISREG(sb.st_mode)) path_list_add(&dir, p, 1);
+        }
+        closedir(d);
+        if (dir.n) qsort(dir.v, (size_t)dir.n, sizeof *dir.v, cmp_str);
+        for (int k = 0; k < dir.n; k++) path_list_add(out, dir.v[k], 1);
+        path_list_release(&dir);
+    }
+    return 0;
+}
+
+/* Decodes and plans one file (*grid); with pv also preprocesses it into *pv (malloc'd [patches, row] float32, the
+ * caller frees, NULL on failure). */
+static vitd_status calib_prep(const char *path, const vitd_preproc_config *pc, vitd_grid *grid, float **pv,
+                              vitd_err *err) {
+    uint8_t *data = NULL;
+    size_t len = 0;
+    vitd_image img = {0};
+    vitd_status st;
+    if (pv) *pv = NULL;
+    if ((st = image_read_file(path, &data, &len, err)) != VITD_OK) goto out;
+    if ((st = image_decode(data, len, 0, &img, err)) != VITD_OK) goto out;
+    if ((st = preprocess_plan(img.height, img.width, pc, grid, err)) != VITD_OK) goto out;
+    if (pv == NULL) goto out;
+    size_t np = (size_t)grid->t * grid->h * grid->w;
+    *pv = malloc(np * preprocess_row_width(pc) * sizeof(float));
+    if (!*pv) {
+        st = vitd_fail(err, VITD_E_NOMEM, "out of memory for %zu patches", np);
+        goto out;
+    }
+    st = preprocess_run(&img, pc, grid, *pv, err);
+out:
+    image_release(&img);
+    free(data);
+    return st;
+}
+
+int cli_calibrate(int argc, char **argv) {
+    const char *out_path = NULL, *model_dir = NULL;
+    double margin = 1.5;
+    long max_px = -1;
+    vitd_encoder_opts eo = vitd_encoder_opts_default();
+    eo.backend = "gpu";
+    int n_args = 0, bad = 0, rc = 2;
+    char **args = xcalloc((size_t)argc + 1, sizeof *args);
+    path_list files = {0};
+    int *use = NULL;
+    vitd_grid *grids = NULL;
+    vitd_model *model = NULL;
+    vitd_encoder *enc = NULL;
+    float *amax = NULL, *emb = NULL;
+    fp8_qkv *sc = NULL;
+    for (int i = 0; i < argc; i++) {
+        const char *v;
+        int ef;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            calibrate_usage(stdout);
+            rc = 0;
+            goto done;
+        } else if ((v = flag_value(argc, argv, &i, "--out", &bad))) {
+            out_path = v;
+        } else if ((v = flag_value(argc, argv, &i, "--model", &bad))) {
+            model_dir = v;
+        } else if ((v = flag_value(argc, argv, &i, "--margin", &bad))) {
+            if (parse_double(v, "--margin", 1, 100, &margin)) goto done;
+        } else if ((v = flag_value(argc, argv, &i, "--max-pixels", &bad))) {
+            if (parse_long(v, "--max-pixels", 1, 1L << 40, &max_px)) goto done;
+        } else if ((ef = encoder_flag(argc, argv, &i, &eo, &bad)) != 0) {
+            if (ef < 0) goto done;
+        } else if (argv[i][0] == '-' && argv[i][1] == '-') {
+            if (!bad) fprintf(stderr, "vitd calibrate: unknown flag '%s'\n", argv[i]);
+            goto done;
+        } else {
+            args[n_args++] = argv[i];
+        }
+        if (bad) goto done;
+    }
+    if (!out_path || !model_dir || n_args == 0) {
+        calibrate_usage(stderr);
+        goto done;
+    }
+    rc = 1;
+    if (strcmp(eo.backend, "gpu") && strcmp(eo.backend, "auto")) {
+        fprintf(stderr, "vitd calibrate: backend %s cannot calibrate: the amax of Q, K and V is recorded by the "
+                        "GPU engine only (use --backend gpu)\n", eo.backend);
+        goto done;
+    }
+    eo.backend = "gpu";
+    eo.attn_dtype = "bf16";
+    eo.fp8_calibrate = 1;
+    eo.fp8_scales = eo.fp8_save_scales = NULL;
+    if (collect_inputs(n_args, args, &files)) goto done;
+
+    vitd_err err = {0};
+    if (vitd_model_load(model_dir, &model, &err) != VITD_OK) {
+        fprintf(stderr, "vitd calibrate: %s\n", err.msg);
+        goto done;
+    }
+    const vitd_vision_config *vc = vitd_model_config(model);
+    vitd_preproc_config pc = *vitd_model_preproc(model);
+    if (max_px > 0) pc.max_pixels = (size_t)max_px;
+    /* pass 1: which files are images, and the largest one (sizes the engine) */
+    grids = xcalloc((size_t)files.n + 1, sizeof *grids);
+    use = xcalloc((size_t)files.n + 1, sizeof *use);
+    size_t max_patches = 0;
+    int n_img = 0;
+    for (int i = 0; i < files.n; i++) {
+        if (calib_prep(files.v[i], &pc, &grids[i], NULL, &err) != VITD_OK) {
+            if (files.from_dir[i]) {
+                fprintf(stderr, "vitd calibrate: skipping %s: %s\n", files.v[i], err.msg);
+                continue;
+            }
+            fprintf(stderr, "vitd calibrate: %s: %s\n", files.v[i], err.msg);
+            goto done;
+        }
+        use[i] = 1;
+        n_img++;
+        size_t np = (size_t)grids[i].t * grids[i].h * grids[i].w;
+        if (np > max_patches) max_patches = np;
+    }
+    if (n_img == 0) {
+        fprintf(stderr, "vitd calibrate: no decodable image among %d file%s\n", files.n, files.n == 1 ? "" : "s");
+        goto done;
+    }
+    eo.max_batch_tokens = max_patches;
+    if (vitd_encoder_create(model, &eo, &enc, &err) != VITD_OK) {
+        fprintf(stderr, "vitd calibrate: %s\n", err.msg);
+        goto done;
+    }
+    /* pass 2: each image alone through the BF16 path (amax folded on the GPU) */
+    emb = malloc(max_patches / 4 * (size_t)vc->out_hidden_size * sizeof(float));
+    if (!emb) {
+        fprintf(stderr, "vitd calibrate: out of memory\n");
+        goto done;
+    }
+    size_t total = 0;
+    double t0 = vitd_now();
+    for (int i = 0; i < files.n; i++) {
+        if (!use[i]) continue;
+        float *pv = NULL;
+        vitd_grid g;
+        if (calib_prep(files.v[i], &pc, &g, &pv, &err) != VITD_OK) {
+            fprintf(stderr, "vitd calibrate: %s: %s\n", files.v[i], err.msg);
+            free(pv);
+            goto done;
+        }
+        vitd_batch b = {.n_images = 1, .grids = &g, .pixel_values = pv, .embeddings = emb, .deepstack = NULL};
+        vitd_status s = vitd_encoder_run(enc, &b, &err);
+        free(pv);
+        if (s != VITD_OK) {
+            fprintf(stderr, "vitd calibrate: %s: %s\n", files.v[i], err.msg);
+            goto done;
+        }
+        total += (size_t)g.t * g.h * g.w;
+    }
+    amax = xcalloc((size_t)vc->depth * 3, sizeof *amax);
+    if (vitd_encoder_fp8_amax(enc, amax, &err) != VITD_OK) {
+        fprintf(stderr, "vitd calibrate: %s\n", err.msg);
+        goto done;
+    }
+    /* scale = amax / 448 (an amax of 0 gives the smallest positive scale, as the dynamic ring does) */
+    sc = xcalloc((size_t)vc->depth, sizeof *sc);
+    float lo = 1e30f, hi = 0;
+    for (int l = 0; l < vc->depth; l++) {
+        float s3[3];
+        for (int t = 0; t < 3; t++) {
+            const float a = amax[l * 3 + t];
+            s3[t] = a > 0 ? a / FP8_E4M3_MAX : 1.0f / (FP8_E4M3_MAX * FP8_E4M3_MAX);
+            if (a < lo) lo = a;
+            if (a > hi) hi = a;
+        }
+        sc[l] = (fp8_qkv){s3[0], s3[1], s3[2]};
+    }
+    char source[512];
+    snprintf(source, sizeof source, "vitd calibrate: %d images, %zu patches, model %s", n_img, total, model_dir);
+    if (fp8_scales_save(out_path, sc, vc->depth, margin, source, &err) != VITD_OK) {
+        fprintf(stderr, "vitd calibrate: %s\n", err.msg);
+        goto done;
+    }
+    fprintf(stderr, "vitd calibrate: %d images (%zu patches) in %.1f s; amax %.3g..%.3g over %d layers; wrote %s "
+                    "(margin %.2f)\n", n_img, total, vitd_now() - t0, lo, hi, vc->depth, out_path, margin);
+    rc = 0;
+done:
+    free(sc);
+    free(amax);
+    free(emb);
+    vitd_encoder_free(enc);
+    vitd_model_free(model);
+    free(grids);
+    free(use);
+    path_list_release(&files);
+    free(args);
     return rc;
 }

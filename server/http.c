@@ -301,6 +301,24 @@ static enum MHD_Result handle_model(struct req *r) {
     cJSON_AddStringToObject(root, "path", vitd_model_path(h->o.model));
     cJSON_AddStringToObject(root, "backend", h->o.backend ? h->o.backend : "");
     cJSON_AddStringToObject(root, "attn_dtype", h->o.attn_dtype ? h->o.attn_dtype : "");
+    /* attention: the setting, the path(s) in use, the last batch's path and the batches per path */
+    cJSON *at = cJSON_AddObjectToObject(root, "attention");
+    cJSON_AddStringToObject(at, "setting", c->attn_dtype ? c->attn_dtype : "");
+    if (h->o.encoder) {
+        vitd_attn_info ai;
+        vitd_encoder_attn_info(h->o.encoder, &ai);
+        cJSON_AddStringToObject(at, "mode", ai.mode);
+        const char *fp8_bf16[] = {"bf16", "fp8"}, *one[] = {ai.mode};
+        const int both = !strcmp(ai.mode, "auto");
+        cJSON_AddItemToObject(at, "paths", cJSON_CreateStringArray(both ? fp8_bf16 : one, both ? 2 : 1));
+        cJSON_AddStringToObject(at, "last", ai.last);
+        cJSON *bt = cJSON_AddObjectToObject(at, "batches");
+        cJSON_AddNumberToObject(bt, "fp32", (double)ai.batches_fp32);
+        cJSON_AddNumberToObject(bt, "bf16", (double)ai.batches_bf16);
+        cJSON_AddNumberToObject(bt, "fp8", (double)ai.batches_fp8);
+        if (ai.fallback[0]) cJSON_AddStringToObject(at, "fallback", ai.fallback);
+        else cJSON_AddNullToObject(at, "fallback");
+    }
     cJSON_AddStringToObject(root, "version", h->o.version ? h->o.version : "");
     cJSON *v = cJSON_AddObjectToObject(root, "vision_config");
     cJSON_AddNumberToObject(v, "depth", vc->depth);

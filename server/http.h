@@ -44,7 +44,8 @@ typedef struct {
     const vitd_config *cfg;              /* limits, key, host/port, threads, timeouts; must outlive the server */
     const vitd_model *model;             /* for /v1/model and the answer's shapes */
     const char *backend;                 /* "cpu" | "gpu", as the encoder reports */
-    const char *attn_dtype;              /* "fp32" | "bf16" | "fp8" */
+    const char *attn_dtype;              /* "fp32" | "bf16" | "fp8" | "auto" (vitd_encoder_attn_dtype) */
+    const vitd_encoder *encoder;         /* for /v1/model's per-path batch counts; NULL = none (not owned) */
     const char *version;                 /* vitd version string */
     vitd_preproc_config preproc;         /* effective processor settings (config min/max_pixels applied) */
     size_t max_image_patches;            /* largest single image accepted (the encoder's batch plan) */

@@ -2,6 +2,7 @@
  *
  *   vitd serve        the HTTP service (server/serve.c)
  *   vitd encode       encode image files offline (server/cli.c)
+ *   vitd calibrate    measure static FP8 attention scales on images (server/cli.c)
  *   vitd preprocess   run the image processor only
  *   vitd demo-model   write a random checkpoint in the Hugging Face layout
  *   vitd config       print the configuration (--defaults: every option at its default, as config/vitd.json)
@@ -28,6 +29,7 @@ static void usage(FILE *f) {
                "commands:\n"
                "  serve        run the HTTP service (vitd serve --help lists every option)\n"
                "  encode       encode image files: vitd encode --model DIR IMAGE... --out FILE.safetensors\n"
+               "  calibrate    static FP8 scales: vitd calibrate --model DIR --out SCALES.json IMAGE_OR_DIR...\n"
                "  preprocess   run the image processor: vitd preprocess IMAGE... --out FILE.safetensors\n"
                "  demo-model   write a random checkpoint: vitd demo-model --preset tiny --out DIR\n"
                "  config       print the configuration (--defaults: all defaults, else file/env/flags applied)\n"
@@ -44,6 +46,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "demo-model")) return cli_demo_model(argc - 2, argv + 2);
     if (!strcmp(cmd, "preprocess")) return cli_preprocess(argc - 2, argv + 2);
     if (!strcmp(cmd, "encode")) return cli_encode(argc - 2, argv + 2);
+    if (!strcmp(cmd, "calibrate")) return cli_calibrate(argc - 2, argv + 2);
 #ifdef VITD_HAVE_SERVE
     if (!strcmp(cmd, "serve")) return serve_main(argc - 2, argv + 2);
 #endif

@@ -49,7 +49,9 @@ static vitd_status serve_encode(void *user, const vitd_batch *b, vitd_err *err) 
 
 static void serve_on_batch(void *user, int n_images, size_t n_patches, double encode_s, vitd_status s) {
     serve_ctx *c = user;
-    if (s == VITD_OK && c->metrics) metrics_vitd_batch(c->metrics, c->attn, n_images, n_patches);
+    /* the path this batch took (auto routes per batch), so vitd_batches_total{attn} counts each path */
+    const char *attn = vitd_encoder_last_attn(c->enc);
+    if (s == VITD_OK && c->metrics) metrics_vitd_batch(c->metrics, *attn ? attn : c->attn, n_images, n_patches);
     log_msg(s == VITD_OK ? VITD_LOG_DEBUG : VITD_LOG_ERROR, "batch images=%d patches=%zu encode_ms=%.2f status=%s",
             n_images, n_patches, encode_s * 1e3, vitd_status_name(s));
 }
@@ -301,6 +303,10 @@ int serve_main(int argc, char **argv) {
     eo.threads = cfg.encoder_threads;
     eo.max_batch_tokens = encoder_tokens;
     eo.max_batch_images = cfg.batch_max_images;
+    eo.fp8_scales = cfg.fp8_scales[0] ? cfg.fp8_scales : NULL;
+    eo.fp8_save_scales = cfg.fp8_save_scales[0] ? cfg.fp8_save_scales : NULL;
+    eo.fp8_save_margin = cfg.fp8_save_margin;
+    eo.fp8_history = cfg.fp8_history;
     if (vitd_encoder_create(model, &eo, &enc, &err) != VITD_OK) {
         log_msg(VITD_LOG_ERROR, "encoder (backend %s): %s", cfg.backend, err.msg);
         goto done;
@@ -319,6 +325,7 @@ int serve_main(int argc, char **argv) {
         log_int(&l, "deepstack", vc->n_deepstack);
         log_str(&l, "backend", vitd_encoder_backend(enc));
         log_str(&l, "attn_dtype", ctx.attn);
+        log_str(&l, "attn_setting", cfg.attn_dtype);
         log_double(&l, "ms", (vitd_now() - t0) * 1e3);
         log_end(&l);
     }
@@ -340,6 +347,7 @@ int serve_main(int argc, char **argv) {
         goto done;
     }
     http_opts ho = {.cfg = &cfg, .model = model, .backend = vitd_encoder_backend(enc), .attn_dtype = ctx.attn,
+                    .encoder = enc,
                     .version = VITD_VERSION, .preproc = pp, .max_image_patches = max_image_patches,
                     .sched = sc, .prep = prep, .metrics = metrics};
     if (http_start(&ho, &http, &err) != VITD_OK) {

@@ -11,6 +11,7 @@
  * Models: the "tiny" preset (fast) and the "8b" preset (the real Qwen3-VL-8B tower shapes, random weights,
  * ~1.2 GB bf16), written with demo_model_write into /tmp, or read from $VITD_TEST_MODEL_8B when set (the device
  * script writes it once for the benchmark too). VITD_TEST_SKIP_8B=1 runs the tiny preset only.
+ * Every engine here runs attn_dtype bf16 (the FP8 path and auto routing: tests/test_fp8_engine.c).
  * Without CUDA, a device, or compute capability >= 9.0 it exits 77.
  */
 #ifndef VITD_HAVE_CUDA
@@ -187,6 +188,7 @@ static void check_model(const char *dir, const char *label, const char *const *f
     if (cm) CHECK_OK(run_subset(cpu_run, cm, &im, 0, im.n, D, nds, &ref, &err), &err);
     double t1 = vitd_now();
     vitd_encoder_opts eo = vitd_encoder_opts_default();
+    eo.attn_dtype = "bf16"; /* the BF16 path (FP8: test_fp8_engine.c) */
     eo.max_batch_tokens = N;
     CHECK_OK(gpu_engine_create(model, &eo, &ge, &err), &err);
     double t2 = vitd_now();
@@ -251,6 +253,7 @@ static void check_api_and_errors(const char *dir) {
     const size_t nm = im.off[1] / 4;
     vitd_encoder_opts eo = vitd_encoder_opts_default();
     eo.backend = "gpu";
+    eo.attn_dtype = "bf16";
     eo.max_batch_tokens = im.off[1];
     vitd_encoder *enc = NULL;
     gpu_engine *ge = NULL;

@@ -1,0 +1,573 @@
+/* labels: gpu */
+/* test_fp8_engine.c — FP8 attention in the whole GPU engine (encoder/gpu_engine.c, attn_dtype fp8 | auto) on real
+ * photographs (tests/fixtures/images), decoded and preprocessed by vitd.
+ *
+ * Checks:
+ *  - accuracy, 8B preset (real shapes, random weights) and tiny: per image and output (embeddings and each
+ *    deepstack feature), FP8 (dynamic scales) vs the BF16 engine and vs the CPU float32 reference, cosine
+ *    >= 0.995 (max abs, rel-L2 reported); the first FP8 batch (scales from its own amax, pre-pass) and the same
+ *    batch again (scales from the one-step history) give identical output;
+ *  - static scales: amax recorded by the calibration mode, saved, loaded as fp8_scales, same cosine bound; an
+ *    invalid file fails at creation naming the layer;
+ *  - `vitd calibrate` (the real program) on a directory and a file writes a file that loads as --fp8-scales and
+ *    `vitd encode --attn-dtype fp8 --fp8-scales` runs with it;
+ *  - auto-save: two engines in one process, histories 3 and 5, margins 1.5 and 2, two files: each written once,
+ *    exactly when its history fills, parses, and carries its own margin (same batches: ratio 2/1.5);
+ *  - auto (8B, 16384 tokens): the measured table's decisions follow the timings (FP8 only where >= 2% faster),
+ *    and batches of a small and a large image take the table's path (reported);
+ *  - where FP8 cannot run (e.g. run with the system cuDNN 9.14): attn_dtype fp8 is a start-up error naming the
+ *    reason, auto creates a BF16 engine with the reason as fallback, and forcing fp8 is refused.
+ * Models: written with demo_model_write into /tmp, or the 8B one from $VITD_TEST_MODEL_8B; VITD_TEST_SKIP_8B=1 runs
+ * the tiny preset only. Without CUDA, a device, or compute capability >= 9.0 it exits 77.
+ */
+#ifndef VITD_HAVE_CUDA
+#include <stdio.h>
+int main(void) {
+    printf("SKIP: vitd was built without CUDA (VITD_CUDA=OFF or no nvcc)\n");
+    return 77;
+}
+#else
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cuda_runtime_api.h>
+
+#include "attn_route.h"
+#include "check.h"
+#include "cpu_forward.h"
+#include "demo_model.h"
+#include "fp8_scales.h"
+#include "gpu_attn.h"
+#include "gpu_engine.h"
+#include "image.h"
+#include "preprocess.h"
+#include "util.h"
+
+#define MIN_COS 0.995
+
+static char tmpdir[] = "/tmp/vitd_test_fp8_engine_XXXXXX";
+
+static void log_hook(vitd_log_level level, const char *msg, void *user) {
+    (void)user;
+    if (level >= VITD_LOG_INFO) printf("  [log] %s\n", msg);
+}
+
+/* ---- images and outputs ---- */
+
+typedef struct {
+    int n;
+    const char *names[8];
+    vitd_grid grids[8];
+    size_t off[9]; /* patch offsets */
+    float *pv;     /* [off[n], 1536] */
+} images;
+
+static int load_images(images *im, const char *const *files, int n, const vitd_preproc_config *pc) {
+    memset(im, 0, sizeof *im);
+    float *parts[8] = {0};
+    for (int i = 0; i < n; i++) {
+        char path[512];
+        vitd_err err = {0};
+        uint8_t *data = NULL;
+        size_t len = 0;
+        vitd_image img = {0};
+        snprintf(path, sizeof path, "%s/tests/fixtures/images/%s", VITD_SOURCE_DIR, files[i]);
+        if (image_read_file(path, &data, &len, &err) != VITD_OK || image_decode(data, len, 0, &img, &err) ||
+            preprocess_plan(img.height, img.width, pc, &im->grids[i], &err)) {
+            fprintf(stderr, "FAIL: %s: %s\n", files[i], err.msg);
+            return -1;
+        }
+        size_t rows = (size_t)im->grids[i].h * im->grids[i].w;
+        parts[i] = malloc(rows * 1536 * sizeof(float));
+        if (preprocess_run(&img, pc, &im->grids[i], parts[i], &err) != VITD_OK) {
+            fprintf(stderr, "FAIL: preprocess %s: %s\n", files[i], err.msg);
+            return -1;
+        }
+        im->names[i] = files[i];
+        im->off[i + 1] = im->off[i] + rows;
+        image_release(&img);
+        free(data);
+    }
+    im->n = n;
+    im->pv = malloc(im->off[n] * 1536 * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        memcpy(im->pv + im->off[i] * 1536, parts[i], (im->off[i + 1] - im->off[i]) * 1536 * sizeof(float));
+        free(parts[i]);
+    }
+    return 0;
+}
+
+typedef struct {
+    float *emb, *ds;
+} outputs;
+
+static void outputs_alloc(outputs *o, size_t nm, int D, int nds) {
+    o->emb = malloc(nm * D * sizeof(float));
+    o->ds = malloc((size_t)(nds ? nds : 1) * nm * D * sizeof(float));
+    for (size_t i = 0; i < nm * D; i++) o->emb[i] = NAN;
+    for (size_t i = 0; i < (size_t)(nds ? nds : 1) * nm * D; i++) o->ds[i] = NAN;
+}
+
+static void outputs_free(outputs *o) {
+    free(o->emb);
+    free(o->ds);
+}
+
+typedef vitd_status (*run_fn)(void *impl, const vitd_batch *b, vitd_err *err);
+static vitd_status cpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return cpu_forward(impl, b, NULL, err); }
+static vitd_status gpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return gpu_engine_run(impl, b, err); }
+
+/* Runs images [first, first + count) as one batch into o at their offsets of the whole set. */
+static vitd_status run_subset(run_fn fn, void *impl, const images *im, int first, int count, int D, int nds,
+                              outputs *o, vitd_err *err) {
+    const size_t nm_all = im->off[im->n] / 4, t0 = im->off[first], nm = (im->off[first + count] - t0) / 4;
+    float *emb = malloc(nm * D * sizeof(float)), *ds = malloc((size_t)(nds ? nds : 1) * nm * D * sizeof(float));
+    vitd_batch b = {.n_images = count, .grids = im->grids + first, .pixel_values = im->pv + t0 * 1536,
+                    .embeddings = emb, .deepstack = nds ? ds : NULL};
+    vitd_status st = fn(impl, &b, err);
+    if (st == VITD_OK) {
+        memcpy(o->emb + t0 / 4 * D, emb, nm * D * sizeof(float));
+        for (int j = 0; j < nds; j++)
+            memcpy(o->ds + ((size_t)j * nm_all + t0 / 4) * D, ds + (size_t)j * nm * D, nm * D * sizeof(float));
+    }
+    free(emb);
+    free(ds);
+    return st;
+}
+
+/* Per image and output: cosine >= min_cos and no NaN. Returns the worst cosine. */
+static double compare(const char *label, const images *im, const outputs *got, const outputs *ref, int D, int nds,
+                      double min_cos) {
+    const size_t nm_all = im->off[im->n] / 4;
+    double worst = 1;
+    for (int i = 0; i < im->n; i++) {
+        const size_t a = im->off[i] / 4, nm = (im->off[i + 1] - im->off[i]) / 4;
+        for (int j = -1; j < nds; j++) {
+            const float *g = j < 0 ? got->emb + a * D : got->ds + ((size_t)j * nm_all + a) * D;
+            const float *r = j < 0 ? ref->emb + a * D : ref->ds + ((size_t)j * nm_all + a) * D;
+            cmp_stats s = cmp_f32(g, r, nm * D, 0, 0);
+            char what[160];
+            if (j < 0)
+                snprintf(what, sizeof what, "%s %s [%dx%d] embeddings", label, im->names[i], im->grids[i].h,
+                         im->grids[i].w);
+            else
+                snprintf(what, sizeof what, "%s %s [%dx%d] deepstack.%d", label, im->names[i], im->grids[i].h,
+                         im->grids[i].w, j);
+            printf("  %-64s max_abs %.3e rel_l2 %.3e cos %.6f nan %zu\n", what, s.max_abs, s.rel_l2, s.cosine,
+                   s.n_nan);
+            CHECK_MSG(s.n_nan == 0, "%s: %zu NaN/Inf", what, s.n_nan);
+            CHECK_MSG(s.cosine >= min_cos, "%s: cosine %.6f < %.4f", what, s.cosine, min_cos);
+            if (s.cosine < worst) worst = s.cosine;
+        }
+    }
+    return worst;
+}
+
+static gpu_engine *engine(const vitd_model *m, const char *attn, size_t tokens, const char *scales, int calib,
+                          vitd_err *err) {
+    vitd_encoder_opts eo = vitd_encoder_opts_default();
+    eo.attn_dtype = attn;
+    eo.max_batch_tokens = tokens;
+    eo.fp8_scales = scales;
+    eo.fp8_calibrate = calib;
+    gpu_engine *g = NULL;
+    CHECK_OK(gpu_engine_create(m, &eo, &g, err), err);
+    return g;
+}
+
+/* ---- accuracy: FP8 vs BF16 vs CPU; static scales from the calibration mode ---- */
+
+static void check_accuracy(const char *dir, const char *label, const char *const *files, int n_files) {
+    vitd_err err = {0};
+    vitd_model *model = NULL;
+    images im;
+    printf("%s accuracy: %s\n", label, dir);
+    CHECK_OK(vitd_model_load(dir, &model, &err), &err);
+    if (!model) return;
+    const vitd_vision_config *vc = vitd_model_config(model);
+    const int D = vc->out_hidden_size, nds = vc->n_deepstack, L = vc->depth;
+    if (load_images(&im, files, n_files, vitd_model_preproc(model))) {
+        CHECK(0);
+        vitd_model_free(model);
+        return;
+    }
+    const size_t N = im.off[im.n], nm = N / 4;
+    printf("  %d images, %zu patches\n", im.n, N);
+    outputs ref, bf, f8, f8b, f8a, st8;
+    outputs_alloc(&ref, nm, D, nds);
+    outputs_alloc(&bf, nm, D, nds);
+    outputs_alloc(&f8, nm, D, nds);
+    outputs_alloc(&f8b, nm, D, nds);
+    outputs_alloc(&f8a, nm, D, nds);
+    outputs_alloc(&st8, nm, D, nds);
+    cpu_model *cm = NULL;
+    CHECK_OK(cpu_model_create(model, 0, &cm, &err), &err);
+    if (cm) CHECK_OK(run_subset(cpu_run, cm, &im, 0, im.n, D, nds, &ref, &err), &err);
+    cpu_model_free(cm);
+
+    gpu_engine *gb = engine(model, "bf16", N, NULL, 1, &err); /* BF16 + calibration amax */
+    gpu_engine *g8 = engine(model, "fp8", N, NULL, 0, &err);
+    if (gb && g8) {
+        CHECK(!strcmp(gpu_engine_attn_dtype(g8), "fp8") && !strcmp(gpu_engine_attn_dtype(gb), "bf16"));
+        CHECK_OK(run_subset(gpu_run, gb, &im, 0, im.n, D, nds, &bf, &err), &err);
+        CHECK(!strcmp(gpu_engine_last_attn(gb), "bf16"));
+        CHECK_OK(run_subset(gpu_run, g8, &im, 0, im.n, D, nds, &f8, &err), &err);
+        CHECK(!strcmp(gpu_engine_last_attn(g8), "fp8"));
+        CHECK_EQ_INT(1, (int)gpu_engine_fp8_steps(g8));
+        /* the first batch (pre-pass scales) and the same batch again (history of one step) agree bit for bit */
+        CHECK_OK(run_subset(gpu_run, g8, &im, 0, im.n, D, nds, &f8b, &err), &err);
+        CHECK_MSG(!memcmp(f8.emb, f8b.emb, nm * D * sizeof(float)),
+                  "first FP8 batch and the same batch from the history differ");
+        for (int i = 0; i < im.n; i++) CHECK_OK(run_subset(gpu_run, g8, &im, i, 1, D, nds, &f8a, &err), &err);
+        double w1 = compare("fp8 vs bf16", &im, &f8, &bf, D, nds, MIN_COS);
+        double w2 = compare("fp8 vs cpu", &im, &f8, &ref, D, nds, MIN_COS);
+        double w3 = compare("bf16 vs cpu", &im, &bf, &ref, D, nds, 0.999);
+        double w4 = compare("fp8 alone vs cpu", &im, &f8a, &ref, D, nds, MIN_COS);
+        printf("  %s worst cosine: fp8 vs bf16 %.6f, fp8 vs cpu %.6f, bf16 vs cpu %.6f, fp8 alone vs cpu %.6f\n",
+               label, w1, w2, w3, w4);
+
+        /* static scales from the calibration amax of the BF16 engine (margin 1.5) */
+        float *amax = xcalloc((size_t)L * 3, sizeof *amax);
+        fp8_qkv *sc = xcalloc((size_t)L, sizeof *sc);
+        CHECK_OK(gpu_engine_fp8_amax(gb, amax, &err), &err);
+        int ok = 1;
+        for (int l = 0; l < L; l++) {
+            for (int t = 0; t < 3; t++) ok &= amax[l * 3 + t] > 0 && isfinite(amax[l * 3 + t]);
+            sc[l] = (fp8_qkv){amax[l * 3] / 448, amax[l * 3 + 1] / 448, amax[l * 3 + 2] / 448};
+        }
+        CHECK_MSG(ok, "calibration amax not positive and finite");
+        printf("  calibration amax layer 0: q %.3f k %.3f v %.3f; layer %d: q %.3f k %.3f v %.3f\n", amax[0], amax[1],
+               amax[2], L - 1, amax[(L - 1) * 3], amax[(L - 1) * 3 + 1], amax[(L - 1) * 3 + 2]);
+        char path[700];
+        snprintf(path, sizeof path, "%s/%s_static.json", tmpdir, label);
+        CHECK_OK(fp8_scales_save(path, sc, L, 1.5, "test_fp8_engine", &err), &err);
+        gpu_engine *gs = engine(model, "fp8", N, path, 0, &err);
+        if (gs) {
+            CHECK_OK(run_subset(gpu_run, gs, &im, 0, im.n, D, nds, &st8, &err), &err);
+            double w5 = compare("fp8 static vs bf16", &im, &st8, &bf, D, nds, MIN_COS);
+            printf("  %s worst cosine: fp8 static (calibrated, margin 1.5) vs bf16 %.6f\n", label, w5);
+        }
+        gpu_engine_free(gs);
+        /* an invalid file: the last layer missing */
+        fp8_scales_save(path, sc, L - 1, 1.5, "test_fp8_engine: one layer short", &err);
+        vitd_encoder_opts eo = vitd_encoder_opts_default();
+        eo.attn_dtype = "fp8";
+        eo.max_batch_tokens = N;
+        eo.fp8_scales = path;
+        gpu_engine *bad = NULL;
+        CHECK_EQ_INT(VITD_E_INVALID_ARG, gpu_engine_create(model, &eo, &bad, &err));
+        char want[64];
+        snprintf(want, sizeof want, "blocks.%d.attn", L - 1);
+        CHECK_STR_CONTAINS(err.msg, want);
+        printf("  invalid scales file: %s\n", err.msg);
+        gpu_engine_free(bad);
+        free(amax);
+        free(sc);
+        /* the public API: attn_dtype fp8 on backend gpu, per-path counts */
+        vitd_encoder *enc = NULL;
+        eo.backend = "gpu";
+        eo.fp8_scales = NULL;
+        CHECK_OK(vitd_encoder_create(model, &eo, &enc, &err), &err);
+        if (enc) {
+            float *emb = malloc(nm * D * sizeof(float));
+            vitd_batch b = {.n_images = im.n, .grids = im.grids, .pixel_values = im.pv, .embeddings = emb};
+            CHECK_OK(vitd_encoder_run(enc, &b, &err), &err);
+            CHECK_OK(vitd_encoder_run(enc, &b, &err), &err);
+            vitd_attn_info ai;
+            vitd_encoder_attn_info(enc, &ai);
+            CHECK(!strcmp(ai.mode, "fp8") && !strcmp(ai.last, "fp8") && !strcmp(ai.fallback, ""));
+            CHECK(ai.batches_fp8 == 2 && ai.batches_bf16 == 0 && ai.batches_fp32 == 0);
+            free(emb);
+        }
+        vitd_encoder_free(enc);
+    }
+    gpu_engine_free(gb);
+    gpu_engine_free(g8);
+    outputs_free(&ref);
+    outputs_free(&bf);
+    outputs_free(&f8);
+    outputs_free(&f8b);
+    outputs_free(&f8a);
+    outputs_free(&st8);
+    free(im.pv);
+    vitd_model_free(model);
+}
+
+/* ---- auto-save: two engines, two files ---- */
+
+static int file_exists(const char *p) { return access(p, F_OK) == 0; }
+
+static void check_autosave(const char *dir) {
+    vitd_err err = {0};
+    vitd_model *model = NULL;
+    images im;
+    printf("auto-save: two engines\n");
+    CHECK_OK(vitd_model_load(dir, &model, &err), &err);
+    if (!model) return;
+    const vitd_vision_config *vc = vitd_model_config(model);
+    const int D = vc->out_hidden_size, nds = vc->n_deepstack, L = vc->depth;
+    const char *files[] = {"chelsea.png", "rocket.jpg"};
+    if (load_images(&im, files, 2, vitd_model_preproc(model))) {
+        CHECK(0);
+        vitd_model_free(model);
+        return;
+    }
+    char pa[700], pb[700];
+    snprintf(pa, sizeof pa, "%s/save_a.json", tmpdir);
+    snprintf(pb, sizeof pb, "%s/save_b.json", tmpdir);
+    const int hist[2] = {3, 5};
+    const double margin[2] = {1.5, 2.0};
+    const char *paths[2] = {pa, pb};
+    gpu_engine *g[2] = {NULL, NULL};
+    for (int e = 0; e < 2; e++) {
+        vitd_encoder_opts eo = vitd_encoder_opts_default();
+        eo.attn_dtype = "fp8";
+        eo.max_batch_tokens = im.off[2];
+        eo.fp8_history = hist[e];
+        eo.fp8_save_scales = paths[e];
+        eo.fp8_save_margin = margin[e];
+        CHECK_OK(gpu_engine_create(model, &eo, &g[e], &err), &err);
+    }
+    outputs o;
+    outputs_alloc(&o, im.off[2] / 4, D, nds);
+    int written_at[2] = {0, 0}, rewrites[2] = {0, 0};
+    fp8_qkv *sc[2] = {xcalloc((size_t)L, sizeof(fp8_qkv)), xcalloc((size_t)L, sizeof(fp8_qkv))};
+    for (int step = 1; step <= 8 && g[0] && g[1]; step++) {
+        for (int e = 0; e < 2; e++) {
+            CHECK_OK(run_subset(gpu_run, g[e], &im, 0, 2, D, nds, &o, &err), &err);
+            if (file_exists(paths[e])) {
+                if (written_at[e]) rewrites[e]++;
+                else {
+                    written_at[e] = step;
+                    CHECK_OK(fp8_scales_load(paths[e], L, sc[e], &err), &err);
+                }
+                unlink(paths[e]); /* a second write would bring it back */
+            }
+        }
+    }
+    printf("  engine A (history 3) wrote at batch %d, engine B (history 5) at batch %d; rewrites %d, %d\n",
+           written_at[0], written_at[1], rewrites[0], rewrites[1]);
+    CHECK_EQ_INT(3, written_at[0]);
+    CHECK_EQ_INT(5, written_at[1]);
+    CHECK_EQ_INT(0, rewrites[0] + rewrites[1]);
+    CHECK(gpu_engine_fp8_saved(g[0]) && gpu_engine_fp8_saved(g[1]));
+    /* same batches, so the same amax: B / A = 2 / 1.5 per scale */
+    double worst = 0;
+    for (int l = 0; l < L; l++) {
+        const float a[3] = {sc[0][l].q, sc[0][l].k, sc[0][l].v}, b[3] = {sc[1][l].q, sc[1][l].k, sc[1][l].v};
+        for (int t = 0; t < 3; t++) {
+            double r = a[t] > 0 ? fabs(b[t] / a[t] / (2.0 / 1.5) - 1) : 1;
+            if (r > worst) worst = r;
+        }
+    }
+    printf("  scales B / A vs 2 / 1.5: worst relative difference %.2e; layer 0 q %.5f (A)\n", worst, sc[0][0].q);
+    CHECK_MSG(worst < 1e-5, "saved scales do not follow each engine's margin (%.2e)", worst);
+    free(sc[0]);
+    free(sc[1]);
+    outputs_free(&o);
+    gpu_engine_free(g[0]);
+    gpu_engine_free(g[1]);
+    free(im.pv);
+    vitd_model_free(model);
+}
+
+/* ---- vitd calibrate, then vitd encode with its file ---- */
+
+static int run_vitd(const char *args, char *err_text, size_t cap) {
+    char cmd[4096], path[700];
+    snprintf(path, sizeof path, "%s/stderr.txt", tmpdir);
+    snprintf(cmd, sizeof cmd, "%s %s > /dev/null 2> %s", VITD_EXE, args, path);
+    int st = system(cmd);
+    size_t n = 0;
+    unsigned char *e = check_read_file(path, &n);
+    snprintf(err_text, cap, "%.*s", (int)(n < cap - 1 ? n : cap - 1), e ? (char *)e : "");
+    free(e);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+static void check_calibrate_cli(const char *dir, int n_layers) {
+    printf("vitd calibrate\n");
+    char imgdir[700], a[4096], e[8192], out[700];
+    snprintf(imgdir, sizeof imgdir, "%s/calib_images", tmpdir);
+    snprintf(out, sizeof out, "%s/calibrated.json", tmpdir);
+    mkdir(imgdir, 0755);
+    const char *in_dir[] = {"chelsea.png", "photo_q90_420.jpg", "not_an_image.txt"};
+    for (int i = 0; i < 3; i++) {
+        char src[700], dst[800];
+        snprintf(src, sizeof src, "%s/tests/fixtures/images/%s", VITD_SOURCE_DIR, in_dir[i]);
+        snprintf(dst, sizeof dst, "%s/%s", imgdir, in_dir[i]);
+        CHECK(symlink(src, dst) == 0);
+    }
+    snprintf(a, sizeof a, "calibrate --model %s --out %s --margin 1.5 %s %s/tests/fixtures/images/rocket.jpg", dir,
+             out, imgdir, VITD_SOURCE_DIR);
+    int rc = run_vitd(a, e, sizeof e);
+    printf("  %s", e);
+    CHECK_EQ_INT(0, rc);
+    CHECK_STR_CONTAINS(e, "3 images");
+    CHECK_STR_CONTAINS(e, "skipping");
+    fp8_qkv *sc = xcalloc((size_t)n_layers, sizeof *sc);
+    vitd_err err = {0};
+    CHECK_OK(fp8_scales_load(out, n_layers, sc, &err), &err);
+    free(sc);
+    snprintf(a, sizeof a, "encode --model %s --backend gpu --attn-dtype fp8 --fp8-scales %s "
+             "%s/tests/fixtures/images/chelsea.png --format json", dir, out, VITD_SOURCE_DIR);
+    rc = run_vitd(a, e, sizeof e);
+    CHECK_EQ_INT(0, rc);
+    CHECK_STR_CONTAINS(e, "attention fp8");
+    const char *last = strstr(e, "vitd encode:");
+    printf("  %s", last ? last : e);
+    /* a file: that is not an image is an error (in a directory it is skipped) */
+    snprintf(a, sizeof a, "calibrate --model %s --out %s %s/not_an_image.txt", dir, out, imgdir);
+    CHECK_EQ_INT(1, run_vitd(a, e, sizeof e));
+}
+
+/* ---- auto routing ---- */
+
+static void check_auto(const char *dir) {
+    vitd_err err = {0};
+    vitd_model *model = NULL;
+    printf("auto routing: %s\n", dir);
+    CHECK_OK(vitd_model_load(dir, &model, &err), &err);
+    if (!model) return;
+    const vitd_vision_config *vc = vitd_model_config(model);
+    const int D = vc->out_hidden_size;
+    gpu_engine *g = engine(model, "auto", 16384, NULL, 0, &err);
+    if (g) {
+        const attn_route_entry *t = NULL;
+        int n = gpu_engine_route_table(g, &t);
+        CHECK(n >= 7);
+        int any = 0;
+        for (int i = 0; i < n; i++) {
+            printf("  %2dx%-5d bf16 %8.4f ms fp8 %8.4f ms  %.2fx -> %s\n", t[i].n_images, t[i].max_len,
+                   t[i].ms_bf16, t[i].ms_fp8, t[i].ms_bf16 / t[i].ms_fp8, t[i].fp8 ? "fp8" : "bf16");
+            CHECK(t[i].ms_bf16 > 0 && t[i].ms_fp8 > 0);
+            if (t[i].fp8) CHECK_MSG(t[i].ms_fp8 < 0.98 * t[i].ms_bf16, "%dx%d routed fp8 but not faster",
+                                    t[i].n_images, t[i].max_len);
+            any |= t[i].fp8;
+        }
+        CHECK(!strcmp(gpu_engine_attn_dtype(g), any ? "auto" : "bf16"));
+        /* a small image and a large one: each takes its table decision */
+        const vitd_grid shapes[2] = {{1, 28, 28}, {1, 128, 128}};
+        float *pv = malloc(16384 * 1536 * sizeof(float)), *emb = malloc(4096 * (size_t)D * sizeof(float));
+        for (size_t i = 0; i < (size_t)16384 * 1536; i++) pv[i] = (float)((i * 2654435761u) % 2001) / 1000.f - 1.f;
+        for (int s = 0; s < 2; s++) {
+            vitd_batch b = {.n_images = 1, .grids = &shapes[s], .pixel_values = pv, .embeddings = emb};
+            CHECK_OK(gpu_engine_run(g, &b, &err), &err);
+            const int len = shapes[s].h * shapes[s].w, want = attn_route_fp8(t, n, 1, len);
+            printf("  one image of %d patches: table says %s, ran %s\n", len, want ? "fp8" : "bf16",
+                   gpu_engine_last_attn(g));
+            CHECK(!strcmp(gpu_engine_last_attn(g), want ? "fp8" : "bf16"));
+            cmp_stats st = cmp_f32(emb, emb, (size_t)len / 4 * D, 0, 0);
+            CHECK_MSG(st.n_nan == 0, "auto output has %zu NaN", st.n_nan);
+        }
+        /* forcing a path (benchmarks) and back */
+        CHECK_OK(gpu_engine_set_attn(g, "fp8", &err), &err);
+        vitd_batch b = {.n_images = 1, .grids = &shapes[0], .pixel_values = pv, .embeddings = emb};
+        CHECK_OK(gpu_engine_run(g, &b, &err), &err);
+        CHECK(!strcmp(gpu_engine_last_attn(g), "fp8"));
+        CHECK_EQ_INT(VITD_E_INVALID_ARG, gpu_engine_set_attn(g, "fp16", &err));
+        CHECK_OK(gpu_engine_set_attn(g, "auto", &err), &err);
+        free(pv);
+        free(emb);
+    }
+    gpu_engine_free(g);
+    vitd_model_free(model);
+}
+
+/* ---- where FP8 cannot run ---- */
+
+static void check_unsupported(const char *dir, const char *why) {
+    vitd_err err = {0};
+    vitd_model *model = NULL;
+    printf("FP8 unavailable here (%s): start-up error and fallback\n", why);
+    CHECK_OK(vitd_model_load(dir, &model, &err), &err);
+    if (!model) return;
+    vitd_encoder_opts eo = vitd_encoder_opts_default();
+    eo.max_batch_tokens = 4096;
+    eo.attn_dtype = "fp8";
+    gpu_engine *g = NULL;
+    CHECK_EQ_INT(VITD_E_UNSUPPORTED, gpu_engine_create(model, &eo, &g, &err));
+    CHECK_STR_CONTAINS(err.msg, "attn_dtype fp8");
+    CHECK_STR_CONTAINS(err.msg, why);
+    printf("  attn_dtype fp8: %s\n", err.msg);
+    vitd_encoder *enc = NULL;
+    eo.backend = "auto"; /* not a silent CPU fallback either */
+    CHECK_EQ_INT(VITD_E_UNSUPPORTED, vitd_encoder_create(model, &eo, &enc, &err));
+    eo.attn_dtype = "auto";
+    CHECK_OK(gpu_engine_create(model, &eo, &g, &err), &err);
+    if (g) {
+        CHECK(!strcmp(gpu_engine_attn_dtype(g), "bf16"));
+        CHECK_STR_CONTAINS(gpu_engine_fp8_fallback(g), why);
+        CHECK_EQ_INT(VITD_E_UNSUPPORTED, gpu_engine_set_attn(g, "fp8", &err));
+    }
+    gpu_engine_free(g);
+    vitd_model_free(model);
+}
+
+static const char *write_demo(const char *preset, char *buf, size_t len) {
+    vitd_err err = {0};
+    snprintf(buf, len, "%s/%s", tmpdir, preset);
+    demo_model_opts o = demo_model_opts_default();
+    o.preset = preset;
+    o.out_dir = buf;
+    o.seed = 7;
+    if (demo_model_write(&o, &err) != VITD_OK) {
+        fprintf(stderr, "FAIL: demo_model_write %s: %s\n", preset, err.msg);
+        return NULL;
+    }
+    return buf;
+}
+
+int main(void) {
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) SKIP("no CUDA device");
+    struct cudaDeviceProp prop;
+    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) SKIP("cannot read device 0");
+    if (prop.major < 9) SKIP("GPU %s has compute capability %d.%d, the engine needs >= 9.0", prop.name, prop.major,
+                             prop.minor);
+    vitd_log_set(log_hook, NULL);
+    if (!mkdtemp(tmpdir)) SKIP("mkdtemp failed");
+    gpu_attn_features f;
+    vitd_err err = {0};
+    CHECK_OK(gpu_attn_query(0, &f, &err), &err);
+    char why[160];
+    const int fp8 = attn_fp8_supported(f.cudnn_version, f.cc_major, f.cc_minor, why, sizeof why);
+    printf("device: %s, cuDNN %d, FP8 attention %s%s\n", prop.name, f.cudnn_version, fp8 ? "yes" : "no: ", why);
+
+    char tiny_buf[700];
+    const char *tiny = write_demo("tiny", tiny_buf, sizeof tiny_buf);
+    CHECK(tiny != NULL);
+    if (tiny && !fp8) {
+        /* "cuDNN 9.14.0 < 9.17.1 ..." or "compute capability ..." */
+        check_unsupported(tiny, strstr(why, "cuDNN") ? "9.17.1" : "compute capability");
+    } else if (tiny) {
+        const char *photos[] = {"chelsea.png", "rocket.jpg", "photo_q90_420.jpg", "photo_q95_444.jpg",
+                                "rgb8_4x600.png"};
+        check_accuracy(tiny, "tiny", photos, 5);
+        check_autosave(tiny);
+        check_calibrate_cli(tiny, 4);
+        const char *skip8 = getenv("VITD_TEST_SKIP_8B");
+        if (!skip8 || strcmp(skip8, "1")) {
+            const char *dir8 = getenv("VITD_TEST_MODEL_8B");
+            char buf8[700];
+            if (!dir8 || !*dir8) dir8 = write_demo("8b", buf8, sizeof buf8);
+            CHECK(dir8 != NULL);
+            if (dir8) {
+                check_accuracy(dir8, "8b", photos, 4);
+                check_auto(dir8);
+            }
+        }
+    }
+    char cmd[800];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
+    if (system(cmd) != 0) printf("(could not remove %s)\n", tmpdir);
+    return check_done("test_fp8_engine");
+}
+#endif
