@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# device_serve.sh — `vitd serve --backend gpu` on the GPU machine: readiness, /v1/model's attention block, one
+# encode per format, the per-path batch metric, the loopback load benchmark (bench_http) on the 8B demo model,
+# then a SIGTERM drain. Binaries from .carry/final (vitd, bench_http), libraries from .carry/lib; logs in $OUT.
+set -u
+OUT=${OUT:-/tmp/serve_out}
+mkdir -p "$OUT"
+BIN=$PWD/.carry/final
+SITE=/opt/torch/.venv/lib/python3.12/site-packages
+export LD_LIBRARY_PATH=$SITE/nvidia/cudnn/lib:$PWD/.carry/lib:/usr/local/cuda/lib64:$SITE/nvidia/cu13/lib:$SITE/nvidia/cublas/lib:${LD_LIBRARY_PATH:-}
+[ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
+M=/tmp/vitd_8b
+"$BIN/vitd" demo-model --preset 8b --out $M > "$OUT/demo.log" 2>&1
+"$BIN/vitd" serve --model $M --backend gpu --port 18080 > "$OUT/serve.log" 2>&1 &
+PID=$!
+for i in $(seq 1 120); do curl -sf http://127.0.0.1:18080/ready > /dev/null && break; sleep 0.5; done
+echo "ready after ~$((i / 2)) s: $(curl -s http://127.0.0.1:18080/ready)"
+curl -s http://127.0.0.1:18080/v1/model > "$OUT/model.json"; head -c 900 "$OUT/model.json"; echo
+I=tests/fixtures/images
+for f in chelsea.png rocket.jpg; do
+    curl -s -o "$OUT/$f.st" -w "$f: %{http_code} %{size_download} bytes %{time_total} s\n" \
+        -H 'Accept: application/vnd.safetensors' --data-binary @$I/$f http://127.0.0.1:18080/v1/encode
+done
+curl -s -F image=@$I/chelsea.png -F image=@$I/photo_q90_420.jpg http://127.0.0.1:18080/v1/encode | head -c 200; echo
+curl -s http://127.0.0.1:18080/metrics | grep -E "^vitd_batches_total|^vitd_build_info|^vitd_images_total" | tee "$OUT/metrics.txt"
+kill -TERM $PID; wait $PID; echo "serve exit code $?"
+tail -3 "$OUT/serve.log"
+timeout 200 "$BIN/bench_http" --model $M --vitd "$BIN/vitd" --backend gpu --conc 1,4,16,64 --seconds 4 --reps 3 \
+    --images $I/chelsea.png,$I/rocket.jpg,$I/photo_q90_420.jpg,$I/photo_progressive.jpg 2>"$OUT/bench_http.err" | tee "$OUT/bench_http.log"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
