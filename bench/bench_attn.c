@@ -57,14 +57,7 @@
 #define MAX_IMAGES 64
 #define MAX_SEQ 65536
 
-#define CUDA_CHECK(call)                                                                                  \
-    do {                                                                                                  \
-        cudaError_t e_ = (call);                                                                          \
-        if (e_ != cudaSuccess) {                                                                          \
-            fprintf(stderr, "FATAL %s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                                      \
-        }                                                                                                 \
-    } while (0)
+#include "gpu_check.h"
 
 typedef struct {
     const char *name;

@@ -50,14 +50,7 @@ int main(void) {
 #include "gpu_attn.h"
 #include "util.h"
 
-#define CUDA_CHECK(call)                                                                                  \
-    do {                                                                                                  \
-        cudaError_t e_ = (call);                                                                          \
-        if (e_ != cudaSuccess) {                                                                          \
-            fprintf(stderr, "FATAL %s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                                      \
-        }                                                                                                 \
-    } while (0)
+#include "gpu_check.h"
 
 #define GUARD 4096 /* canary bytes before and after each output */
 #define CANARY 0xA5

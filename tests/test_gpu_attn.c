@@ -49,14 +49,7 @@ int main(void) {
 #define GUARD_ROWS 64
 #define MAXN 8
 
-#define CUDA_CHECK(call)                                                                                  \
-    do {                                                                                                  \
-        cudaError_t e_ = (call);                                                                          \
-        if (e_ != cudaSuccess) {                                                                          \
-            fprintf(stderr, "FATAL %s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                                      \
-        }                                                                                                 \
-    } while (0)
+#include "gpu_check.h"
 
 static void log_hook(vitd_log_level level, const char *msg, void *user) {
     (void)user;
