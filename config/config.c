@@ -723,24 +723,6 @@ static void fmt_double(char *buf, size_t n, double v) {
     }
 }
 
-static void append_json_string(strbuf *b, const char *s) {
-    strbuf_puts(b, "\"");
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"' || *p == '\\') {
-            char e[2] = {'\\', (char)*p};
-            strbuf_append(b, e, 2);
-        } else if (*p == '\n') {
-            strbuf_puts(b, "\\n");
-        } else if (*p == '\t') {
-            strbuf_puts(b, "\\t");
-        } else if (*p < 0x20) {
-            strbuf_printf(b, "\\u%04x", *p);
-        } else {
-            strbuf_append(b, (const char *)p, 1);
-        }
-    }
-    strbuf_puts(b, "\"");
-}
 
 /* The value of one option as text; strings are returned as they are (the caller quotes). */
 const char *config_value_text(const vitd_config *cfg, const config_option *o, char *buf, size_t n) {
@@ -769,9 +751,9 @@ char *config_dump_json(const vitd_config *cfg) {
         char buf[64];
         const char *v = config_value_text(cfg, o, buf, sizeof buf);
         strbuf_puts(&b, "  ");
-        append_json_string(&b, o->name);
+        strbuf_json_string(&b, o->name);
         strbuf_puts(&b, ": ");
-        if (o->type == CONFIG_STRING || o->type == CONFIG_ENUM) append_json_string(&b, v);
+        if (o->type == CONFIG_STRING || o->type == CONFIG_ENUM) strbuf_json_string(&b, v);
         else strbuf_puts(&b, v);
         strbuf_puts(&b, i + 1 < N_OPTIONS ? ",\n" : "\n");
     }
@@ -796,7 +778,7 @@ char *config_format_line(const vitd_config *cfg) {
         if (i) strbuf_puts(&b, " ");
         strbuf_puts(&b, o->name);
         strbuf_puts(&b, "=");
-        if (needs_quotes(v)) append_json_string(&b, v);
+        if (needs_quotes(v)) strbuf_json_string(&b, v);
         else strbuf_puts(&b, v);
     }
     return strbuf_finish(&b);

@@ -526,92 +526,50 @@ vitd_status st_writer_set_metadata(st_writer *w, const char *key, const char *va
     return VITD_OK;
 }
 
-/* A growable string for the header. */
-typedef struct {
-    char *s;
-    size_t len, cap;
-} sbuf;
-
-static void sb_put(sbuf *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (b->len + n + 1 > cap) cap *= 2;
-        char *ns = realloc(b->s, cap);
-        VITD_ASSERT(ns);  /* header size is bounded by names the caller chose, not by input */
-        b->s = ns;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = 0;
-}
-
-static void sb_puts(sbuf *b, const char *s) {
-    sb_put(b, s, strlen(s));
-}
-
-/* Appends s as a JSON string literal (quotes, backslashes and control characters escaped). */
-static void sb_json_str(sbuf *b, const char *s) {
-    sb_put(b, "\"", 1);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        char esc[8];
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)c;
-            sb_put(b, esc, 2);
-        } else if (c < 0x20) {
-            snprintf(esc, sizeof esc, "\\u%04x", c);
-            sb_put(b, esc, 6);
-        } else {
-            sb_put(b, (const char *)&c, 1);
-        }
-    }
-    sb_put(b, "\"", 1);
-}
-
 /* Builds the padded header: the returned buffer starts with the 8-byte length; *total is 8 + header length,
  * a multiple of 8. The caller frees. */
 static uint8_t *build_header(const st_writer *w, size_t *total) {
-    sbuf b = {0};
+    strbuf b = {0};
     char num[64];
-    sb_put(&b, "\0\0\0\0\0\0\0\0", 8);
-    sb_puts(&b, "{");
+    strbuf_append(&b, "\0\0\0\0\0\0\0\0", 8);
+    strbuf_puts(&b, "{");
     int first = 1;
     if (w->n_meta) {
-        sb_puts(&b, "\"__metadata__\":{");
+        strbuf_puts(&b, "\"__metadata__\":{");
         for (int i = 0; i < w->n_meta; i++) {
-            if (i) sb_puts(&b, ",");
-            sb_json_str(&b, w->meta_keys[i]);
-            sb_puts(&b, ":");
-            sb_json_str(&b, w->meta_values[i]);
+            if (i) strbuf_puts(&b, ",");
+            strbuf_json_string(&b, w->meta_keys[i]);
+            strbuf_puts(&b, ":");
+            strbuf_json_string(&b, w->meta_values[i]);
         }
-        sb_puts(&b, "}");
+        strbuf_puts(&b, "}");
         first = 0;
     }
     size_t off = 0;
     for (int i = 0; i < w->n; i++) {
         const wtensor *t = &w->t[i];
-        if (!first) sb_puts(&b, ",");
+        if (!first) strbuf_puts(&b, ",");
         first = 0;
-        sb_json_str(&b, t->name);
-        sb_puts(&b, ":{\"dtype\":");
-        sb_json_str(&b, st_dtype_name(t->dtype));
-        sb_puts(&b, ",\"shape\":[");
+        strbuf_json_string(&b, t->name);
+        strbuf_puts(&b, ":{\"dtype\":");
+        strbuf_json_string(&b, st_dtype_name(t->dtype));
+        strbuf_puts(&b, ",\"shape\":[");
         for (int d = 0; d < t->ndim; d++) {
             snprintf(num, sizeof num, "%s%lld", d ? "," : "", (long long)t->shape[d]);
-            sb_puts(&b, num);
+            strbuf_puts(&b, num);
         }
         snprintf(num, sizeof num, "],\"data_offsets\":[%zu,%zu]}", off, off + t->nbytes);
-        sb_puts(&b, num);
+        strbuf_puts(&b, num);
         off += t->nbytes;
     }
-    sb_puts(&b, "}");
-    while (b.len % 8) sb_puts(&b, " ");
+    strbuf_puts(&b, "}");
+    while (b.len % 8) strbuf_puts(&b, " ");
+    char *text = strbuf_finish(&b);
+    VITD_ASSERT(text);  /* header size is bounded by names the caller chose, not by input */
     uint64_t n = b.len - 8;
-    for (int i = 0; i < 8; i++) b.s[i] = (char)(n >> (8 * i));
+    for (int i = 0; i < 8; i++) text[i] = (char)(n >> (8 * i));
     *total = b.len;
-    return (uint8_t *)b.s;
+    return (uint8_t *)text;
 }
 
 /* Where serialised bytes go: a file descriptor or a memory buffer. */

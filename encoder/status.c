@@ -183,6 +183,25 @@ void strbuf_printf(strbuf *b, const char *fmt, ...) {
     free(big);
 }
 
+void strbuf_json_string(strbuf *b, const char *s) {
+    strbuf_puts(b, "\"");
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\') {
+            char e[2] = {'\\', (char)*p};
+            strbuf_append(b, e, 2);
+        } else if (*p == '\n') {
+            strbuf_puts(b, "\\n");
+        } else if (*p == '\t') {
+            strbuf_puts(b, "\\t");
+        } else if (*p < 0x20) {
+            strbuf_printf(b, "\\u%04x", *p);
+        } else {
+            strbuf_append(b, (const char *)p, 1);
+        }
+    }
+    strbuf_puts(b, "\"");
+}
+
 char *strbuf_finish(strbuf *b) {
     if (!b->p && !b->failed) strbuf_append(b, "", 0);
     if (b->failed) {

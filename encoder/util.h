@@ -42,6 +42,8 @@ typedef struct {
 void strbuf_append(strbuf *b, const char *s, size_t n);
 void strbuf_puts(strbuf *b, const char *s);
 void strbuf_printf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Appends s as a JSON string literal: quotes, backslashes and control characters escaped (\n, \t, \u00XX). */
+void strbuf_json_string(strbuf *b, const char *s);
 /* Hands over the string (the caller frees it), or frees it and returns NULL if an allocation failed. */
 char *strbuf_finish(strbuf *b);
 
