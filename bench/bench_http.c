@@ -35,6 +35,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "check.h"
+#include "loopback.h"
 #include "image.h"
 #include "prep_pool.h"
 #include "preprocess.h"
@@ -184,35 +186,6 @@ done:
 
 /* ---- HTTP client ---- */
 
-static int tcp_connect(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    struct timeval tv = {120, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static bool send_all(int fd, const void *p, size_t n) {
-    const char *c = p;
-    while (n > 0) {
-        ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return false;
-        c += k;
-        n -= (size_t)k;
-    }
-    return true;
-}
-
 /* Reads one response on a keep-alive connection; returns the status (0 on failure). *closing: the server said
  * Connection: close. The body is read into a reused buffer and dropped. */
 static int read_response(int fd, char **buf, size_t *cap, bool *closing) {
@@ -262,14 +235,14 @@ typedef struct {
 
 /* One request on *fd (reconnecting when needed); returns the HTTP status, 0 on failure. */
 static int one_request(worker *w, int *fd, int k, char **buf, size_t *cap, double *dt) {
-    if (*fd < 0 && (*fd = tcp_connect(w->port)) < 0) return 0;
+    if (*fd < 0 && (*fd = loopback_connect(w->port, 120)) < 0) return 0;
     const bench_image *im = &g_img[(w->index + k) % g_n_img];
     char head[512];
     int hn = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\n"
                       "Accept: application/vnd.safetensors\r\nContent-Length: %zu\r\n\r\n", im->ctype, im->len);
     double t0 = vitd_now();
     bool closing = false;
-    int status = send_all(*fd, head, (size_t)hn) && send_all(*fd, im->data, im->len)
+    int status = loopback_send_all(*fd, head, (size_t)hn) && loopback_send_all(*fd, im->data, im->len)
                      ? read_response(*fd, buf, cap, &closing) : 0;
     *dt = vitd_now() - t0;
     if (status == 0 || closing) {
@@ -293,7 +266,7 @@ static void *worker_main(void *arg) {
         int status = one_request(w, &fd, k, &buf, &cap, &dt);
         if (status != 200) {
             w->errors++;
-            if (status == 0 && fd < 0 && (fd = tcp_connect(w->port)) < 0) break;
+            if (status == 0 && fd < 0 && (fd = loopback_connect(w->port, 120)) < 0) break;
             continue;
         }
         w->lat[w->n++] = dt;
@@ -529,9 +502,7 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < g_n_img; i++) free(g_img[i].data);
     if (model == model_buf) {
-        char cmd[1200];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmp);
-        if (system(cmd) != 0) fprintf(stderr, "bench_http: could not remove %s\n", tmp);
+        if (check_rm_tree(tmp) != 0) fprintf(stderr, "bench_http: could not remove %s\n", tmp);
     }
     return rc;
 }

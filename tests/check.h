@@ -3,10 +3,13 @@
 #ifndef VITD_CHECK_H
 #define VITD_CHECK_H
 
+#include <dirent.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static int check_failures;
 static int check_count;
@@ -86,6 +89,27 @@ static inline double check_rng_normal(unsigned long long *s) {
     double u1 = check_rng_uniform(s), u2 = check_rng_uniform(s);
     if (u1 < 1e-300) u1 = 1e-300;
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+/* Removes a directory and everything below it (a test's temporary folder); returns 0 on success. Symbolic links
+ * are removed, never followed. */
+static inline int check_rm_tree(const char *dir) {
+    DIR *d = opendir(dir);
+    if (!d) return -1;
+    int rc = 0;
+    char p[4096];
+    for (struct dirent *e; (e = readdir(d));) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, e->d_name) >= sizeof p) {
+            rc = -1; /* a path this long is not one of ours */
+            continue;
+        }
+        struct stat sb;
+        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) rc |= check_rm_tree(p);
+        else if (unlink(p) != 0) rc = -1;
+    }
+    closedir(d);
+    return rmdir(dir) != 0 ? -1 : rc;
 }
 
 /* Reads a whole file; returns malloc'd bytes (NULL if unreadable). */

@@ -295,8 +295,6 @@ int main(void) {
     check_encoder_errors(model);
     printf("cli\n");
     check_cli(model);
-    char cmd[800];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    if (system(cmd) != 0) printf("  (could not remove %s)\n", tmpdir);
+    if (check_rm_tree(tmpdir) != 0) printf("  (could not remove %s)\n", tmpdir);
     return check_done("test_attn_route");
 }

@@ -22,21 +22,6 @@ static char g_root[64];
 
 /* ---- helpers ---- */
 
-static void rm_tree(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    char p[512];
-    for (struct dirent *e; (e = readdir(d));) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        struct stat sb;
-        if (lstat(p, &sb) == 0 && S_ISDIR(sb.st_mode)) rm_tree(p);
-        else unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static char *sub(const char *name) {
     static char buf[8][256];
     static int k;
@@ -793,7 +778,7 @@ static void test_8b(void) {
     for (int i = 0; i < 3; i++)
         CHECK(v[i] == bf16_to_f32(f32_to_bf16(demo_model_value(&o, "blocks.26.mlp.linear_fc1.bias", i))));
     vitd_model_free(m);
-    rm_tree(dir);
+    check_rm_tree(dir);
 }
 
 int main(void) {
@@ -810,6 +795,6 @@ int main(void) {
     test_broken();
     test_determinism();
     test_8b();
-    rm_tree(g_root);
+    check_rm_tree(g_root);
     return check_done("test_checkpoint");
 }

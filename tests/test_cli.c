@@ -247,7 +247,6 @@ int main(void) {
     free(ds);
     cpu_model_free(cm);
     vitd_model_free(m);
-    snprintf(args, sizeof args, "rm -rf '%s'", tmpdir);
-    if (system(args) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
+    if (check_rm_tree(tmpdir) != 0) fprintf(stderr, "could not remove %s\n", tmpdir);
     return check_done("test_cli");
 }

@@ -458,8 +458,6 @@ int main(void) {
     test_errors();
     test_api_key_file();
     test_rendering();
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
+    if (check_rm_tree(g_dir) != 0) fprintf(stderr, "could not remove %s\n", g_dir);
     return check_done("test_config");
 }

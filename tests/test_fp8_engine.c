@@ -454,9 +454,7 @@ int main(void) {
             }
         }
     }
-    char cmd[800];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmpdir);
-    if (system(cmd) != 0) printf("(could not remove %s)\n", tmpdir);
+    if (check_rm_tree(tmpdir) != 0) printf("(could not remove %s)\n", tmpdir);
     return check_done("test_fp8_engine");
 }
 #endif

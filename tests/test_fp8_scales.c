@@ -107,8 +107,6 @@ int main(void) {
     fp8_history bad;
     CHECK(fp8_history_init(&bad, 0, 4, &err) == VITD_E_INVALID_ARG);
 
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    if (check_rm_tree(dir) != 0) fprintf(stderr, "could not remove %s\n", dir);
     return check_done("test_fp8_scales");
 }

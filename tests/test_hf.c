@@ -301,8 +301,6 @@ int main(void) {
     vitd_model_free(model);
     st_close(pre);
     st_close(fwd);
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    if (check_rm_tree(dir) != 0) fprintf(stderr, "could not remove %s\n", dir);
     return check_done("test_hf");
 }

@@ -35,6 +35,7 @@
 #include <cJSON.h>
 
 #include "check.h"
+#include "loopback.h"
 #include "safetensors.h"
 #include "util.h"
 
@@ -199,35 +200,6 @@ static void resp_free(resp *r) {
     r->body = NULL;
 }
 
-static int tcp_connect(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return -1;
-    struct timeval tv = {IO_TIMEOUT_S, 0};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static bool send_all(int fd, const void *p, size_t n) {
-    const char *c = p;
-    while (n > 0) {
-        ssize_t k = send(fd, c, n, MSG_NOSIGNAL);
-        if (k < 0 && errno == EINTR) continue;
-        if (k <= 0) return false;
-        c += k;
-        n -= (size_t)k;
-    }
-    return true;
-}
-
 /* Value of header `name` in r->head (case-insensitive), copied into out; NULL if absent. */
 static const char *resp_header(const resp *r, const char *name, char *out, size_t cap) {
     size_t nl = strlen(name);
@@ -291,7 +263,7 @@ static bool read_response(int fd, resp *r, bool head_only) {
 static bool http_do(int port, const char *method, const char *path, const char *headers, const void *body,
                     size_t len, resp *r) {
     memset(r, 0, sizeof *r);
-    int fd = tcp_connect(port);
+    int fd = loopback_connect(port, IO_TIMEOUT_S);
     if (fd < 0) return false;
     char head[4096];
     int hn = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s", method,
@@ -299,7 +271,7 @@ static bool http_do(int port, const char *method, const char *path, const char *
     if (body || !strcmp(method, "POST"))
         hn += snprintf(head + hn, sizeof head - (size_t)hn, "Content-Length: %zu\r\n", len);
     hn += snprintf(head + hn, sizeof head - (size_t)hn, "\r\n");
-    bool ok = send_all(fd, head, (size_t)hn) && (!len || send_all(fd, body, len));
+    bool ok = loopback_send_all(fd, head, (size_t)hn) && (!len || loopback_send_all(fd, body, len));
     ok = ok && read_response(fd, r, !strcmp(method, "HEAD"));
     close(fd);
     return ok;
@@ -905,7 +877,7 @@ static void test_concurrent(suite *S) {
 
 /* Sends headers, then part of the body, then stalls: the server must close within its connection timeout. */
 static void test_slow_client(suite *S, int timeout_s) {
-    int fd = tcp_connect(S->port);
+    int fd = loopback_connect(S->port, IO_TIMEOUT_S);
     CHECK(fd >= 0);
     if (fd < 0) return;
     char head[256];
@@ -913,7 +885,7 @@ static void test_slow_client(suite *S, int timeout_s) {
                       "POST /v1/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                       "Content-Length: %zu\r\n\r\n",
                       S->good->len);
-    CHECK(send_all(fd, head, (size_t)hn) && send_all(fd, S->good->data, S->good->len / 2));
+    CHECK(loopback_send_all(fd, head, (size_t)hn) && loopback_send_all(fd, S->good->data, S->good->len / 2));
     double t0 = vitd_now();
     char buf[512];
     ssize_t n;
@@ -929,7 +901,7 @@ static void test_slow_client(suite *S, int timeout_s) {
 
 /* An oversized Content-Length is answered 413 right after the headers, before any body byte is sent. */
 static void test_oversized(suite *S, size_t max_body) {
-    int fd = tcp_connect(S->port);
+    int fd = loopback_connect(S->port, IO_TIMEOUT_S);
     CHECK(fd >= 0);
     if (fd < 0) return;
     char head[256];
@@ -937,26 +909,26 @@ static void test_oversized(suite *S, size_t max_body) {
                       "POST /v1/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                       "Content-Length: %zu\r\n\r\n",
                       max_body + 1);
-    CHECK(send_all(fd, head, (size_t)hn));
+    CHECK(loopback_send_all(fd, head, (size_t)hn));
     resp r;
     CHECK(read_response(fd, &r, false));
     check_error(&r, 413, "too_large", "max_body_bytes", "oversized body (Content-Length)");
     resp_free(&r);
     close(fd);
     /* a chunked body that grows past the limit: the connection is closed (no answer can be sent mid-upload) */
-    fd = tcp_connect(S->port);
+    fd = loopback_connect(S->port, IO_TIMEOUT_S);
     CHECK(fd >= 0);
     if (fd < 0) return;
     hn = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                   "Transfer-Encoding: chunked\r\n\r\n");
-    bool sent = send_all(fd, head, (size_t)hn);
+    bool sent = loopback_send_all(fd, head, (size_t)hn);
     char *chunk = xcalloc(1, 65536 + 16);
     size_t total = 0;
     while (sent && total <= max_body + 65536) {
         int cn = snprintf(chunk, 16, "10000\r\n");
         memset(chunk + cn, 'x', 65536);
         memcpy(chunk + cn + 65536, "\r\n", 2);
-        sent = send_all(fd, chunk, (size_t)cn + 65536 + 2);
+        sent = loopback_send_all(fd, chunk, (size_t)cn + 65536 + 2);
         total += 65536;
     }
     char buf[256];
@@ -1285,21 +1257,21 @@ static void test_drain(suite *S, const char *dir, const char *model) {
         return;
     }
     /* a client that sends its request and hangs up at once: skipped by the batcher, never encoded */
-    int gone_fd = tcp_connect(s.port);
+    int gone_fd = loopback_connect(s.port, IO_TIMEOUT_S);
     char head[256];
     int gn = snprintf(head, sizeof head,
                       "POST /v1/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                       "X-Request-Id: gone-client-1\r\nContent-Length: %zu\r\n\r\n",
                       S->good->len);
-    CHECK(gone_fd >= 0 && send_all(gone_fd, head, (size_t)gn) && send_all(gone_fd, S->good->data, S->good->len));
+    CHECK(gone_fd >= 0 && loopback_send_all(gone_fd, head, (size_t)gn) && loopback_send_all(gone_fd, S->good->data, S->good->len));
     int fds[N];
     for (int i = 0; i < N; i++) {
         reference *ref = &S->refs[i % S->n_refs];
-        fds[i] = tcp_connect(s.port);
+        fds[i] = loopback_connect(s.port, IO_TIMEOUT_S);
         int hn = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\n"
                           "Accept: application/vnd.safetensors\r\nContent-Length: %zu\r\n\r\n", ref->img->ctype,
                           ref->img->len);
-        CHECK(fds[i] >= 0 && send_all(fds[i], head, (size_t)hn) && send_all(fds[i], ref->img->data, ref->img->len));
+        CHECK(fds[i] >= 0 && loopback_send_all(fds[i], head, (size_t)hn) && loopback_send_all(fds[i], ref->img->data, ref->img->len));
     }
     /* wait until the server holds all N and the hung-up one (plus this /metrics request) */
     double inflight = 0, t0 = vitd_now();
@@ -1499,9 +1471,7 @@ int main(void) {
     }
     int result = check_done("test_http");
     if (result == 0) {
-        char cmd[700];
-        snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-        if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+        if (check_rm_tree(dir) != 0) fprintf(stderr, "could not remove %s\n", dir);
     } else {
         fprintf(stderr, "logs kept in %s\n", dir);
     }

@@ -16,19 +16,6 @@
 
 static char g_dir[64];
 
-static void rm_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    char p[512];
-    for (struct dirent *e; (e = readdir(d));) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
 static int count_files(const char *dir) {
     DIR *d = opendir(dir);
     int n = 0;
@@ -562,6 +549,6 @@ int main(void) {
     test_fill();
     test_malformed();
     test_fuzz();
-    rm_dir(g_dir);
+    check_rm_tree(g_dir);
     return check_done("test_safetensors");
 }
