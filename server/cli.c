@@ -13,6 +13,7 @@
 #include "demo_model.h"
 #include "fp8_scales.h"
 #include "image.h"
+#include "prep_pool.h"
 #include "preprocess.h"
 #include "reply.h"
 #include "safetensors.h"
@@ -173,45 +174,46 @@ static void prepped_release(prepped *p) {
     memset(p, 0, sizeof *p);
 }
 
-/* Decodes and preprocesses every file; on failure prints which file and why. */
+/* Reads every file, plans its grid from the header (image_probe + preprocess_plan), then decodes and preprocesses
+ * it with prep_image(), the same step the server's prep pool runs. On failure prints which file and why. */
 static int prep_files(int n, char **paths, const vitd_preproc_config *pc, size_t max_image_pixels, prepped *out) {
     memset(out, 0, sizeof *out);
     out->n = n;
     out->grids = xcalloc((size_t)n, sizeof *out->grids);
     size_t row = preprocess_row_width(pc);
-    vitd_image *imgs = xcalloc((size_t)n, sizeof *imgs);
-    int rc = 1;
+    uint8_t **data = xcalloc((size_t)n, sizeof *data);
+    size_t *len = xcalloc((size_t)n, sizeof *len);
+    int rc = 1, i = 0;
     vitd_err err = {0};
-    for (int i = 0; i < n; i++) {
-        uint8_t *data = NULL;
-        size_t len = 0;
-        if (image_read_file(paths[i], &data, &len, &err) != VITD_OK ||
-            image_decode(data, len, max_image_pixels, &imgs[i], &err) != VITD_OK ||
-            preprocess_plan(imgs[i].height, imgs[i].width, pc, &out->grids[i], &err) != VITD_OK) {
-            fprintf(stderr, "vitd: image %d (%s): %s\n", i, paths[i], err.msg);
-            free(data);
+    for (; i < n; i++) {
+        image_format fmt;
+        uint32_t w, h;
+        if (image_read_file(paths[i], &data[i], &len[i], &err) != VITD_OK ||
+            image_probe(data[i], len[i], &fmt, &w, &h, &err) != VITD_OK ||
+            preprocess_plan(h, w, pc, &out->grids[i], &err) != VITD_OK)
             goto fail;
-        }
-        free(data);
         out->n_patches += (size_t)out->grids[i].t * out->grids[i].h * out->grids[i].w;
     }
     out->pixel_values = malloc(out->n_patches * row * sizeof(float));
     if (!out->pixel_values) {
         fprintf(stderr, "vitd: out of memory for %zu patches\n", out->n_patches);
-        goto fail;
+        goto done;
     }
     size_t off = 0;
-    for (int i = 0; i < n; i++) {
-        if (preprocess_run(&imgs[i], pc, &out->grids[i], out->pixel_values + off * row, &err) != VITD_OK) {
-            fprintf(stderr, "vitd: image %d (%s): %s\n", i, paths[i], err.msg);
+    for (i = 0; i < n; i++) {
+        if (prep_image(data[i], len[i], max_image_pixels, pc, &out->grids[i], out->pixel_values + off * row,
+                       &err) != VITD_OK)
             goto fail;
-        }
         off += (size_t)out->grids[i].t * out->grids[i].h * out->grids[i].w;
     }
     rc = 0;
+    goto done;
 fail:
-    for (int i = 0; i < n; i++) image_release(&imgs[i]);
-    free(imgs);
+    fprintf(stderr, "vitd: image %d (%s): %s\n", i, paths[i], err.msg);
+done:
+    for (int k = 0; k < n; k++) free(data[k]);
+    free(data);
+    free(len);
     if (rc) prepped_release(out);
     return rc;
 }
