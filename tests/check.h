@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static int check_failures;
@@ -111,6 +112,27 @@ static inline int check_rm_tree(const char *dir) {
     closedir(d);
     return rmdir(dir) != 0 ? -1 : rc;
 }
+
+/* Reads a whole file; returns malloc'd bytes (NULL if unreadable). */
+static inline unsigned char *check_read_file(const char *path, size_t *len);
+
+#ifdef VITD_EXE
+/* Runs `vitd ARGS` (the program under test) with stdout to out_path (NULL: discarded) and stderr captured into
+ * err_text (may be NULL) through scratch_dir/stderr.txt; returns the exit code (-1 if it did not exit). */
+static inline int check_run_vitd(const char *scratch_dir, const char *args, const char *out_path, char *err_text,
+                                 size_t err_cap) {
+    char cmd[4096], err_path[1024];
+    snprintf(err_path, sizeof err_path, "%s/stderr.txt", scratch_dir);
+    snprintf(cmd, sizeof cmd, "%s %s > %s 2> %s", VITD_EXE, args, out_path ? out_path : "/dev/null", err_path);
+    int st = system(cmd);
+    size_t n = 0;
+    unsigned char *e = check_read_file(err_path, &n);
+    if (err_text) snprintf(err_text, err_cap, "%.*s", (int)(n < err_cap - 1 ? n : err_cap - 1), e ? (char *)e : "");
+    free(e);
+    unlink(err_path);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+#endif
 
 /* Reads a whole file; returns malloc'd bytes (NULL if unreadable). */
 static inline unsigned char *check_read_file(const char *path, size_t *len) {

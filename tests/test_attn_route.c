@@ -9,7 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "attn_route.h"
@@ -219,56 +218,42 @@ static void check_encoder_errors(const char *model_dir) {
     unlink(good);
 }
 
-/* Runs `vitd ARGS`, stderr into err_text; returns the exit code. */
-static int run_vitd(const char *args, char *err_text, size_t cap) {
-    char cmd[4096], path[600];
-    snprintf(path, sizeof path, "%s/stderr.txt", tmpdir);
-    snprintf(cmd, sizeof cmd, "%s %s > /dev/null 2> %s", VITD_EXE, args, path);
-    int st = system(cmd);
-    size_t n = 0;
-    unsigned char *e = check_read_file(path, &n);
-    snprintf(err_text, cap, "%.*s", (int)(n < cap - 1 ? n : cap - 1), e ? (char *)e : "");
-    free(e);
-    unlink(path);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static void check_cli(const char *model_dir) {
     char e[4096], a[2048];
-    CHECK_EQ_INT(2, run_vitd("calibrate", e, sizeof e));
+    CHECK_EQ_INT(2, check_run_vitd(tmpdir, "calibrate", NULL, e, sizeof e));
     CHECK_STR_CONTAINS(e, "usage: vitd calibrate");
-    CHECK_EQ_INT(0, run_vitd("calibrate --help", e, sizeof e));
+    CHECK_EQ_INT(0, check_run_vitd(tmpdir, "calibrate --help", NULL, e, sizeof e));
     snprintf(a, sizeof a, "calibrate --model %s --out %s/s.json --margin 0.5 x.png", model_dir, tmpdir);
-    CHECK_EQ_INT(2, run_vitd(a, e, sizeof e));
+    CHECK_EQ_INT(2, check_run_vitd(tmpdir, a, NULL, e, sizeof e));
     CHECK_STR_CONTAINS(e, "--margin");
     snprintf(a, sizeof a, "calibrate --model %s --out %s/s.json --backend cpu %s/tests/fixtures/images/chelsea.png",
              model_dir, tmpdir, VITD_SOURCE_DIR);
-    CHECK_EQ_INT(1, run_vitd(a, e, sizeof e));
+    CHECK_EQ_INT(1, check_run_vitd(tmpdir, a, NULL, e, sizeof e));
     CHECK_STR_CONTAINS(e, "GPU");
     printf("  calibrate --backend cpu: %s", e);
     snprintf(a, sizeof a, "calibrate --model %s --out %s/s.json --bogus x", model_dir, tmpdir);
-    CHECK_EQ_INT(2, run_vitd(a, e, sizeof e));
+    CHECK_EQ_INT(2, check_run_vitd(tmpdir, a, NULL, e, sizeof e));
     snprintf(a, sizeof a, "calibrate --model %s --out %s/s.json %s/no_such_dir", model_dir, tmpdir, tmpdir);
-    CHECK_EQ_INT(1, run_vitd(a, e, sizeof e));
+    CHECK_EQ_INT(1, check_run_vitd(tmpdir, a, NULL, e, sizeof e));
     CHECK_STR_CONTAINS(e, "no_such_dir");
     snprintf(a, sizeof a, "encode --model %s --fp8-history 0 x.png --format json", model_dir);
-    CHECK_EQ_INT(2, run_vitd(a, e, sizeof e));
+    CHECK_EQ_INT(2, check_run_vitd(tmpdir, a, NULL, e, sizeof e));
     CHECK_STR_CONTAINS(e, "--fp8-history");
     snprintf(a, sizeof a, "encode --model %s --attn-dtype fp4 x.png --format json", model_dir);
-    CHECK_EQ_INT(2, run_vitd(a, e, sizeof e));
+    CHECK_EQ_INT(2, check_run_vitd(tmpdir, a, NULL, e, sizeof e));
     CHECK_STR_CONTAINS(e, "--attn-dtype");
     snprintf(a, sizeof a, "encode --model %s --fp8-save-margin 200 x.png --format json", model_dir);
-    CHECK_EQ_INT(2, run_vitd(a, e, sizeof e));
+    CHECK_EQ_INT(2, check_run_vitd(tmpdir, a, NULL, e, sizeof e));
     /* fp8 on the CPU backend: a start-up error, exit 1 */
     snprintf(a, sizeof a, "encode --model %s --backend cpu --attn-dtype fp8 %s/tests/fixtures/images/chelsea.png "
              "--format json", model_dir, VITD_SOURCE_DIR);
-    CHECK_EQ_INT(1, run_vitd(a, e, sizeof e));
+    CHECK_EQ_INT(1, check_run_vitd(tmpdir, a, NULL, e, sizeof e));
     CHECK_STR_CONTAINS(e, "attn_dtype fp8 needs the GPU");
     /* the FP8 flags are accepted with bf16/cpu (parsed, then unused) */
     snprintf(a, sizeof a, "encode --model %s --backend cpu --attn-dtype bf16 --fp8-history 4 --fp8-save-margin 2 "
              "--fp8-save-scales %s/unused.json %s/tests/fixtures/images/chelsea.png --format json", model_dir, tmpdir,
              VITD_SOURCE_DIR);
-    CHECK_EQ_INT(0, run_vitd(a, e, sizeof e));
+    CHECK_EQ_INT(0, check_run_vitd(tmpdir, a, NULL, e, sizeof e));
     snprintf(a, sizeof a, "%s/unused.json", tmpdir);
     CHECK_MSG(access(a, F_OK) != 0, "%s written by the CPU backend", a);
 }

@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -22,21 +21,6 @@
 #define IMG VITD_SOURCE_DIR "/tests/fixtures/images/"
 
 static char tmpdir[] = "/tmp/vitd_test_cli_XXXXXX";
-
-/* Runs `vitd ARGS` with stdout to out_path (if given) and stderr to err_path; returns the exit code. */
-static int run_vitd(const char *args, const char *out_path, char *err_text, size_t err_cap) {
-    char cmd[4096], err_path[600];
-    snprintf(err_path, sizeof err_path, "%s/stderr.txt", tmpdir);
-    snprintf(cmd, sizeof cmd, "%s %s > %s 2> %s", VITD_EXE, args, out_path ? out_path : "/dev/null", err_path);
-    int st = system(cmd);
-    size_t n = 0;
-    unsigned char *e = check_read_file(err_path, &n);
-    if (err_text) {
-        snprintf(err_text, err_cap, "%.*s", (int)(n < err_cap - 1 ? n : err_cap - 1), e ? (char *)e : "");
-    }
-    free(e);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
 
 static float *to_f32(const st_tensor *t) {
     float *out = xmalloc((size_t)st_numel(t) * sizeof(float));
@@ -58,9 +42,9 @@ int main(void) {
     /* demo-model */
     snprintf(model, sizeof model, "%s/tiny", tmpdir);
     snprintf(args, sizeof args, "demo-model --preset tiny --seed 7 --out %s", model);
-    CHECK_EQ_INT(0, run_vitd(args, NULL, errtext, sizeof errtext));
+    CHECK_EQ_INT(0, check_run_vitd(tmpdir, args, NULL, errtext, sizeof errtext));
     snprintf(args, sizeof args, "demo-model --preset nosuch --out %s/x", tmpdir);
-    CHECK(run_vitd(args, NULL, errtext, sizeof errtext) != 0);
+    CHECK(check_run_vitd(tmpdir, args, NULL, errtext, sizeof errtext) != 0);
     CHECK_STR_CONTAINS(errtext, "tiny");  /* the message lists the presets */
 
     vitd_model *m = NULL;
@@ -73,7 +57,7 @@ int main(void) {
     snprintf(path, sizeof path, "%s/pre.safetensors", tmpdir);
     snprintf(args, sizeof args, "preprocess %s %s %s --model %s --out %s", images[0], images[1], images[2], model,
              path);
-    CHECK_EQ_INT(0, run_vitd(args, NULL, errtext, sizeof errtext));
+    CHECK_EQ_INT(0, check_run_vitd(tmpdir, args, NULL, errtext, sizeof errtext));
     st_file *pre = NULL;
     CHECK_OK(st_open(path, &pre, &err), &err);
     vitd_grid grids[3];
@@ -129,11 +113,11 @@ int main(void) {
     snprintf(batch_path, sizeof batch_path, "%s/enc.safetensors", tmpdir);
     snprintf(args, sizeof args, "encode --model %s --backend cpu %s %s %s --out %s", model, images[0], images[1],
              images[2], batch_path);
-    CHECK_EQ_INT(0, run_vitd(args, NULL, errtext, sizeof errtext));
+    CHECK_EQ_INT(0, check_run_vitd(tmpdir, args, NULL, errtext, sizeof errtext));
     snprintf(alone_path, sizeof alone_path, "%s/alone.safetensors", tmpdir);
     snprintf(args, sizeof args, "encode --model %s --backend cpu --one-by-one %s %s %s --out %s", model, images[0],
              images[1], images[2], alone_path);
-    CHECK_EQ_INT(0, run_vitd(args, NULL, errtext, sizeof errtext));
+    CHECK_EQ_INT(0, check_run_vitd(tmpdir, args, NULL, errtext, sizeof errtext));
     st_file *enc = NULL, *alone = NULL;
     CHECK_OK(st_open(batch_path, &enc, &err), &err);
     CHECK_OK(st_open(alone_path, &alone, &err), &err);
@@ -173,7 +157,7 @@ int main(void) {
     /* --format json: same numbers as the safetensors answer (float32 printed round-trip exactly). */
     snprintf(path, sizeof path, "%s/enc.json", tmpdir);
     snprintf(args, sizeof args, "encode --model %s --backend cpu %s --format json", model, images[0]);
-    CHECK_EQ_INT(0, run_vitd(args, path, errtext, sizeof errtext));
+    CHECK_EQ_INT(0, check_run_vitd(tmpdir, args, path, errtext, sizeof errtext));
     size_t jlen = 0;
     char *js = (char *)check_read_file(path, &jlen);
     cJSON *root = js ? cJSON_ParseWithLength(js, jlen) : NULL;
@@ -201,7 +185,7 @@ int main(void) {
     snprintf(path, sizeof path, "%s/concat.safetensors", tmpdir);
     snprintf(args, sizeof args, "encode --model %s --backend cpu %s --layout concat --dtype bfloat16 --out %s", model,
              images[0], path);
-    CHECK_EQ_INT(0, run_vitd(args, NULL, errtext, sizeof errtext));
+    CHECK_EQ_INT(0, check_run_vitd(tmpdir, args, NULL, errtext, sizeof errtext));
     st_file *cc = NULL;
     CHECK_OK(st_open(path, &cc, &err), &err);
     const st_tensor *ct = cc ? st_find(cc, "image.0.embeddings") : NULL;
@@ -222,7 +206,7 @@ int main(void) {
     st_close(cc);
     snprintf(path, sizeof path, "%s/nods.safetensors", tmpdir);
     snprintf(args, sizeof args, "encode --model %s --backend cpu %s --no-deepstack --out %s", model, images[0], path);
-    CHECK_EQ_INT(0, run_vitd(args, NULL, errtext, sizeof errtext));
+    CHECK_EQ_INT(0, check_run_vitd(tmpdir, args, NULL, errtext, sizeof errtext));
     st_file *nd = NULL;
     CHECK_OK(st_open(path, &nd, &err), &err);
     CHECK(nd && st_find(nd, "image.0.embeddings") && !st_find(nd, "image.0.deepstack.1"));
@@ -231,15 +215,15 @@ int main(void) {
 
     /* Failures: a message and a non-zero exit, never a crash. */
     snprintf(args, sizeof args, "encode --model %s %s --out %s/x.st", model, IMG "truncated.png", tmpdir);
-    CHECK_EQ_INT(1, run_vitd(args, NULL, errtext, sizeof errtext));
+    CHECK_EQ_INT(1, check_run_vitd(tmpdir, args, NULL, errtext, sizeof errtext));
     CHECK_STR_CONTAINS(errtext, "truncated.png");
     snprintf(args, sizeof args, "encode --model %s/missing %s --out %s/x.st", tmpdir, images[0], tmpdir);
-    CHECK_EQ_INT(1, run_vitd(args, NULL, errtext, sizeof errtext));
+    CHECK_EQ_INT(1, check_run_vitd(tmpdir, args, NULL, errtext, sizeof errtext));
     CHECK_STR_CONTAINS(errtext, "missing");
-    CHECK_EQ_INT(2, run_vitd("encode --bogus", NULL, errtext, sizeof errtext));
+    CHECK_EQ_INT(2, check_run_vitd(tmpdir, "encode --bogus", NULL, errtext, sizeof errtext));
     CHECK_STR_CONTAINS(errtext, "--bogus");
-    CHECK_EQ_INT(2, run_vitd("nosuchcommand", NULL, errtext, sizeof errtext));
-    CHECK_EQ_INT(2, run_vitd("preprocess --out", NULL, errtext, sizeof errtext));
+    CHECK_EQ_INT(2, check_run_vitd(tmpdir, "nosuchcommand", NULL, errtext, sizeof errtext));
+    CHECK_EQ_INT(2, check_run_vitd(tmpdir, "preprocess --out", NULL, errtext, sizeof errtext));
 
     for (int i = 0; i < 3; i++) free(pv[i]);
     free(all_pv);

@@ -34,7 +34,6 @@ int main(void) {
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cuda_runtime_api.h>
@@ -269,18 +268,6 @@ static void check_autosave(const char *dir) {
 
 /* ---- vitd calibrate, then vitd encode with its file ---- */
 
-static int run_vitd(const char *args, char *err_text, size_t cap) {
-    char cmd[4096], path[700];
-    snprintf(path, sizeof path, "%s/stderr.txt", tmpdir);
-    snprintf(cmd, sizeof cmd, "%s %s > /dev/null 2> %s", VITD_EXE, args, path);
-    int st = system(cmd);
-    size_t n = 0;
-    unsigned char *e = check_read_file(path, &n);
-    snprintf(err_text, cap, "%.*s", (int)(n < cap - 1 ? n : cap - 1), e ? (char *)e : "");
-    free(e);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
 static void check_calibrate_cli(const char *dir, int n_layers) {
     printf("vitd calibrate\n");
     char imgdir[700], a[4096], e[8192], out[700];
@@ -296,7 +283,7 @@ static void check_calibrate_cli(const char *dir, int n_layers) {
     }
     snprintf(a, sizeof a, "calibrate --model %s --out %s --margin 1.5 %s %s/tests/fixtures/images/rocket.jpg", dir,
              out, imgdir, VITD_SOURCE_DIR);
-    int rc = run_vitd(a, e, sizeof e);
+    int rc = check_run_vitd(tmpdir, a, NULL, e, sizeof e);
     printf("  %s", e);
     CHECK_EQ_INT(0, rc);
     CHECK_STR_CONTAINS(e, "3 images");
@@ -307,14 +294,14 @@ static void check_calibrate_cli(const char *dir, int n_layers) {
     free(sc);
     snprintf(a, sizeof a, "encode --model %s --backend gpu --attn-dtype fp8 --fp8-scales %s "
              "%s/tests/fixtures/images/chelsea.png --format json", dir, out, VITD_SOURCE_DIR);
-    rc = run_vitd(a, e, sizeof e);
+    rc = check_run_vitd(tmpdir, a, NULL, e, sizeof e);
     CHECK_EQ_INT(0, rc);
     CHECK_STR_CONTAINS(e, "attention fp8");
     const char *last = strstr(e, "vitd encode:");
     printf("  %s", last ? last : e);
     /* a file: that is not an image is an error (in a directory it is skipped) */
     snprintf(a, sizeof a, "calibrate --model %s --out %s %s/not_an_image.txt", dir, out, imgdir);
-    CHECK_EQ_INT(1, run_vitd(a, e, sizeof e));
+    CHECK_EQ_INT(1, check_run_vitd(tmpdir, a, NULL, e, sizeof e));
 }
 
 /* ---- auto routing ---- */
