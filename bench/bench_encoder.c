@@ -10,12 +10,18 @@
  * around gpu_engine_run, which returns after the outputs are float32 in host memory (so copies in and out and the
  * host conversions are included). Median and p10/p90 reported; img/s = images / median. TFLOP/s counts
  * S*(L*(2(4d^2+2dI) + 4*S*d) + 2*K*d) per image of S patches plus the mergers' GEMMs (DEVICE.md's formula).
+ * Then the same case as a stream (what a loaded server does): --iters batches through gpu_engine_submit /
+ * gpu_engine_wait with two in flight, in the per-image batch form (each image's own input and output pointers),
+ * timed from the first submit to the last wait: ms per batch = wall / iters. Host conversions of one batch then
+ * overlap the GPU work of the other, so this is the engine's throughput; the synchronous figure is its latency.
  * --profile then runs each case once more with per-operation CUDA events and prints where the time goes.
  * One parseable line per result:
  *   encoder case=<name> attn=<path> images=<n> tokens=<T> ms=<median> p10_ms=.. p90_ms=.. img_s=<n/median>
  *           tflops=<eff> ran=<path of the last batch>
  *   stage case=<name> attn=<path> stage=<stage> ms=<sum> calls=<n> share=<% of wall>
+ *   stream case=<name> attn=<path> images=<n> batches=<iters> ms_per_batch=<wall/iters> img_s=.. tflops=..
  *   ratio case=<name> fp8_over_bf16=<bf16 ms / fp8 ms> auto_over_bf16=<bf16 ms / auto ms> auto_ran=<path>
+ *         (synchronous medians; stream_fp8_over_bf16 and stream_auto_over_bf16 the same for the streams)
  * Usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] [--attn bf16,fp8,auto] [--profile]
  *                      [--max-batch-tokens N]
  * Without --model it writes the 8b demo checkpoint to /tmp/vitd_bench_8b (kept for later runs).
@@ -132,6 +138,35 @@ static double time_case(gpu_engine *ge, const bcase *bc, const vitd_vision_confi
     return med;
 }
 
+/* The case as a stream of `iters` batches, two in flight (see the header). b: the per-image form. Returns ms per
+ * batch, -1 on error (printed). */
+static double time_stream(gpu_engine *ge, const bcase *bc, const vitd_vision_config *vc, const vitd_batch *b,
+                          const char *path, int iters) {
+    vitd_err err = {0};
+    int ok = 1;
+    for (int w = 0; w < 2 && ok; w++) ok = gpu_engine_run(ge, b, &err) == VITD_OK;
+    int sub = 0, done = 0;
+    double a = vitd_now();
+    while (ok && done < iters) {
+        while (ok && sub < iters && gpu_engine_in_flight(ge) < VITD_ENCODER_PIPELINE) {
+            ok = gpu_engine_submit(ge, b, &err) == VITD_OK;
+            sub++;
+        }
+        if (ok) ok = gpu_engine_wait(ge, &err) == VITD_OK;
+        done++;
+    }
+    while (gpu_engine_in_flight(ge)) gpu_engine_wait(ge, NULL);
+    if (!ok) {
+        fprintf(stderr, "stream case %s attn %s: %s\n", bc->name, path, err.msg);
+        return -1;
+    }
+    const double ms = (vitd_now() - a) * 1e3 / iters;
+    printf("stream case=%s attn=%s images=%d batches=%d ms_per_batch=%.3f img_s=%.1f tflops=%.1f\n", bc->name, path,
+           bc->n, iters, ms, bc->n / (ms * 1e-3), case_flops(bc, vc) / (ms * 1e-3) / 1e12);
+    fflush(stdout);
+    return ms;
+}
+
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *only = NULL, *attn_list = "bf16,fp8,auto";
     int iters = 20, warmup = 3, profile = 0;
@@ -225,7 +260,19 @@ int main(int argc, char **argv) {
         if (only && !strstr(only, bc->name)) continue;
         vitd_batch b = {.n_images = bc->n, .grids = bc->grids, .pixel_values = pv, .embeddings = emb,
                         .deepstack = nds ? ds : NULL};
-        double med_of[3] = {0, 0, 0};
+        /* the same buffers in the per-image form (deepstack per image: [nds][tokens][D] at its own offset) */
+        const float *img_pv[MAX_IMAGES];
+        float *img_emb[MAX_IMAGES], *img_ds[MAX_IMAGES];
+        size_t row = 0;
+        for (int i = 0; i < bc->n; i++) {
+            img_pv[i] = pv + row * K;
+            img_emb[i] = emb + row / 4 * D;
+            img_ds[i] = ds + (size_t)nds * row / 4 * D;
+            row += vitd_grids_patches(&bc->grids[i], 1);
+        }
+        vitd_batch bi = {.n_images = bc->n, .grids = bc->grids, .image_pixels = img_pv, .image_embeddings = img_emb,
+                         .image_deepstack = nds ? img_ds : NULL};
+        double med_of[3] = {0, 0, 0}, stream_of[3] = {0, 0, 0};
         char ran_auto[8] = "";
         for (int pi = 0; pi < 3; pi++) {
             if (!strstr(attn_list, paths[pi])) continue;
@@ -235,12 +282,16 @@ int main(int argc, char **argv) {
             }
             med_of[pi] = time_case(ge, bc, vc, &b, paths[pi], iters, warmup, profile, ms);
             if (med_of[pi] < 0) return 1;
+            stream_of[pi] = time_stream(ge, bc, vc, &bi, paths[pi], iters);
+            if (stream_of[pi] < 0) return 1;
             if (pi == 2) snprintf(ran_auto, sizeof ran_auto, "%s", gpu_engine_last_attn(ge));
         }
         if (med_of[0] > 0 && (med_of[1] > 0 || med_of[2] > 0))
-            printf("ratio case=%s fp8_over_bf16=%.3f auto_over_bf16=%.3f auto_ran=%s\n", bc->name,
+            printf("ratio case=%s fp8_over_bf16=%.3f auto_over_bf16=%.3f auto_ran=%s stream_fp8_over_bf16=%.3f "
+                   "stream_auto_over_bf16=%.3f\n", bc->name,
                    med_of[1] > 0 ? med_of[0] / med_of[1] : 0, med_of[2] > 0 ? med_of[0] / med_of[2] : 0,
-                   ran_auto[0] ? ran_auto : "-");
+                   ran_auto[0] ? ran_auto : "-", stream_of[1] > 0 ? stream_of[0] / stream_of[1] : 0,
+                   stream_of[2] > 0 ? stream_of[0] / stream_of[2] : 0);
         fflush(stdout);
     }
     gpu_engine_set_attn(ge, "auto", &err);

@@ -85,7 +85,7 @@ if want bench; then
     timeout 300 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --profile ${BENCH_ARGS:-} > "$OUT/bench.log" \
         2> "$OUT/bench.err"
     say "bench_encoder rc=$? ($(( $(date +%s) - t )) s)"
-    grep -E "^encoder|^ratio|^route" "$OUT/bench.log" | tee -a "$SUM"
+    grep -E "^encoder|^stream|^ratio|^route" "$OUT/bench.log" | tee -a "$SUM"
     tail -3 "$OUT/bench.err" | tee -a "$SUM"
 fi
 if want hf; then
@@ -134,14 +134,30 @@ def parse(path, prefix):
         pass
     return out
 v, h = parse(sys.argv[1], "encoder"), parse(sys.argv[2], "hf")
-print("%-12s %10s %9s | %9s %6s | %9s %6s | %9s %6s" % ("case", "vitd img/s", "vitd ms", "hf eager", "ratio",
-      "hf e2e", "ratio", "hf compile", "ratio"))
+# streams (two batches in flight, the engine's throughput): bf16 and auto
+st = {}
+try:
+    for line in open(sys.argv[1]):
+        if line.startswith("stream "):
+            kv = dict(re.findall(r"(\w+)=(\S+)", line))
+            st.setdefault((kv["case"], kv["attn"]), kv)
+except OSError:
+    pass
+print("%-12s %10s %9s | %9s %6s | %9s %6s | %9s %6s | %11s %6s | %11s %6s" % ("case", "vitd img/s", "vitd ms",
+      "hf eager", "ratio", "hf e2e", "ratio", "hf compile", "ratio", "stream bf16", "/eager", "stream auto", "/eager"))
 for (case, _), kv in v.items():
     vi = float(kv["img_s"])
     row = ["%-12s %10.1f %9.2f" % (case, vi, float(kv["ms"]))]
     for mode in ("eager", "eager_e2e", "compile"):
         hk = h.get((case, mode))
         row.append("%9.1f %5.2fx" % (float(hk["img_s"]), vi / float(hk["img_s"])) if hk else "%9s %6s" % ("-", "-"))
+    he = h.get((case, "eager"))
+    for attn in ("bf16", "auto"):
+        sk = st.get((case, attn))
+        if sk and he:
+            row.append("%11.1f %5.2fx" % (float(sk["img_s"]), float(sk["img_s"]) / float(he["img_s"])))
+        else:
+            row.append("%11s %6s" % ("-", "-"))
     print(" | ".join(row))
 EOF
 exit 0

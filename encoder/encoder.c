@@ -21,20 +21,32 @@
 
 typedef struct {
     const char *name;
-    vitd_status (*run)(void *impl, const vitd_batch *b, vitd_err *err);
+    int per_image;                                 /* 1: takes vitd_batch's per-image form itself */
+    vitd_status (*submit)(void *impl, const vitd_batch *b, vitd_err *err);
+    vitd_status (*wait)(void *impl, vitd_err *err); /* finishes the oldest submitted batch */
     void (*free)(void *impl);
     const char *(*attn_dtype)(const void *impl);
-    const char *(*last_attn)(const void *impl);   /* path of the batch just run */
+    const char *(*last_attn)(const void *impl);   /* path of the batch just finished */
     const char *(*fallback)(const void *impl);
 } backend_ops;
 
 enum { PATH_NONE = -1, PATH_FP32 = 0, PATH_BF16 = 1, PATH_FP8 = 2, N_PATHS = 3 };
 static const char *const path_names[N_PATHS] = {"fp32", "bf16", "fp8"};
 
+/* A batch in the per-image form, gathered into contiguous buffers for a backend that takes only that form (the
+ * CPU reference, whose own work dwarfs the copies), and scattered back after it ran. */
+typedef struct {
+    vitd_batch flat;     /* the contiguous batch handed to the backend */
+    vitd_batch orig;     /* the caller's, for the scatter */
+    float *pv, *emb, *ds;
+} flat_batch;
+
 struct vitd_encoder {
     const backend_ops *ops;
     void *impl;
     const vitd_model *model;
+    int n_flight, head;                 /* batches in flight; index of the oldest in flat[] */
+    flat_batch flat[VITD_ENCODER_PIPELINE];
     _Atomic uint64_t batches[N_PATHS];  /* written by the running thread, read by any */
     _Atomic int last;                   /* PATH_*, likewise */
 };
@@ -53,12 +65,38 @@ size_t vitd_grids_patches(const vitd_grid *grids, int n) {
     return total;
 }
 
-/* ---- cpu backend ---- */
+/* ---- cpu backend: runs inside submit; wait hands back the status ---- */
 
-static vitd_status cpu_run(void *impl, const vitd_batch *b, vitd_err *err) {
-    return cpu_forward(impl, b, NULL, err);
+typedef struct {
+    cpu_model *m;
+    vitd_status st[VITD_ENCODER_PIPELINE];
+    vitd_err err[VITD_ENCODER_PIPELINE];
+    int head, n;
+} cpu_backend_state;
+
+static vitd_status cpu_submit(void *impl, const vitd_batch *b, vitd_err *err) {
+    cpu_backend_state *c = impl;
+    int i = (c->head + c->n) % VITD_ENCODER_PIPELINE;
+    c->err[i] = (vitd_err){0};
+    c->st[i] = cpu_forward(c->m, b, NULL, &c->err[i]);
+    c->n++;
+    (void)err;
+    return VITD_OK;
 }
-static void cpu_free(void *impl) { cpu_model_free(impl); }
+static vitd_status cpu_wait(void *impl, vitd_err *err) {
+    cpu_backend_state *c = impl;
+    int i = c->head;
+    c->head = (c->head + 1) % VITD_ENCODER_PIPELINE;
+    c->n--;
+    if (c->st[i] != VITD_OK && err) *err = c->err[i];
+    return c->st[i];
+}
+static void cpu_free(void *impl) {
+    cpu_backend_state *c = impl;
+    if (!c) return;
+    cpu_model_free(c->m);
+    free(c);
+}
 static const char *cpu_attn(const void *impl) {
     (void)impl;
     return "fp32";
@@ -67,16 +105,19 @@ static const char *cpu_fallback(const void *impl) {
     (void)impl;
     return "";
 }
-static const backend_ops cpu_backend = {"cpu", cpu_run, cpu_free, cpu_attn, cpu_attn, cpu_fallback};
+static const backend_ops cpu_backend = {"cpu", 0, cpu_submit, cpu_wait, cpu_free, cpu_attn, cpu_attn, cpu_fallback};
 
 /* ---- gpu backend ---- */
 #ifdef VITD_HAVE_CUDA
-static vitd_status gpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return gpu_engine_run(impl, b, err); }
+static vitd_status gpu_submit(void *impl, const vitd_batch *b, vitd_err *err) {
+    return gpu_engine_submit(impl, b, err);
+}
+static vitd_status gpu_wait(void *impl, vitd_err *err) { return gpu_engine_wait(impl, err); }
 static void gpu_free(void *impl) { gpu_engine_free(impl); }
 static const char *gpu_attn(const void *impl) { return gpu_engine_attn_dtype(impl); }
 static const char *gpu_last(const void *impl) { return gpu_engine_last_attn(impl); }
 static const char *gpu_fallback(const void *impl) { return gpu_engine_fp8_fallback(impl); }
-static const backend_ops gpu_backend = {"gpu", gpu_run, gpu_free, gpu_attn, gpu_last, gpu_fallback};
+static const backend_ops gpu_backend = {"gpu", 1, gpu_submit, gpu_wait, gpu_free, gpu_attn, gpu_last, gpu_fallback};
 #endif
 
 vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *opts, vitd_encoder **out,
@@ -144,20 +185,117 @@ vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *op
         vitd_log(VITD_LOG_WARN, "backend auto: built without CUDA, using the CPU backend");
 #endif
     }
-    s = cpu_model_create(m, o.threads, (cpu_model **)&e->impl, err);
+    cpu_backend_state *cs = xcalloc(1, sizeof *cs);
+    s = cpu_model_create(m, o.threads, &cs->m, err);
     if (s != VITD_OK) {
+        free(cs);
         free(e);
         return s;
     }
+    e->impl = cs;
     e->ops = &cpu_backend;
     *out = e;
     return VITD_OK;
 }
 
-vitd_status vitd_encoder_run(vitd_encoder *e, const vitd_batch *b, vitd_err *err) {
-    if (!b || b->n_images <= 0 || !b->grids || !b->pixel_values || !b->embeddings)
-        return vitd_fail(err, VITD_E_INVALID_ARG, "encoder: empty or incomplete batch");
-    vitd_status s = e->ops->run(e->impl, b, err);
+/* Checks the parts every backend needs: images, grids, and the pointers of one of the two forms. */
+static vitd_status batch_check(const vitd_batch *b, vitd_err *err) {
+    if (!b || b->n_images <= 0 || !b->grids)
+        return vitd_fail(err, VITD_E_INVALID_ARG, "encoder: empty batch (no images or no grids)");
+    if (b->pixel_values) {
+        if (!b->embeddings) return vitd_fail(err, VITD_E_INVALID_ARG, "encoder: batch without embeddings buffer");
+        return VITD_OK;
+    }
+    if (!b->image_pixels || !b->image_embeddings)
+        return vitd_fail(err, VITD_E_INVALID_ARG, "encoder: batch has neither pixel_values nor image_pixels and "
+                         "image_embeddings");
+    for (int i = 0; i < b->n_images; i++)
+        if (!b->image_pixels[i] || !b->image_embeddings[i])
+            return vitd_fail(err, VITD_E_INVALID_ARG, "encoder: image %d has no pixel or embeddings buffer", i);
+    return VITD_OK;
+}
+
+static size_t grid_patches(const vitd_grid *g) { return (size_t)g->t * (size_t)g->h * (size_t)g->w; }
+
+/* Gathers a per-image batch into f's contiguous buffers (outputs allocated, deepstack if any image wants it). */
+static vitd_status flat_gather(vitd_encoder *e, flat_batch *f, const vitd_batch *b, vitd_err *err) {
+    const vitd_vision_config *c = vitd_model_config(e->model);
+    const size_t K = (size_t)c->in_channels * c->temporal_patch_size * c->patch_size * c->patch_size;
+    const size_t D = (size_t)c->out_hidden_size, g = (size_t)c->spatial_merge_size * c->spatial_merge_size;
+    const size_t N = vitd_grids_patches(b->grids, b->n_images), Nm = N / g, nd = (size_t)c->n_deepstack;
+    int want_ds = 0;
+    for (int i = 0; b->image_deepstack && i < b->n_images; i++) want_ds |= b->image_deepstack[i] != NULL;
+    f->orig = *b;
+    f->pv = malloc(N * K * sizeof(float));
+    f->emb = malloc(Nm * D * sizeof(float));
+    f->ds = want_ds && nd ? malloc(nd * Nm * D * sizeof(float)) : NULL;
+    if (!f->pv || !f->emb || (want_ds && nd && !f->ds)) {
+        free(f->pv);
+        free(f->emb);
+        free(f->ds);
+        *f = (flat_batch){0};
+        return vitd_fail(err, VITD_E_NOMEM, "encoder: %zu patches: staging allocation failed", N);
+    }
+    size_t row = 0;
+    for (int i = 0; i < b->n_images; i++) {
+        size_t p = grid_patches(&b->grids[i]);
+        memcpy(f->pv + row * K, b->image_pixels[i], p * K * sizeof(float));
+        row += p;
+    }
+    f->flat = (vitd_batch){.n_images = b->n_images, .grids = b->grids, .pixel_values = f->pv, .embeddings = f->emb,
+                           .deepstack = f->ds};
+    return VITD_OK;
+}
+
+/* Copies f's outputs into the caller's per-image buffers and frees the staging. */
+static void flat_scatter(vitd_encoder *e, flat_batch *f, int ok) {
+    const vitd_vision_config *c = vitd_model_config(e->model);
+    const size_t D = (size_t)c->out_hidden_size, g = (size_t)c->spatial_merge_size * c->spatial_merge_size;
+    const vitd_batch *b = &f->orig;
+    const size_t Nm = vitd_grids_patches(b->grids, b->n_images) / g;
+    size_t tok = 0;
+    for (int i = 0; ok && i < b->n_images; i++) {
+        size_t n = grid_patches(&b->grids[i]) / g;
+        memcpy(b->image_embeddings[i], f->emb + tok * D, n * D * sizeof(float));
+        float *ds = f->ds && b->image_deepstack ? b->image_deepstack[i] : NULL;
+        for (int k = 0; ds && k < c->n_deepstack; k++)
+            memcpy(ds + (size_t)k * n * D, f->ds + ((size_t)k * Nm + tok) * D, n * D * sizeof(float));
+        tok += n;
+    }
+    free(f->pv);
+    free(f->emb);
+    free(f->ds);
+    *f = (flat_batch){0};
+}
+
+vitd_status vitd_encoder_submit(vitd_encoder *e, const vitd_batch *b, vitd_err *err) {
+    vitd_status s = batch_check(b, err);
+    if (s != VITD_OK) return s;
+    if (e->n_flight == VITD_ENCODER_PIPELINE)
+        return vitd_fail(err, VITD_E_BUSY, "encoder: %d batches already in flight; wait for one first",
+                         VITD_ENCODER_PIPELINE);
+    flat_batch *f = &e->flat[(e->head + e->n_flight) % VITD_ENCODER_PIPELINE];
+    const vitd_batch *run = b;
+    if (!b->pixel_values && !e->ops->per_image) {
+        if ((s = flat_gather(e, f, b, err)) != VITD_OK) return s;
+        run = &f->flat;
+    }
+    s = e->ops->submit(e->impl, run, err);
+    if (s != VITD_OK) {
+        if (f->pv) flat_scatter(e, f, 0);
+        return s;
+    }
+    e->n_flight++;
+    return VITD_OK;
+}
+
+vitd_status vitd_encoder_wait(vitd_encoder *e, vitd_err *err) {
+    if (e->n_flight == 0) return vitd_fail(err, VITD_E_INVALID_ARG, "encoder: no batch in flight");
+    vitd_status s = e->ops->wait(e->impl, err);
+    flat_batch *f = &e->flat[e->head];
+    if (f->pv) flat_scatter(e, f, s == VITD_OK);
+    e->head = (e->head + 1) % VITD_ENCODER_PIPELINE;
+    e->n_flight--;
     if (s == VITD_OK) {
         const char *p = e->ops->last_attn(e->impl);
         for (int i = 0; i < N_PATHS; i++)
@@ -169,8 +307,19 @@ vitd_status vitd_encoder_run(vitd_encoder *e, const vitd_batch *b, vitd_err *err
     return s;
 }
 
+int vitd_encoder_in_flight(const vitd_encoder *e) { return e->n_flight; }
+
+vitd_status vitd_encoder_run(vitd_encoder *e, const vitd_batch *b, vitd_err *err) {
+    if (e->n_flight)
+        return vitd_fail(err, VITD_E_BUSY, "encoder: vitd_encoder_run with %d batches in flight", e->n_flight);
+    vitd_status s = vitd_encoder_submit(e, b, err);
+    if (s != VITD_OK) return s;
+    return vitd_encoder_wait(e, err);
+}
+
 void vitd_encoder_free(vitd_encoder *e) {
     if (!e) return;
+    while (e->n_flight) vitd_encoder_wait(e, NULL);
     if (e->ops) e->ops->free(e->impl);
     free(e);
 }

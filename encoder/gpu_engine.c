@@ -2,7 +2,7 @@
  * attention where it is asked for or (auto) measured faster.
  *
  * Owns: the device choice and checks, the BF16 weight arena (uploaded once), the activation plan (one device
- * allocation sized for max_batch_tokens at creation), pinned host staging, two streams (compute, copy), the
+ * allocation sized for max_batch_tokens at creation), pinned host staging per batch in flight, three streams, the
  * cuBLASLt context (gpu_gemm.c) and the cuDNN attention context (gpu_attn.c), and the forward pass, which mirrors
  * cpu_forward.c (MODEL.md 3) step by step:
  *
@@ -25,11 +25,20 @@
  * Numerics vs HF bf16: cuBLASLt may round the branch (x W^T + b) to bf16 before adding the residual, as HF does
  * (bf16 Linear output, then a bf16 add); tests/test_kernels.c allows for it.
  *
- * What overlaps inside one gpu_engine_run (the API is synchronous, so nothing spans two calls):
+ * Pipelining (gpu_engine_submit / gpu_engine_wait, vitd.h): up to ENGINE_SLOTS batches are in flight, each with
+ * its own pinned staging (eng_slot), on three streams: compute, upload and download. Submit converts the pixels
+ * (host threads) and enqueues the whole forward pass; wait converts the outputs. So in a stream of batches the
+ * host work of batch k+1 (pixels in) and of batch k-1 (outputs out) runs while the GPU computes batch k, and the
+ * GPU goes from batch to batch without a gap. Device buffers are shared between batches; two events order them:
+ * the next batch's pixel upload waits until this batch's patch embedding has read the pixel buffer (ev_embed),
+ * and a merger writes its output buffer only after the previous batch's download of it (ev_out_free).
+ * What overlaps inside one batch:
  *   - host conversion of pixel chunk c+1 with the H2D copy of chunk c and the patch-embed GEMM of chunk c-1;
- *   - the D2H copy of each deepstack output (copy stream) and its host conversion to float32 (host threads)
+ *   - the D2H copy of each deepstack output (download stream) and its host conversion to float32 (host threads)
  *     with the blocks after its tap on the compute stream; only the final merger's copy and conversion follow
  *     the last kernel.
+ * Inputs and outputs are either contiguous or each image's own buffers (vitd_batch's two forms): the conversions
+ * read and write them in place, so the server never copies an image into or out of a batch buffer.
  * The host waits only on the D2H completion events of the outputs (and, in profiling mode, reads timings).
  */
 #include "gpu_engine.h"
@@ -196,6 +205,41 @@ static void pool_run(host_pool *p, size_t n, size_t min_items, cpu_range_fn fn, 
     pthread_mutex_unlock(&p->mu);
 }
 
+/* One batch in flight (ENGINE_SLOTS of them: vitd.h's pipeline): its pinned staging, its geometry, its output
+ * copies' completion events and the caller's batch (output pointers). A slot is written by submit and is free
+ * again after the wait that finishes its batch, by which time every copy that read or wrote its staging is done. */
+typedef struct {
+    uint16_t *h_pix;   /* [N, K] */
+    uint16_t *h_out;   /* [n_out][N/g, Dout] */
+    int32_t *h_tok;    /* [N, 4] */
+    int32_t *h_cu;     /* [max_images + 1] */
+    int *h_lens;       /* [max_images] (plain heap) */
+    size_t *row0;      /* [max_images + 1] first batch row (patch) of each image */
+    cudaEvent_t ev_d2h[1 + VITD_MAX_DEEPSTACK];
+    vitd_batch b;
+    int n_tokens, n_seg, fp8, want_ds;
+    double t_submit, host_in;
+} eng_slot;
+
+#define ENGINE_SLOTS VITD_ENCODER_PIPELINE
+
+/* pool_run over [begin, end) instead of [0, n). */
+typedef struct {
+    cpu_range_fn fn;
+    void *ctx;
+    size_t base;
+} shifted_job;
+
+static void shifted_range(void *arg, size_t begin, size_t end) {
+    shifted_job *j = arg;
+    j->fn(j->ctx, j->base + begin, j->base + end);
+}
+
+static void pool_run_range(host_pool *p, size_t begin, size_t end, size_t min_items, cpu_range_fn fn, void *ctx) {
+    shifted_job j = {fn, ctx, begin};
+    pool_run(p, end - begin, min_items, shifted_range, &j);
+}
+
 struct gpu_engine {
     vitd_vision_config cfg;
     int device;
@@ -228,16 +272,17 @@ struct gpu_engine {
     int32_t *tok;            /* [N, 4] {row, col, h, w} */
     int32_t *cu;             /* [max_images + 1] */
 
-    /* pinned host staging */
-    uint16_t *h_pix;  /* [N, K] */
-    uint16_t *h_out;  /* [n_out][N/g, Dout] */
-    int32_t *h_tok;   /* [N, 4] */
-    int32_t *h_cu;    /* [max_images + 1] */
-    int *h_lens;      /* [max_images] (plain heap) */
+    /* batches in flight, oldest at slot[head] */
+    eng_slot slot[ENGINE_SLOTS];
+    int head, n_flight;
 
-    cudaStream_t s_main, s_copy;
+    /* streams: compute, uploads (pixels), downloads (outputs); the two copy directions never queue behind each
+     * other, so the next batch's pixels go up while this batch's outputs wait for their kernels */
+    cudaStream_t s_main, s_up, s_down;
     cudaEvent_t ev_chunk[ENGINE_MAX_CHUNKS];
-    cudaEvent_t ev_out[1 + VITD_MAX_DEEPSTACK], ev_d2h[1 + VITD_MAX_DEEPSTACK];
+    cudaEvent_t ev_embed;                         /* patch embedding done: the device pixel buffer is free */
+    cudaEvent_t ev_out[1 + VITD_MAX_DEEPSTACK];   /* output slot written (compute stream) */
+    cudaEvent_t ev_out_free[1 + VITD_MAX_DEEPSTACK]; /* output slot's last D2H copy done: may be written again */
     gpu_gemm *gemm;
     gpu_attn_ctx *attn;
 
@@ -384,7 +429,7 @@ static vitd_status tensor_check(const vitd_model *m, const char *name, size_t nu
 static vitd_status upload_bf16(const vitd_model *m, const char *name, size_t numel, uint16_t *dst, up_scratch *s,
                                vitd_err *err) {
     vitd_status st;
-    const st_tensor *t;
+    const st_tensor *t = NULL;
     if ((st = tensor_check(m, name, numel, &t, err)) != VITD_OK) return st;
     if (t->dtype == ST_BF16) {
         CUDA_TRY(cudaMemcpy(dst, t->data, numel * 2, cudaMemcpyHostToDevice));
@@ -536,7 +581,8 @@ static size_t plan_activations(gpu_engine *g, char *base) {
 void gpu_engine_free(gpu_engine *g) {
     if (!g) return;
     if (g->s_main) cudaStreamSynchronize(g->s_main);
-    if (g->s_copy) cudaStreamSynchronize(g->s_copy);
+    if (g->s_up) cudaStreamSynchronize(g->s_up);
+    if (g->s_down) cudaStreamSynchronize(g->s_down);
     gpu_attn_free(g->attn);
     gpu_gemm_free(g->gemm);
     pool_stop(&g->pool);
@@ -544,7 +590,19 @@ void gpu_engine_free(gpu_engine *g) {
         if (g->ev_chunk[i]) cudaEventDestroy(g->ev_chunk[i]);
     for (int i = 0; i < 1 + VITD_MAX_DEEPSTACK; i++) {
         if (g->ev_out[i]) cudaEventDestroy(g->ev_out[i]);
-        if (g->ev_d2h[i]) cudaEventDestroy(g->ev_d2h[i]);
+        if (g->ev_out_free[i]) cudaEventDestroy(g->ev_out_free[i]);
+    }
+    if (g->ev_embed) cudaEventDestroy(g->ev_embed);
+    for (int k = 0; k < ENGINE_SLOTS; k++) {
+        eng_slot *sl = &g->slot[k];
+        for (int i = 0; i < 1 + VITD_MAX_DEEPSTACK; i++)
+            if (sl->ev_d2h[i]) cudaEventDestroy(sl->ev_d2h[i]);
+        if (sl->h_pix) cudaFreeHost(sl->h_pix);
+        if (sl->h_out) cudaFreeHost(sl->h_out);
+        if (sl->h_tok) cudaFreeHost(sl->h_tok);
+        if (sl->h_cu) cudaFreeHost(sl->h_cu);
+        free(sl->h_lens);
+        free(sl->row0);
     }
     if (g->prof_ev) {
         for (int i = 0; i < ENGINE_PROF_MARKS; i++)
@@ -552,11 +610,8 @@ void gpu_engine_free(gpu_engine *g) {
         free(g->prof_ev);
     }
     if (g->s_main) cudaStreamDestroy(g->s_main);
-    if (g->s_copy) cudaStreamDestroy(g->s_copy);
-    if (g->h_pix) cudaFreeHost(g->h_pix);
-    if (g->h_out) cudaFreeHost(g->h_out);
-    if (g->h_tok) cudaFreeHost(g->h_tok);
-    if (g->h_cu) cudaFreeHost(g->h_cu);
+    if (g->s_up) cudaStreamDestroy(g->s_up);
+    if (g->s_down) cudaStreamDestroy(g->s_down);
     if (g->d_act) cudaFree(g->d_act);
     if (g->d_weights) cudaFree(g->d_weights);
     if (g->d_fp8) cudaFree(g->d_fp8);
@@ -564,7 +619,6 @@ void gpu_engine_free(gpu_engine *g) {
     if (g->d_calib) cudaFree(g->d_calib);
     free(g->fp8_steps);
     free(g->fp8_save_path);
-    free(g->h_lens);
     free(g->blocks);
     free(g);
 }
@@ -622,7 +676,10 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
     g->host_threads = opts->threads > 0 ? opts->threads : (cores > 16 ? 16 : cores > 0 ? (int)cores : 1);
     pool_start(&g->pool, g->host_threads - 1);
     g->blocks = xcalloc((size_t)c->depth, sizeof *g->blocks);
-    g->h_lens = xcalloc((size_t)g->max_images, sizeof *g->h_lens);
+    for (int k = 0; k < ENGINE_SLOTS; k++) {
+        g->slot[k].h_lens = xcalloc((size_t)g->max_images, sizeof *g->slot[k].h_lens);
+        g->slot[k].row0 = xcalloc((size_t)g->max_images + 1, sizeof *g->slot[k].row0);
+    }
 
     CUDA_TRY(cudaSetDevice(g->device));
     g->force = -1;
@@ -719,17 +776,23 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
     }
 
     const size_t N = g->max_tokens, Nm = N / g->g;
-    CUDA_TRY(cudaMallocHost((void **)&g->h_pix, N * g->K * 2));
-    CUDA_TRY(cudaMallocHost((void **)&g->h_out, (size_t)g->n_out * Nm * g->Dout * 2));
-    CUDA_TRY(cudaMallocHost((void **)&g->h_tok, N * 4 * 4));
-    CUDA_TRY(cudaMallocHost((void **)&g->h_cu, ((size_t)g->max_images + 1) * 4));
+    for (int k = 0; k < ENGINE_SLOTS; k++) {
+        eng_slot *sl = &g->slot[k];
+        CUDA_TRY(cudaMallocHost((void **)&sl->h_pix, N * g->K * 2));
+        CUDA_TRY(cudaMallocHost((void **)&sl->h_out, (size_t)g->n_out * Nm * g->Dout * 2));
+        CUDA_TRY(cudaMallocHost((void **)&sl->h_tok, N * 4 * 4));
+        CUDA_TRY(cudaMallocHost((void **)&sl->h_cu, ((size_t)g->max_images + 1) * 4));
+        for (int i = 0; i < g->n_out; i++) CUDA_TRY(cudaEventCreate(&sl->ev_d2h[i]));
+    }
     CUDA_TRY(cudaStreamCreateWithFlags(&g->s_main, cudaStreamNonBlocking));
-    CUDA_TRY(cudaStreamCreateWithFlags(&g->s_copy, cudaStreamNonBlocking));
+    CUDA_TRY(cudaStreamCreateWithFlags(&g->s_up, cudaStreamNonBlocking));
+    CUDA_TRY(cudaStreamCreateWithFlags(&g->s_down, cudaStreamNonBlocking));
     for (int i = 0; i < ENGINE_MAX_CHUNKS; i++)
         CUDA_TRY(cudaEventCreateWithFlags(&g->ev_chunk[i], cudaEventDisableTiming));
+    CUDA_TRY(cudaEventCreateWithFlags(&g->ev_embed, cudaEventDisableTiming));
     for (int i = 0; i < g->n_out; i++) {
         CUDA_TRY(cudaEventCreate(&g->ev_out[i]));
-        CUDA_TRY(cudaEventCreate(&g->ev_d2h[i]));
+        CUDA_TRY(cudaEventCreateWithFlags(&g->ev_out_free[i], cudaEventDisableTiming));
     }
     if ((st = gpu_gemm_create(ENGINE_GEMM_WORKSPACE, &g->gemm, err)) != VITD_OK) goto fail;
 
@@ -770,9 +833,10 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
              g->fp8_ok && g->fp8_static ? opts->fp8_scales : "");
     vitd_log(VITD_LOG_INFO,
              "gpu engine: weights %zu MiB bf16, activations %zu MiB for max_batch_tokens %zu and up to %d images per "
-             "batch, pinned staging %zu MiB, %d host threads",
+             "batch, pinned staging %zu MiB (%d batches in flight), %d host threads",
              g->weight_bytes >> 20, g->act_bytes >> 20, g->max_tokens, g->max_images,
-             (N * g->K * 2 + (size_t)g->n_out * Nm * g->Dout * 2 + N * 16) >> 20, g->host_threads);
+             ENGINE_SLOTS * (N * g->K * 2 + (size_t)g->n_out * Nm * g->Dout * 2 + N * 16) >> 20, ENGINE_SLOTS,
+             g->host_threads);
     free(scales);
     *out = g;
     return VITD_OK;
@@ -927,13 +991,15 @@ static int choose_fp8(const gpu_engine *g, int n_seg, int max_len) {
 /* Uploads a batch of n images of len tokens each (h_lens, cu) and starts it in the attention context. */
 static vitd_status probe_batch(gpu_engine *g, int n, int len, vitd_err *err) {
     vitd_status st = VITD_OK;
-    g->h_cu[0] = 0;
+    eng_slot *sl = &g->slot[0]; /* at creation: nothing in flight */
+    sl->h_cu[0] = 0;
     for (int i = 0; i < n; i++) {
-        g->h_lens[i] = len;
-        g->h_cu[i + 1] = (int32_t)((i + 1) * len);
+        sl->h_lens[i] = len;
+        sl->h_cu[i + 1] = (int32_t)((i + 1) * len);
     }
-    CUDA_TRY(cudaMemcpyAsync(g->cu, g->h_cu, ((size_t)n + 1) * 4, cudaMemcpyHostToDevice, g->s_main));
-    gpu_attn_batch ab = {.n_images = n, .lens = g->h_lens, .d_cu_seqlens = g->cu};
+    CUDA_TRY(cudaMemcpyAsync(g->cu, sl->h_cu, ((size_t)n + 1) * 4, cudaMemcpyHostToDevice, g->s_main));
+    CUDA_TRY(cudaStreamSynchronize(g->s_main)); /* the staging is rewritten by the next probe */
+    gpu_attn_batch ab = {.n_images = n, .lens = sl->h_lens, .d_cu_seqlens = g->cu};
     st = gpu_attn_begin(g->attn, &ab, g->s_main, err);
 fail:
     return st;
@@ -1064,8 +1130,9 @@ done:
 }
 
 /* Merger j (-1 = final) on the residual stream, result in out slot (0 final, 1+j deepstack), then its D2H copy on
- * the copy stream into pinned staging. */
-static vitd_status run_merger(gpu_engine *g, int j, int n_tokens, vitd_err *err) {
+ * the download stream into the batch slot's pinned staging. The output buffer is written only after the previous
+ * batch's copy of it has finished (ev_out_free). */
+static vitd_status run_merger(gpu_engine *g, eng_slot *sl, int j, int n_tokens, vitd_err *err) {
     vitd_status st = VITD_OK;
     const eng_merger *mg = j < 0 ? &g->merger : &g->ds[j];
     const int slot = j + 1, gd = g->g * g->d, nm = n_tokens / g->g;
@@ -1073,48 +1140,121 @@ static vitd_status run_merger(gpu_engine *g, int j, int n_tokens, vitd_err *err)
     else KTRY(ln_bf16(g->x, mg->nw, mg->nb, g->h, nm, gd, (float)g->cfg.ln_eps, g->s_main));
     if ((st = gemm(g, g->h, mg->fc1_w, mg->fc1_b, g->qkv, nm, gd, gd, GEMM_EPI_BIAS, 0, err)) != VITD_OK) goto fail;
     KTRY(gelu_erf_bf16(g->qkv, (size_t)nm * gd, g->s_main));
+    CUDA_TRY(cudaStreamWaitEvent(g->s_main, g->ev_out_free[slot], 0));
     if ((st = gemm(g, g->qkv, mg->fc2_w, mg->fc2_b, g->out[slot], nm, gd, g->Dout, GEMM_EPI_BIAS, 0, err)) != VITD_OK)
         goto fail;
     prof_mark(g, j < 0 ? ST_MERGER : ST_DEEPSTACK);
     const size_t n_el = (size_t)nm * g->Dout;
     CUDA_TRY(cudaEventRecord(g->ev_out[slot], g->s_main));
-    CUDA_TRY(cudaStreamWaitEvent(g->s_copy, g->ev_out[slot], 0));
-    CUDA_TRY(cudaMemcpyAsync(g->h_out + (size_t)slot * (g->max_tokens / g->g) * g->Dout, g->out[slot], n_el * 2,
-                             cudaMemcpyDeviceToHost, g->s_copy));
-    CUDA_TRY(cudaEventRecord(g->ev_d2h[slot], g->s_copy));
+    CUDA_TRY(cudaStreamWaitEvent(g->s_down, g->ev_out[slot], 0));
+    CUDA_TRY(cudaMemcpyAsync(sl->h_out + (size_t)slot * (g->max_tokens / g->g) * g->Dout, g->out[slot], n_el * 2,
+                             cudaMemcpyDeviceToHost, g->s_down));
+    CUDA_TRY(cudaEventRecord(sl->ev_d2h[slot], g->s_down));
+    CUDA_TRY(cudaEventRecord(g->ev_out_free[slot], g->s_down));
 fail:
     return st;
 }
 
-/* Waits for output slot's D2H copy and converts it to float32 into dst (host threads). */
-static vitd_status collect_output(gpu_engine *g, int slot, int n_tokens, float *dst, double *wait_s, double *conv_s,
+/* Image i of a batch holding rows [row0[i], row0[i+1]) (n images): the largest i with row0[i] <= row. */
+static int image_of(const size_t *row0, int n, size_t row) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (row0[mid] <= row) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
+
+/* Pixels f32 -> bf16 into pinned staging over elements [begin, end) of the batch's [N, K] rows, read from the
+ * contiguous pixel_values or from each image's own buffer (vitd_batch's two forms). */
+typedef struct {
+    const vitd_batch *b;
+    const size_t *row0;
+    size_t K;
+    uint16_t *out; /* batch row 0 */
+} pix_job;
+
+static void pix_range(void *arg, size_t begin, size_t end) {
+    const pix_job *j = arg;
+    if (j->b->pixel_values) {
+        gpu_engine_host_to_bf16(j->b->pixel_values + begin, j->out + begin, end - begin);
+        return;
+    }
+    for (int i = image_of(j->row0, j->b->n_images, begin / j->K); begin < end; i++) {
+        const size_t first = j->row0[i] * j->K, last = j->row0[i + 1] * j->K, stop = end < last ? end : last;
+        gpu_engine_host_to_bf16(j->b->image_pixels[i] + (begin - first), j->out + begin, stop - begin);
+        begin = stop;
+    }
+}
+
+/* Output slot (0 final, 1+j deepstack j) bf16 -> f32 over elements [begin, end) of its [N/g, Dout] rows, into the
+ * contiguous outputs or each image's own buffers (skipping images that want no deepstack). */
+typedef struct {
+    const vitd_batch *b;
+    const size_t *row0; /* in patches; tokens are row0 / g */
+    size_t g, D, Nm;
+    int slot;
+    const uint16_t *in;
+} out_job;
+
+static void out_range(void *arg, size_t begin, size_t end) {
+    const out_job *j = arg;
+    const vitd_batch *b = j->b;
+    const int layer = j->slot - 1;
+    if (b->pixel_values) {
+        float *dst = layer < 0 ? b->embeddings : b->deepstack + (size_t)layer * j->Nm * j->D;
+        gpu_engine_host_to_f32(j->in + begin, dst + begin, end - begin);
+        return;
+    }
+    for (int i = image_of(j->row0, b->n_images, begin / j->D * j->g); begin < end; i++) {
+        const size_t t0 = j->row0[i] / j->g, t1 = j->row0[i + 1] / j->g;
+        const size_t first = t0 * j->D, last = t1 * j->D, stop = end < last ? end : last;
+        float *dst = layer < 0 ? b->image_embeddings[i] : b->image_deepstack[i];
+        if (dst) {
+            if (layer >= 0) dst += (size_t)layer * (t1 - t0) * j->D;
+            gpu_engine_host_to_f32(j->in + begin, dst + (begin - first), stop - begin);
+        }
+        begin = stop;
+    }
+}
+
+/* Waits for output slot's D2H copy and converts it to float32 into the caller's buffers (host threads). */
+static vitd_status collect_output(gpu_engine *g, eng_slot *sl, int slot, double *wait_s, double *conv_s,
                                   vitd_err *err) {
     vitd_status st = VITD_OK;
     double t0 = vitd_now();
-    CUDA_TRY(cudaEventSynchronize(g->ev_d2h[slot]));
+    CUDA_TRY(cudaEventSynchronize(sl->ev_d2h[slot]));
     double t1 = vitd_now();
-    const size_t n_el = (size_t)(n_tokens / g->g) * g->Dout;
-    to_f32_job job = {g->h_out + (size_t)slot * (g->max_tokens / g->g) * g->Dout, dst};
-    pool_run(&g->pool, n_el, (size_t)1 << 17, to_f32_range, &job);
+    const size_t Nm = (size_t)sl->n_tokens / g->g, n_el = Nm * g->Dout;
+    out_job job = {&sl->b, sl->row0, (size_t)g->g, (size_t)g->Dout, Nm, slot,
+                   sl->h_out + (size_t)slot * (g->max_tokens / g->g) * g->Dout};
+    pool_run(&g->pool, n_el, (size_t)1 << 17, out_range, &job);
     *wait_s += t1 - t0;
     *conv_s += vitd_now() - t1;
 fail:
     return st;
 }
 
-/* Checks a batch against the engine's limits; fills the per-token geometry, cu_seqlens and segment lengths in
- * pinned staging. Returns tokens in *n_tokens and segments in *n_seg. */
-static vitd_status batch_setup(gpu_engine *g, const vitd_batch *b, int *n_tokens, int *n_seg, vitd_err *err) {
-    if (!b || b->n_images < 1 || !b->grids || !b->pixel_values || !b->embeddings)
-        return vitd_fail(err, VITD_E_INVALID_ARG, "gpu engine: batch needs n_images >= 1, grids, pixel_values and "
-                         "embeddings");
+/* Checks a batch against the engine's limits; fills the slot's per-token geometry, cu_seqlens, segment lengths
+ * and image row offsets. */
+static vitd_status batch_setup(gpu_engine *g, eng_slot *sl, const vitd_batch *b, vitd_err *err) {
+    if (!b || b->n_images < 1 || !b->grids ||
+        (b->pixel_values ? !b->embeddings : !b->image_pixels || !b->image_embeddings))
+        return vitd_fail(err, VITD_E_INVALID_ARG, "gpu engine: batch needs n_images >= 1, grids, and pixel_values "
+                         "with embeddings or image_pixels with image_embeddings");
+    if (b->n_images > g->max_images)
+        return vitd_fail(err, VITD_E_TOO_LARGE, "batch has %d images, more than the engine's limit %d", b->n_images,
+                         g->max_images);
     size_t n = 0;
-    int segs = 0;
+    int segs = 0, want_ds = 0;
     for (int i = 0; i < b->n_images; i++) {
         const vitd_grid *gr = &b->grids[i];
         if (gr->t < 1 || gr->h < 1 || gr->w < 1 || gr->h % g->m || gr->w % g->m)
             return vitd_fail(err, VITD_E_INVALID_ARG, "image %d: grid_thw [%d, %d, %d] needs t, h, w >= 1 with h and "
                              "w multiples of spatial_merge_size %d", i, gr->t, gr->h, gr->w, g->m);
+        if (!b->pixel_values && (!b->image_pixels[i] || !b->image_embeddings[i]))
+            return vitd_fail(err, VITD_E_INVALID_ARG, "image %d: no pixel or embeddings buffer", i);
         const size_t hw = (size_t)gr->h * (size_t)gr->w, ti = (size_t)gr->t * hw;
         if (hw > g->max_tokens || ti > g->max_tokens || n + ti > g->max_tokens)
             return vitd_fail(err, VITD_E_TOO_LARGE, "image %d: batch reaches %zu patches, over max_batch_tokens %zu",
@@ -1122,31 +1262,36 @@ static vitd_status batch_setup(gpu_engine *g, const vitd_batch *b, int *n_tokens
         if (segs + gr->t > g->max_images)
             return vitd_fail(err, VITD_E_TOO_LARGE, "image %d: batch has more than %d images (frames), the engine's "
                              "limit", i, g->max_images);
+        sl->row0[i] = n;
         for (int f = 0; f < gr->t; f++) {
-            g->h_lens[segs] = (int)hw;
-            g->h_cu[segs + 1] = (int32_t)(n + (size_t)(f + 1) * hw);
+            sl->h_lens[segs] = (int)hw;
+            sl->h_cu[segs + 1] = (int32_t)(n + (size_t)(f + 1) * hw);
             segs++;
         }
         for (size_t q = 0; q < hw; q++) {
             int row, col;
             cpu_token_pos((int)q, gr->w, g->m, &row, &col);
-            int32_t *t = g->h_tok + (n + q) * 4;
+            int32_t *t = sl->h_tok + (n + q) * 4;
             t[0] = row;
             t[1] = col;
             t[2] = gr->h;
             t[3] = gr->w;
         }
-        for (int f = 1; f < gr->t; f++) memcpy(g->h_tok + (n + f * hw) * 4, g->h_tok + n * 4, hw * 16);
+        for (int f = 1; f < gr->t; f++) memcpy(sl->h_tok + (n + f * hw) * 4, sl->h_tok + n * 4, hw * 16);
         n += ti;
+        want_ds |= b->pixel_values ? b->deepstack != NULL : b->image_deepstack && b->image_deepstack[i];
     }
-    g->h_cu[0] = 0;
-    *n_tokens = (int)n;
-    *n_seg = segs;
+    sl->row0[b->n_images] = n;
+    sl->h_cu[0] = 0;
+    sl->b = *b;
+    sl->n_tokens = (int)n;
+    sl->n_seg = segs;
+    sl->want_ds = want_ds && g->cfg.n_deepstack > 0;
     return VITD_OK;
 }
 
-/* Sums the profiling marks of the batch just finished (the streams are idle). */
-static void prof_collect(gpu_engine *g) {
+/* Sums the profiling marks of the batch just finished (the engine is idle: profiling runs one batch at a time). */
+static void prof_collect(gpu_engine *g, eng_slot *sl) {
     for (int i = 1; i < g->prof_n; i++) {
         float ms = 0;
         if (cudaEventElapsedTime(&ms, g->prof_ev[i - 1], g->prof_ev[i]) == cudaSuccess) {
@@ -1155,27 +1300,39 @@ static void prof_collect(gpu_engine *g) {
         }
     }
     float tail = 0;
-    if (cudaEventElapsedTime(&tail, g->ev_out[0], g->ev_d2h[0]) == cudaSuccess) {
+    if (cudaEventElapsedTime(&tail, g->ev_out[0], sl->ev_d2h[0]) == cudaSuccess) {
         g->prof_ms[ST_D2H_TAIL] += tail;
         g->prof_calls[ST_D2H_TAIL]++;
     }
     g->prof_valid = 1;
 }
 
-vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err) {
+/* Leaves the engine idle after a failure: drains the three streams (errors already reported). */
+static void drain(gpu_engine *g) {
+    cudaStreamSynchronize(g->s_main);
+    cudaStreamSynchronize(g->s_up);
+    cudaStreamSynchronize(g->s_down);
+    cudaGetLastError();
+}
+
+vitd_status gpu_engine_submit(gpu_engine *g, const vitd_batch *b, vitd_err *err) {
     vitd_status st = VITD_OK;
-    int N = 0, n_seg = 0;
-    const double t_start = vitd_now();
-    double host_in = 0, host_out = 0, host_wait = 0;
+    if (g->n_flight == ENGINE_SLOTS)
+        return vitd_fail(err, VITD_E_BUSY, "gpu engine: %d batches in flight; wait for one first", ENGINE_SLOTS);
+    if (g->prof_on && g->n_flight)
+        return vitd_fail(err, VITD_E_BUSY, "gpu engine: profiling runs one batch at a time; wait first");
+    eng_slot *sl = &g->slot[(g->head + g->n_flight) % ENGINE_SLOTS];
+    sl->t_submit = vitd_now();
+    sl->host_in = 0;
     CUDA_TRY(cudaSetDevice(g->device));
-    if ((st = batch_setup(g, b, &N, &n_seg, err)) != VITD_OK) return st;
-    const int d = g->d, Nm = N / g->g;
+    if ((st = batch_setup(g, sl, b, err)) != VITD_OK) return st;
+    const int N = sl->n_tokens, n_seg = sl->n_seg, d = g->d;
     int max_len = 0;
     for (int i = 0; i < n_seg; i++)
-        if (g->h_lens[i] > max_len) max_len = g->h_lens[i];
+        if (sl->h_lens[i] > max_len) max_len = sl->h_lens[i];
     const int fp8 = choose_fp8(g, n_seg, max_len);
+    sl->fp8 = fp8;
     const float eps = (float)g->cfg.ln_eps;
-    const int want_ds = b->deepstack != NULL;
     if (g->prof_on) {
         memset(g->prof_ms, 0, sizeof g->prof_ms);
         memset(g->prof_calls, 0, sizeof g->prof_calls);
@@ -1185,31 +1342,34 @@ vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err) {
     prof_mark(g, ST_EMBED);
 
     /* Geometry and segments (small) on the compute stream, then the attention batch and rotary tables. */
-    CUDA_TRY(cudaMemcpyAsync(g->tok, g->h_tok, (size_t)N * 16, cudaMemcpyHostToDevice, g->s_main));
-    CUDA_TRY(cudaMemcpyAsync(g->cu, g->h_cu, ((size_t)n_seg + 1) * 4, cudaMemcpyHostToDevice, g->s_main));
-    gpu_attn_batch ab = {.n_images = n_seg, .lens = g->h_lens, .d_cu_seqlens = g->cu};
+    CUDA_TRY(cudaMemcpyAsync(g->tok, sl->h_tok, (size_t)N * 16, cudaMemcpyHostToDevice, g->s_main));
+    CUDA_TRY(cudaMemcpyAsync(g->cu, sl->h_cu, ((size_t)n_seg + 1) * 4, cudaMemcpyHostToDevice, g->s_main));
+    gpu_attn_batch ab = {.n_images = n_seg, .lens = sl->h_lens, .d_cu_seqlens = g->cu};
     if ((st = gpu_attn_begin(g->attn, &ab, g->s_main, err)) != VITD_OK) goto fail;
     KTRY(rope_tables(g->tok, N, g->inv_freq, g->hd, g->cos_t, g->sin_t, g->s_main));
     prof_mark(g, ST_POS_ROPE);
 
-    /* Pixels: host f32 -> bf16 into pinned staging a chunk at a time; each chunk's copy and patch-embed GEMM are
-     * enqueued before the next chunk is converted. */
+    /* Pixels: host f32 -> bf16 into the slot's pinned staging a chunk at a time; each chunk's upload (after the
+     * previous batch's patch embedding has read the device buffer) and patch-embed GEMM are enqueued before the
+     * next chunk is converted. */
+    CUDA_TRY(cudaStreamWaitEvent(g->s_up, g->ev_embed, 0));
     int chunk = ENGINE_CHUNK_ROWS;
     while ((N + chunk - 1) / chunk > ENGINE_MAX_CHUNKS) chunk *= 2;
     for (int r0 = 0, ci = 0; r0 < N; r0 += chunk, ci++) {
         const int rows = N - r0 < chunk ? N - r0 : chunk;
         const size_t off = (size_t)r0 * g->K, n_el = (size_t)rows * g->K;
         double t0 = vitd_now();
-        to_bf16_job job = {b->pixel_values + off, g->h_pix + off};
-        pool_run(&g->pool, n_el, (size_t)1 << 17, to_bf16_range, &job);
-        host_in += vitd_now() - t0;
-        CUDA_TRY(cudaMemcpyAsync(g->pix + off, g->h_pix + off, n_el * 2, cudaMemcpyHostToDevice, g->s_copy));
-        CUDA_TRY(cudaEventRecord(g->ev_chunk[ci], g->s_copy));
+        pix_job job = {&sl->b, sl->row0, (size_t)g->K, sl->h_pix};
+        pool_run_range(&g->pool, off, off + n_el, (size_t)1 << 17, pix_range, &job);
+        sl->host_in += vitd_now() - t0;
+        CUDA_TRY(cudaMemcpyAsync(g->pix + off, sl->h_pix + off, n_el * 2, cudaMemcpyHostToDevice, g->s_up));
+        CUDA_TRY(cudaEventRecord(g->ev_chunk[ci], g->s_up));
         CUDA_TRY(cudaStreamWaitEvent(g->s_main, g->ev_chunk[ci], 0));
         if ((st = gemm(g, g->pix + off, g->patch_w, g->patch_b, g->x + (size_t)r0 * d, rows, g->K, d, GEMM_EPI_BIAS,
                        0, err)) != VITD_OK)
             goto fail;
     }
+    CUDA_TRY(cudaEventRecord(g->ev_embed, g->s_main));
     prof_mark(g, ST_EMBED);
     KTRY(pos_embed_add_bf16(g->x, g->pos_table, g->side, d, g->tok, N, g->s_main));
     prof_mark(g, ST_POS_ROPE);
@@ -1234,35 +1394,56 @@ vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err) {
         if ((st = gemm(g, g->mlp, bl->fc2_w, bl->fc2_b, g->x, N, g->I, d, GEMM_EPI_BIAS, 1, err)) != VITD_OK)
             goto fail;
         prof_mark(g, ST_FC2);
-        for (int j = 0; want_ds && j < g->cfg.n_deepstack; j++)
-            if (g->cfg.deepstack_indexes[j] == i && (st = run_merger(g, j, N, err)) != VITD_OK) goto fail;
+        for (int j = 0; sl->want_ds && j < g->cfg.n_deepstack; j++)
+            if (g->cfg.deepstack_indexes[j] == i && (st = run_merger(g, sl, j, N, err)) != VITD_OK) goto fail;
     }
-    if ((st = run_merger(g, -1, N, err)) != VITD_OK) goto fail;
+    if ((st = run_merger(g, sl, -1, N, err)) != VITD_OK) goto fail;
+    g->n_flight++;
+    return VITD_OK;
+fail:
+    drain(g);
+    return st;
+}
 
+vitd_status gpu_engine_wait(gpu_engine *g, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    if (!g->n_flight) return vitd_fail(err, VITD_E_INVALID_ARG, "gpu engine: no batch in flight");
+    eng_slot *sl = &g->slot[g->head];
+    double host_out = 0, host_wait = 0;
+    CUDA_TRY(cudaSetDevice(g->device));
     /* Outputs in the order they are made: deepstack (converted while later blocks run), then the final merger. */
-    for (int j = 0; want_ds && j < g->cfg.n_deepstack; j++)
-        if ((st = collect_output(g, 1 + j, N, b->deepstack + (size_t)j * Nm * g->Dout, &host_wait, &host_out,
-                                 err)) != VITD_OK)
-            goto fail;
-    if ((st = collect_output(g, 0, N, b->embeddings, &host_wait, &host_out, err)) != VITD_OK) goto fail;
-    CUDA_TRY(cudaStreamSynchronize(g->s_main));
+    for (int j = 0; sl->want_ds && j < g->cfg.n_deepstack; j++)
+        if ((st = collect_output(g, sl, 1 + j, &host_wait, &host_out, err)) != VITD_OK) goto fail;
+    if ((st = collect_output(g, sl, 0, &host_wait, &host_out, err)) != VITD_OK) goto fail;
     CUDA_TRY(cudaGetLastError());
-    g->last_path = fp8;
-    if (fp8 && g->fp8_save_path && !g->fp8_saved && g->fp8_steps[g->cfg.depth - 1] >= g->fp8_hist) fp8_autosave(g);
+    g->last_path = sl->fp8;
+    if (sl->fp8 && g->fp8_save_path && !g->fp8_saved && g->fp8_steps[g->cfg.depth - 1] >= g->fp8_hist) {
+        CUDA_TRY(cudaStreamSynchronize(g->s_main)); /* the scales as the batches submitted so far left them */
+        fp8_autosave(g);
+    }
     if (g->prof_on) {
-        prof_collect(g);
-        g->prof_ms[ST_HOST_IN] = host_in * 1e3;
+        CUDA_TRY(cudaStreamSynchronize(g->s_main));
+        prof_collect(g, sl);
+        g->prof_ms[ST_HOST_IN] = sl->host_in * 1e3;
         g->prof_ms[ST_HOST_OUT] = host_out * 1e3;
         g->prof_ms[ST_HOST_WAIT] = host_wait * 1e3;
-        g->prof_ms[ST_WALL] = (vitd_now() - t_start) * 1e3;
+        g->prof_ms[ST_WALL] = (vitd_now() - sl->t_submit) * 1e3;
         g->prof_calls[ST_HOST_IN] = g->prof_calls[ST_HOST_OUT] = g->prof_calls[ST_HOST_WAIT] =
             g->prof_calls[ST_WALL] = 1;
     }
-    return VITD_OK;
 fail:
-    /* Leave the engine idle for the next batch: drain both streams (errors already reported). */
-    cudaStreamSynchronize(g->s_main);
-    cudaStreamSynchronize(g->s_copy);
-    cudaGetLastError();
+    g->head = (g->head + 1) % ENGINE_SLOTS;
+    g->n_flight--;
+    if (st != VITD_OK && !g->n_flight) drain(g);
     return st;
+}
+
+int gpu_engine_in_flight(const gpu_engine *g) { return g->n_flight; }
+
+vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err) {
+    if (g->n_flight)
+        return vitd_fail(err, VITD_E_BUSY, "gpu engine: run with %d batches in flight", g->n_flight);
+    vitd_status st = gpu_engine_submit(g, b, err);
+    if (st != VITD_OK) return st;
+    return gpu_engine_wait(g, err);
 }

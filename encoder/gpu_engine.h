@@ -13,8 +13,8 @@
  * quantise the rotated Q, K and V to E4M3 per layer (scales: dynamic amax history or a static file) and run
  * cuDNN's FP8 attention; the rest stays BF16 (whole encoder vs BF16: cosine >= 0.999 on the 8B preset).
  *
- * Threads: one engine runs one batch at a time (gpu_engine_run is not reentrant); the host helpers at the end are
- * pure and thread-safe.
+ * Threads: one thread at a time drives an engine (run, submit, wait are not reentrant); the host helpers at the
+ * end are pure and thread-safe.
  */
 #ifndef VITD_GPU_ENGINE_H
 #define VITD_GPU_ENGINE_H
@@ -41,9 +41,15 @@ typedef struct gpu_engine gpu_engine;
  * On success *out is owned by the caller; free with gpu_engine_free(). */
 vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts, gpu_engine **out, vitd_err *err);
 
-/* Runs one batch (vitd.h's vitd_batch: float32 host memory in and out). No device allocation and no host/device
- * synchronisation other than waiting for the outputs (and, once, the copy of the scales for fp8_save_scales);
- * see gpu_engine.c for what overlaps. */
+/* Pipelined batches (vitd.h's vitd_encoder_submit / vitd_encoder_wait, either vitd_batch form: float32 host memory
+ * in and out): submit checks the batch, converts its pixels into pinned staging and enqueues the forward pass;
+ * wait finishes the oldest batch in flight (outputs converted into the caller's buffers). At most
+ * VITD_ENCODER_PIPELINE in flight (VITD_E_BUSY). No device allocation and no host/device synchronisation other
+ * than waiting for the outputs (and, once, the copy of the scales for fp8_save_scales); see gpu_engine.c for
+ * what overlaps. run = submit + wait, with nothing in flight. */
+vitd_status gpu_engine_submit(gpu_engine *g, const vitd_batch *b, vitd_err *err);
+vitd_status gpu_engine_wait(gpu_engine *g, vitd_err *err);
+int gpu_engine_in_flight(const gpu_engine *g);
 vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err);
 void gpu_engine_free(gpu_engine *g); /* accepts NULL */
 

@@ -397,7 +397,7 @@ vitd_status preprocess_run(const vitd_image *img, const vitd_preproc_config *cfg
     uint8_t *resized = NULL;
     if (!img || !img->rgb || !grid || !pixel_values)
         return vitd_fail(err, VITD_E_INVALID_ARG, "preprocess: missing image, grid or output buffer");
-    vitd_grid plan;
+    vitd_grid plan = {0, 0, 0};
     if ((st = preprocess_plan(img->height, img->width, cfg, &plan, err)) != VITD_OK) return st;
     if (grid->t != plan.t || grid->h != plan.h || grid->w != plan.w)
         return vitd_fail(err, VITD_E_INVALID_ARG, "preprocess: grid [%d,%d,%d] does not match the plan [%d,%d,%d] "

@@ -14,7 +14,7 @@
  *
  *     // decode + preprocess (encoder/image.h, encoder/preprocess.h) gives pixel_values and grid_thw
  *     vitd_batch b = { .n_images = 1, .grids = &grid, .pixel_values = pv,
- *                      .embeddings = emb, .deepstack = ds };        // outputs sized by vitd_batch_sizes()
+ *                      .embeddings = emb, .deepstack = ds };        // outputs [N/4, out_hidden] floats
  *     if (vitd_encoder_run(enc, &b, &err) != VITD_OK) die(err.msg);
  *
  *     vitd_encoder_free(enc);
@@ -24,8 +24,9 @@
  * message that names the thing and the limit. Library code never exits and never prints; it logs through the
  * hook installed with vitd_log_set().
  *
- * Thread safety: a vitd_model is read-only after load and may be shared. A vitd_encoder runs one batch at a time
- * (vitd_encoder_run is not reentrant on the same encoder); the server's batcher is its only caller.
+ * Thread safety: a vitd_model is read-only after load and may be shared. A vitd_encoder is driven by one thread
+ * at a time (vitd_encoder_run, or vitd_encoder_submit / vitd_encoder_wait with two batches in flight); the
+ * server's batcher is its only caller.
  */
 #ifndef VITD_H
 #define VITD_H
@@ -159,16 +160,25 @@ typedef struct {
 
 vitd_encoder_opts vitd_encoder_opts_default(void);
 
-/* One batch of images. Inputs: pixel_values of all images concatenated in order ([N, C*T*P*P] float32, N = sum of
- * t*h*w), their grids. Outputs (caller-allocated, float32, row-major, images concatenated in order):
+/* One batch of images, in one of two forms.
+ * Contiguous: pixel_values of all images concatenated in order ([N, C*T*P*P] float32, N = sum of t*h*w), their
+ * grids. Outputs (caller-allocated, float32, row-major, images concatenated in order):
  *   embeddings  [N/4, out_hidden_size]
- *   deepstack   [n_deepstack][N/4][out_hidden_size] (one block per deepstack layer), or NULL to skip */
+ *   deepstack   [n_deepstack][N/4][out_hidden_size] (one block per deepstack layer), or NULL to skip
+ * Per image (pixel_values == NULL; the server's form, so no image is copied into or out of a batch buffer):
+ *   image_pixels[i]      [t*h*w, C*T*P*P] image i's own pixel values
+ *   image_embeddings[i]  [t*h*w/4, out_hidden_size]
+ *   image_deepstack      NULL to skip for all, else [i] -> [n_deepstack][t*h*w/4][out_hidden_size] or NULL to
+ *                        skip for image i */
 typedef struct {
     int n_images;
     const vitd_grid *grids;
     const float *pixel_values;
     float *embeddings;
     float *deepstack;
+    const float *const *image_pixels;
+    float *const *image_embeddings;
+    float *const *image_deepstack;
 } vitd_batch;
 
 /* Total patches N and merged tokens N/4 of a set of grids. */
@@ -179,6 +189,21 @@ vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *op
                                 vitd_err *err);
 /* Runs one batch; images never attend to one another. Not reentrant on one encoder. */
 vitd_status vitd_encoder_run(vitd_encoder *e, const vitd_batch *b, vitd_err *err);
+
+/* Pipelined use: up to VITD_ENCODER_PIPELINE batches in flight, finished in submission order, so the host work
+ * of one batch (pixels in, outputs out) overlaps the GPU work of another. vitd_encoder_submit checks the batch and
+ * starts it (on the GPU it converts and enqueues the pixels and returns before the forward pass ends): the pixel
+ * buffers may be reused when it returns; the vitd_batch, its arrays and the output buffers must stay valid until
+ * the vitd_encoder_wait that finishes it. VITD_E_BUSY when VITD_ENCODER_PIPELINE batches are in flight (wait
+ * first); a failed submit leaves nothing in flight. vitd_encoder_wait finishes the oldest batch in flight (its
+ * outputs written) and returns that batch's status; VITD_E_INVALID_ARG when none is in flight. The CPU backend
+ * runs the batch inside submit. vitd_encoder_run is submit + wait and needs nothing in flight. One thread at a
+ * time (submit and wait are not reentrant). */
+#define VITD_ENCODER_PIPELINE 2
+vitd_status vitd_encoder_submit(vitd_encoder *e, const vitd_batch *b, vitd_err *err);
+vitd_status vitd_encoder_wait(vitd_encoder *e, vitd_err *err);
+/* Batches submitted and not yet waited for. */
+int vitd_encoder_in_flight(const vitd_encoder *e);
 void vitd_encoder_free(vitd_encoder *e);
 /* Which backend runs ("cpu"/"gpu") and its attention mode: "fp32" (CPU), "bf16" (asked for, or FP8 unavailable
  * or never faster), "fp8" (asked for), "auto" (each batch routed to the faster of bf16 and fp8 by its shape). */

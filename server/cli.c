@@ -401,7 +401,8 @@ int cli_encode(int argc, char **argv) {
         size_t off_p = 0, off_t = 0;
         for (int i = 0; i < p.n && tmp_ds; i++) {
             size_t np = (size_t)p.grids[i].t * p.grids[i].h * p.grids[i].w, nt = np / 4;
-            vitd_batch b = {1, &p.grids[i], p.pixel_values + off_p * row, emb + off_t * D, tmp_ds};
+            vitd_batch b = {.n_images = 1, .grids = &p.grids[i], .pixel_values = p.pixel_values + off_p * row,
+                            .embeddings = emb + off_t * D, .deepstack = tmp_ds};
             if (vitd_encoder_run(enc, &b, &err) != VITD_OK) break;
             for (size_t l = 0; l < nds; l++)
                 memcpy(ds + (l * tokens + off_t) * D, tmp_ds + l * nt * D, nt * D * sizeof(float));
@@ -414,7 +415,8 @@ int cli_encode(int argc, char **argv) {
             goto out;
         }
     } else {
-        vitd_batch b = {p.n, p.grids, p.pixel_values, emb, ds};
+        vitd_batch b = {.n_images = p.n, .grids = p.grids, .pixel_values = p.pixel_values, .embeddings = emb,
+                        .deepstack = ds};
         if (vitd_encoder_run(enc, &b, &err) != VITD_OK) {
             fprintf(stderr, "vitd encode: %s\n", err.msg);
             goto out;

@@ -1,11 +1,11 @@
 /* sched.c — the bounded token queue and the batcher thread (see scheduler.h for the contract).
  *
- * One mutex guards the queue (a singly linked FIFO of jobs), its counters and the bookings. The batcher takes the
- * lock to wait and to pack a batch, releases it around the encoder run and the copies, and takes it again to
- * retire the batch. Packing is strictly in arrival order: images are taken from the head job until the next image
- * would break the token or image budget, so the only job that can be split across batches is the last one of a
- * batch, and it stays at the head of the queue. The staging buffers (contiguous pixel_values, outputs) belong to
- * the batcher, grow to the largest batch seen and live until sched_free().
+ * One mutex guards the queue (a singly linked FIFO of jobs), its counters, the bookings and each job's count of
+ * batches in flight. The batcher takes the lock to wait and to pack a batch, releases it around the encoder calls,
+ * and takes it again to retire a batch. Packing is strictly in arrival order: images are taken from the head job
+ * until the next image would break the token or image budget, so the only job that can be split across batches is
+ * the last one of a batch, and it stays at the head of the queue. Each batch in flight (a `flight`) owns its
+ * per-image pointer arrays, which point into the jobs' own buffers.
  */
 #include "scheduler.h"
 
@@ -17,13 +17,26 @@
 
 #include "util.h"
 
-/* One image of the running batch. */
+/* One image of a batch. */
 typedef struct {
     sched_job *job;
     int image;            /* index in job */
-    size_t patch_off;     /* first row in the batch's pixel_values */
     size_t n_patches;
 } slot;
+
+/* A batch packed and (with submit/wait) in flight. Arrays sized batch_max_images. */
+typedef struct {
+    int n;                      /* images */
+    slot *slots;
+    sched_job **jobs;           /* distinct jobs, in order */
+    int n_jobs;
+    vitd_grid *grids;
+    const float **pix;
+    float **emb, **ds;
+    vitd_batch b;
+    size_t patches;
+    double t_start;
+} flight;
 
 struct sched {
     sched_config cfg;
@@ -39,15 +52,9 @@ struct sched {
     size_t q_patches;           /* their patches */
     size_t booked;              /* patches booked by sched_reserve and not yet returned */
     /* batcher thread only */
-    slot *slots;                /* [batch_max_images] */
-    sched_job **batch_jobs;     /* [batch_max_images] distinct jobs of the running batch, in order */
-    vitd_grid *grids;           /* [batch_max_images] */
-    float *pv;                  /* [pv_rows, row_width] */
-    size_t pv_rows;
-    float *emb;                 /* [emb_tokens, out_hidden] */
-    size_t emb_tokens;
-    float *ds;                  /* [n_deepstack][ds_tokens][out_hidden] */
-    size_t ds_tokens;
+    int pipeline;               /* most batches in flight (1 with a synchronous encoder) */
+    flight fl[SCHED_MAX_PIPELINE];
+    int fl_head, n_flight;      /* oldest batch in flight; how many */
 };
 
 static size_t grid_patches(const vitd_grid *g) { return (size_t)g->t * (size_t)g->h * (size_t)g->w; }
@@ -108,10 +115,11 @@ typedef struct dropped {
     vitd_err err;
 } dropped;
 
-/* Packs the next batch from the head of the queue (caller holds mu). Jobs found gone, past their deadline or
- * cancelled are unlinked, unbooked and appended to drop[] (at most one per call frame: the caller completes them
- * and calls again). Returns the number of images placed in s->slots, 0 if none. */
-static int pack(sched *s, dropped *drop, int *n_drop, int max_drop) {
+/* Packs the next batch from the head of the queue into f (caller holds mu). Jobs found gone, past their deadline
+ * or cancelled are unlinked; one that no batch in flight holds is unbooked and appended to drop[] (at most
+ * max_drop per call: the caller completes them and calls again), one that a batch in flight still holds keeps the
+ * failure and settles when that batch retires. Returns the number of images placed in f, 0 if none. */
+static int pack(sched *s, flight *f, dropped *drop, int *n_drop, int max_drop) {
     const sched_config *c = &s->cfg;
     int n = 0;
     size_t patches = 0;
@@ -130,6 +138,14 @@ static int pack(sched *s, dropped *drop, int *n_drop, int max_drop) {
             why = vitd_fail(&err, VITD_E_CANCELLED, "the client went away");
         }
         if (why != VITD_OK) {
+            if (j->in_batches > 0) {
+                pop_head(s);
+                if (j->fail == VITD_OK) {
+                    j->fail = why;
+                    j->fail_err = err;
+                }
+                continue;
+            }
             if (*n_drop == max_drop) break;
             pop_head(s);
             s->booked -= j->n_patches;
@@ -143,7 +159,7 @@ static int pack(sched *s, dropped *drop, int *n_drop, int max_drop) {
             size_t p = grid_patches(&j->grids[j->next_image]);
             /* the first image always goes in, even above the budget: it then runs alone */
             if (n > 0 && patches + p > c->batch_max_tokens) goto full;
-            s->slots[n] = (slot){.job = j, .image = j->next_image, .patch_off = patches, .n_patches = p};
+            f->slots[n] = (slot){.job = j, .image = j->next_image, .n_patches = p};
             n++;
             patches += p;
             j->next_image++;
@@ -159,82 +175,106 @@ static int pack(sched *s, dropped *drop, int *n_drop, int max_drop) {
         if (patches >= c->batch_max_tokens) break;
     }
 full:
+    f->n = n;
+    f->n_jobs = 0;
+    f->patches = patches;
+    for (int i = 0; i < n; i++) {
+        sched_job *j = f->slots[i].job;
+        if (f->n_jobs == 0 || f->jobs[f->n_jobs - 1] != j) {
+            f->jobs[f->n_jobs++] = j;
+            j->in_batches++;
+        }
+    }
     return n;
 }
 
-/* Grows a float buffer to hold at least n floats; returns false on allocation failure (buffer unchanged). */
-static bool grow(float **buf, size_t *cap_rows, size_t rows, size_t row_floats) {
-    if (rows <= *cap_rows) return true;
-    float *p = malloc(rows * row_floats * sizeof(float));
-    if (!p) return false;
-    free(*buf);
-    *buf = p;
-    *cap_rows = rows;
-    return true;
-}
-
-/* Encodes the n images in s->slots and copies each image's outputs into its job. Returns the encoder's status
- * (err filled on failure). *encode_s gets the encoder's seconds. */
-static vitd_status run_batch(sched *s, int n, double *encode_s, vitd_err *err) {
-    const sched_config *c = &s->cfg;
-    size_t D = (size_t)c->out_hidden, merge = (size_t)c->merge_patches;
-    vitd_batch b = {.n_images = n, .grids = s->grids};
+/* Fills f's batch in the per-image form: each image's pixels and outputs are its job's own buffers. */
+static void flight_batch(sched *s, flight *f) {
     bool want_ds = false;
-    size_t total_patches = 0;
-    for (int i = 0; i < n; i++) {
-        slot *sl = &s->slots[i];
-        s->grids[i] = sl->job->grids[sl->image];
-        total_patches += sl->n_patches;
-        if (sl->job->deepstack && c->n_deepstack > 0) want_ds = true;
+    for (int i = 0; i < f->n; i++) {
+        slot *sl = &f->slots[i];
+        f->grids[i] = sl->job->grids[sl->image];
+        f->pix[i] = sl->job->pixel_values[sl->image];
+        f->emb[i] = sl->job->embeddings[sl->image];
+        f->ds[i] = sl->job->deepstack && s->cfg.n_deepstack > 0 ? sl->job->deepstack[sl->image] : NULL;
+        want_ds |= f->ds[i] != NULL;
     }
-    size_t total_tokens = total_patches / merge;
-    vitd_status st;
-    double t0;
-    if (n == 1) {
-        /* one image: encode straight from and into the job's buffers */
-        sched_job *j = s->slots[0].job;
-        int i = s->slots[0].image;
-        b.pixel_values = j->pixel_values[i];
-        b.embeddings = j->embeddings[i];
-        b.deepstack = want_ds ? j->deepstack[i] : NULL;
-        t0 = vitd_now();
-        st = c->encode(c->encode_user, &b, err);
-        *encode_s = vitd_now() - t0;
-        return st;
-    }
-    if (!grow(&s->pv, &s->pv_rows, total_patches, c->row_width) ||
-        !grow(&s->emb, &s->emb_tokens, total_tokens, D) ||
-        (want_ds && !grow(&s->ds, &s->ds_tokens, total_tokens, D * (size_t)c->n_deepstack))) {
-        *encode_s = 0;
-        return vitd_fail(err, VITD_E_NOMEM, "batch of %d images, %zu patches: staging allocation failed", n,
-                         total_patches);
-    }
-    for (int i = 0; i < n; i++) {
-        slot *sl = &s->slots[i];
-        memcpy(s->pv + sl->patch_off * c->row_width, sl->job->pixel_values[sl->image],
-               sl->n_patches * c->row_width * sizeof(float));
-    }
-    b.pixel_values = s->pv;
-    b.embeddings = s->emb;
-    b.deepstack = want_ds ? s->ds : NULL;
-    t0 = vitd_now();
-    st = c->encode(c->encode_user, &b, err);
-    *encode_s = vitd_now() - t0;
-    if (st != VITD_OK) return st;
-    for (int i = 0; i < n; i++) {
-        slot *sl = &s->slots[i];
-        size_t tok_off = sl->patch_off / merge, tokens = sl->n_patches / merge;
-        memcpy(sl->job->embeddings[sl->image], s->emb + tok_off * D, tokens * D * sizeof(float));
-        if (!sl->job->deepstack) continue;
-        /* batch layout [layer][all tokens][D] -> image layout [layer][its tokens][D] */
-        for (int k = 0; k < c->n_deepstack; k++)
-            memcpy(sl->job->deepstack[sl->image] + (size_t)k * tokens * D,
-                   s->ds + ((size_t)k * total_tokens + tok_off) * D, tokens * D * sizeof(float));
-    }
-    return VITD_OK;
+    f->b = (vitd_batch){.n_images = f->n, .grids = f->grids, .image_pixels = f->pix, .image_embeddings = f->emb,
+                        .image_deepstack = want_ds ? f->ds : NULL};
 }
 
-/* The batcher: wait for work, honour the delay, pack, encode, retire; until stopped and empty. */
+/* Retires a finished batch (status st, err on failure): counts it, and completes every job of it that no queue
+ * and no other batch in flight holds any more. Called without mu. */
+static void retire(sched *s, flight *f, vitd_status st, const vitd_err *err) {
+    const sched_config *c = &s->cfg;
+    double encode_s = vitd_now() - f->t_start;
+    if (c->on_batch) c->on_batch(c->batch_user, f->n, f->patches, encode_s, st);
+    int n_done = 0;
+    pthread_mutex_lock(&s->mu);
+    for (int k = 0; k < f->n_jobs; k++) {
+        sched_job *j = f->jobs[k];
+        if (j->t_first_batch == 0) j->t_first_batch = f->t_start;
+        j->encode_s += encode_s;
+        j->n_batches++;
+        j->in_batches--;
+        if (st != VITD_OK) {
+            if (j->in_queue) unlink_job(s, j);
+            if (j->fail == VITD_OK) {
+                j->fail = st;
+                j->fail_err = *err;
+            }
+        }
+        if (!j->in_queue && j->in_batches == 0) {
+            s->booked -= j->n_patches;
+            f->jobs[n_done++] = j;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (int k = 0; k < n_done; k++) {
+        sched_job *j = f->jobs[k];
+        if (j->fail == VITD_OK) {
+            j->done(j, VITD_OK, NULL);
+        } else {
+            vitd_err jerr = j->fail_err;
+            j->done(j, j->fail, &jerr);
+        }
+    }
+    f->n = 0;
+}
+
+/* Starts the packed batch f: submitted (in flight afterwards), or run at once with a synchronous encoder or when
+ * the submit fails (retired here). */
+static void start_batch(sched *s, flight *f) {
+    const sched_config *c = &s->cfg;
+    vitd_err err = {0};
+    vitd_status st;
+    flight_batch(s, f);
+    f->t_start = vitd_now();
+    if (c->submit) {
+        st = c->submit(c->encode_user, &f->b, &err);
+        if (st == VITD_OK) {
+            s->n_flight++;
+            return;
+        }
+    } else {
+        st = c->encode(c->encode_user, &f->b, &err);
+    }
+    retire(s, f, st, &err);
+}
+
+/* Waits for the oldest batch in flight and retires it. */
+static void finish_oldest(sched *s) {
+    flight *f = &s->fl[s->fl_head];
+    vitd_err err = {0};
+    vitd_status st = s->cfg.wait(s->cfg.encode_user, &err);
+    s->fl_head = (s->fl_head + 1) % s->pipeline;
+    s->n_flight--;
+    retire(s, f, st, &err);
+}
+
+/* The batcher: wait for work, honour the delay, pack, start; with batches in flight, pack the next one while the
+ * GPU runs, and finish the oldest when the pipeline is full or nothing else can be packed now; until stopped,
+ * empty and idle. */
 static void *sched_thread(void *arg) {
     sched *s = arg;
     const sched_config *c = &s->cfg;
@@ -242,61 +282,30 @@ static void *sched_thread(void *arg) {
     dropped drop[MAX_DROP];
     pthread_mutex_lock(&s->mu);
     for (;;) {
-        while (!s->head && !s->stopping) pthread_cond_wait(&s->cv, &s->mu);
-        if (!s->head) break; /* stopping and nothing left */
+        if (s->n_flight == 0) {
+            while (!s->head && !s->stopping) pthread_cond_wait(&s->cv, &s->mu);
+            if (!s->head) break; /* stopping and nothing left */
+        }
         /* batch_delay_ms counts from the arrival of the oldest waiting job: work that queued while the previous
          * batch ran does not wait again */
-        double until = s->head->t_submitted + c->batch_delay_ms * 1e-3;
-        while (s->head && !s->stopping && s->q_patches < c->batch_max_tokens &&
-               s->q_images < c->batch_max_images) {
-            double left = until - vitd_now();
-            if (left <= 0) break;
-            struct timespec ts = abs_after(left);
-            pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+        if (s->head && s->n_flight < s->pipeline) {
+            double until = s->head->t_submitted + c->batch_delay_ms * 1e-3;
+            while (s->head && !s->stopping && s->q_patches < c->batch_max_tokens &&
+                   s->q_images < c->batch_max_images) {
+                double left = until - vitd_now();
+                if (left <= 0) break;
+                struct timespec ts = abs_after(left);
+                pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+            }
         }
-        if (!s->head) continue;
-        int n_drop = 0;
-        int n = pack(s, drop, &n_drop, MAX_DROP);
-        int n_jobs = 0;
-        for (int i = 0; i < n; i++) {
-            sched_job *j = s->slots[i].job;
-            if (n_jobs == 0 || s->batch_jobs[n_jobs - 1] != j) s->batch_jobs[n_jobs++] = j;
-        }
+        int n_drop = 0, n = 0;
+        flight *f = &s->fl[(s->fl_head + s->n_flight) % s->pipeline];
+        if (s->head && s->n_flight < s->pipeline) n = pack(s, f, drop, &n_drop, MAX_DROP);
         pthread_mutex_unlock(&s->mu);
 
         for (int i = 0; i < n_drop; i++) drop[i].job->done(drop[i].job, drop[i].status, &drop[i].err);
-        if (n > 0) {
-            vitd_err err = {0};
-            double t_start = vitd_now(), encode_s = 0;
-            vitd_status st = run_batch(s, n, &encode_s, &err);
-            size_t patches = 0;
-            for (int i = 0; i < n; i++) patches += s->slots[i].n_patches;
-            if (c->on_batch) c->on_batch(c->batch_user, n, patches, encode_s, st);
-            /* retire: a job completes when its last image was in this batch, or at once on failure */
-            pthread_mutex_lock(&s->mu);
-            int n_done = 0;
-            for (int k = 0; k < n_jobs; k++) {
-                sched_job *j = s->batch_jobs[k];
-                if (j->t_first_batch == 0) j->t_first_batch = t_start;
-                j->encode_s += encode_s;
-                j->n_batches++;
-                if (st != VITD_OK && j->in_queue) unlink_job(s, j);
-                if (!j->in_queue) {
-                    s->booked -= j->n_patches;
-                    s->batch_jobs[n_done++] = j;
-                }
-            }
-            pthread_mutex_unlock(&s->mu);
-            for (int k = 0; k < n_done; k++) {
-                sched_job *j = s->batch_jobs[k];
-                if (st == VITD_OK) {
-                    j->done(j, VITD_OK, NULL);
-                } else {
-                    vitd_err jerr = err;
-                    j->done(j, st, &jerr);
-                }
-            }
-        }
+        if (n > 0) start_batch(s, f);
+        if (s->n_flight > 0 && (s->n_flight == s->pipeline || (n == 0 && n_drop == 0))) finish_oldest(s);
         pthread_mutex_lock(&s->mu);
     }
     pthread_mutex_unlock(&s->mu);
@@ -307,8 +316,13 @@ static void *sched_thread(void *arg) {
 
 vitd_status sched_create(const sched_config *cfg, sched **out, vitd_err *err) {
     *out = NULL;
-    if (!cfg->encode)
-        return vitd_fail(err, VITD_E_INVALID_ARG, "sched: no encoder callback");
+    if (!cfg->encode && !(cfg->submit && cfg->wait))
+        return vitd_fail(err, VITD_E_INVALID_ARG, "sched: no encoder callback (encode, or submit and wait)");
+    if (!cfg->submit != !cfg->wait)
+        return vitd_fail(err, VITD_E_INVALID_ARG, "sched: submit and wait come together");
+    if (cfg->pipeline < 0 || cfg->pipeline > SCHED_MAX_PIPELINE)
+        return vitd_fail(err, VITD_E_INVALID_ARG, "sched: pipeline %d outside 0..%d", cfg->pipeline,
+                         SCHED_MAX_PIPELINE);
     if (cfg->batch_max_tokens == 0 || cfg->batch_max_images <= 0 || cfg->batch_delay_ms < 0 ||
         cfg->queue_max_tokens == 0 || cfg->row_width == 0 || cfg->out_hidden <= 0 || cfg->n_deepstack < 0 ||
         cfg->merge_patches <= 0)
@@ -325,9 +339,17 @@ vitd_status sched_create(const sched_config *cfg, sched **out, vitd_err *err) {
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->cv, &ca);
     pthread_condattr_destroy(&ca);
-    s->slots = xcalloc((size_t)cfg->batch_max_images, sizeof *s->slots);
-    s->batch_jobs = xcalloc((size_t)cfg->batch_max_images, sizeof *s->batch_jobs);
-    s->grids = xcalloc((size_t)cfg->batch_max_images, sizeof *s->grids);
+    s->pipeline = !cfg->submit ? 1 : cfg->pipeline ? cfg->pipeline : 2;
+    const size_t mi = (size_t)cfg->batch_max_images;
+    for (int k = 0; k < s->pipeline; k++) {
+        flight *f = &s->fl[k];
+        f->slots = xcalloc(mi, sizeof *f->slots);
+        f->jobs = xcalloc(mi, sizeof *f->jobs);
+        f->grids = xcalloc(mi, sizeof *f->grids);
+        f->pix = xcalloc(mi, sizeof *f->pix);
+        f->emb = xcalloc(mi, sizeof *f->emb);
+        f->ds = xcalloc(mi, sizeof *f->ds);
+    }
     int rc = pthread_create(&s->thread, NULL, sched_thread, s);
     if (rc != 0) {
         sched_free(s);
@@ -378,6 +400,8 @@ vitd_status sched_submit(sched *s, sched_job *job, vitd_err *err) {
         return vitd_fail(err, VITD_E_INVALID_ARG, "sched: job books %zu patches but its grids hold %zu",
                          job->n_patches, total);
     job->next_image = 0;
+    job->in_batches = 0;
+    job->fail = VITD_OK;
     job->next = NULL;
     job->t_first_batch = 0;
     job->encode_s = 0;
@@ -445,12 +469,15 @@ void sched_free(sched *s) {
     }
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
-    free(s->slots);
-    free(s->batch_jobs);
-    free(s->grids);
-    free(s->pv);
-    free(s->emb);
-    free(s->ds);
+    for (int k = 0; k < SCHED_MAX_PIPELINE; k++) {
+        flight *f = &s->fl[k];
+        free(f->slots);
+        free(f->jobs);
+        free(f->grids);
+        free(f->pix);
+        free(f->emb);
+        free(f->ds);
+    }
     free(s);
 }
 

@@ -2,16 +2,22 @@
  * called sched.h because server/ is on the include path and would shadow the system <sched.h>).
  *
  * Requests (jobs) carry preprocessed images. One batcher thread packs images from many jobs, in arrival order,
- * into one encoder batch: pixel_values contiguous, at most batch_max_tokens patches and batch_max_images images
- * (an image larger than the token budget runs alone). After the first queued image arrives the batcher waits at
+ * into one encoder batch of at most batch_max_tokens patches and batch_max_images images (an image larger than the
+ * token budget runs alone). The batch is in vitd_batch's per-image form: the encoder reads each image's pixels
+ * from, and writes its outputs into, the job's own buffers (no copy into or out of a batch buffer). After the first queued image arrives the batcher waits at
  * most batch_delay_ms for more work, or less when a batch is already full. A job whose images span several
  * batches completes when its last image is done. Before encoding a job's images the batcher asks job->gone()
  * (client disconnected: VITD_E_CANCELLED) and checks job->deadline (VITD_E_TIMEOUT); such a job is skipped, not
- * encoded. Results are copied into the job's own per-image buffers; a batch of one image is encoded in place
- * (no copy in or out).
+ * encoded.
+ *
+ * Pipelining: with submit/wait callbacks (vitd_encoder_submit / vitd_encoder_wait) up to `pipeline` batches are
+ * in flight: the batcher packs and submits batch k+1 while the GPU runs batch k, then waits for batch k and
+ * completes its jobs, so the host work of one batch overlaps the GPU work of the other. A job is completed only
+ * when no queue and no batch in flight holds any of its images (a failed, gone or timed-out job included), so its
+ * buffers are never written after done().
  *
  * The encoder is a callback, so the packing logic can be tested with a fake (tests/test_sched.c); the server
- * passes vitd_encoder_run.
+ * passes vitd_encoder_submit / vitd_encoder_wait.
  *
  * Capacity: sched_reserve() books a job's patches against queue_max_tokens before the job is even preprocessed,
  * so a full queue is refused at once (VITD_E_BUSY); the booking is returned when the job completes (before
@@ -31,10 +37,15 @@
 #include "vitd.h"
 
 typedef struct sched sched;
+
+#define SCHED_MAX_PIPELINE 4
 typedef struct sched_job sched_job;
 
 /* Runs one batch (same contract as vitd_encoder_run). Called only from the batcher thread. */
 typedef vitd_status (*sched_encode_fn)(void *user, const vitd_batch *b, vitd_err *err);
+/* Pipelined encoder (contracts of vitd_encoder_submit / vitd_encoder_wait). Batcher thread only. */
+typedef vitd_status (*sched_submit_fn)(void *user, const vitd_batch *b, vitd_err *err);
+typedef vitd_status (*sched_wait_fn)(void *user, vitd_err *err);
 /* Told after every encoder run: images, patches, seconds spent in the encoder, its status (for metrics). */
 typedef void (*sched_batch_fn)(void *user, int n_images, size_t n_patches, double encode_s, vitd_status s);
 
@@ -47,8 +58,11 @@ typedef struct {
     int out_hidden;            /* width of an output token */
     int n_deepstack;           /* deepstack layers (0 = none) */
     int merge_patches;         /* patches per output token (spatial_merge_size^2) */
-    sched_encode_fn encode;
-    void *encode_user;
+    sched_encode_fn encode;    /* synchronous encoder; used when submit is NULL */
+    sched_submit_fn submit;    /* pipelined encoder: submit and wait together, or both NULL */
+    sched_wait_fn wait;
+    int pipeline;              /* batches in flight with submit/wait: 1..SCHED_MAX_PIPELINE (0 = 2) */
+    void *encode_user;         /* passed to encode, submit and wait */
     sched_batch_fn on_batch;   /* may be NULL */
     void *batch_user;
 } sched_config;
@@ -73,6 +87,9 @@ struct sched_job {
     /* ---- private to sched, guarded by its mutex ---- */
     int next_image;                    /* first image not yet taken into a batch */
     bool in_queue;
+    int in_batches;                    /* batches in flight holding some of its images */
+    vitd_status fail;                  /* first failure (VITD_OK: none), reported when it settles */
+    vitd_err fail_err;
     sched_job *next;
 };
 

@@ -42,9 +42,14 @@ typedef struct {
     const char *attn;
 } serve_ctx;
 
-static vitd_status serve_encode(void *user, const vitd_batch *b, vitd_err *err) {
+static vitd_status serve_submit(void *user, const vitd_batch *b, vitd_err *err) {
     serve_ctx *c = user;
-    return vitd_encoder_run(c->enc, b, err);
+    return vitd_encoder_submit(c->enc, b, err);
+}
+
+static vitd_status serve_wait(void *user, vitd_err *err) {
+    serve_ctx *c = user;
+    return vitd_encoder_wait(c->enc, err);
 }
 
 static void serve_on_batch(void *user, int n_images, size_t n_patches, double encode_s, vitd_status s) {
@@ -340,7 +345,8 @@ int serve_main(int argc, char **argv) {
                            .row_width = preprocess_row_width(&pp), .out_hidden = vc->out_hidden_size,
                            .n_deepstack = vc->n_deepstack,
                            .merge_patches = vc->spatial_merge_size * vc->spatial_merge_size,
-                           .encode = serve_encode, .encode_user = &ctx, .on_batch = serve_on_batch,
+                           .submit = serve_submit, .wait = serve_wait, .pipeline = VITD_ENCODER_PIPELINE,
+                           .encode_user = &ctx, .on_batch = serve_on_batch,
                            .batch_user = &ctx};
     if (sched_create(&sc_cfg, &sc, &err) != VITD_OK) {
         log_msg(VITD_LOG_ERROR, "scheduler: %s", err.msg);

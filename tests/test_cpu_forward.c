@@ -294,7 +294,8 @@ static vitd_status run(const cpu_model *cm, const vitd_grid *grids, int n, const
     o->emb = malloc(Nm * c->out_hidden_size * sizeof(float));
     o->ds = malloc((c->n_deepstack ? c->n_deepstack : 1) * Nm * c->out_hidden_size * sizeof(float));
     o->last = malloc(N * c->hidden_size * sizeof(float));
-    vitd_batch b = {n, grids, pv, o->emb, with_ds ? o->ds : NULL};
+    vitd_batch b = {.n_images = n, .grids = grids, .pixel_values = pv, .embeddings = o->emb,
+                    .deepstack = with_ds ? o->ds : NULL};
     return cpu_forward(cm, &b, o->last, err);
 }
 
@@ -490,7 +491,7 @@ static void check_errors(void) {
     if (cm) {
         vitd_grid grids[] = {{1, 4, 4}, {1, 5, 10}};
         float pv[16 * 1536] = {0}, emb[4 * 48];
-        vitd_batch b = {2, grids, pv, emb, NULL};
+        vitd_batch b = {.n_images = 2, .grids = grids, .pixel_values = pv, .embeddings = emb};
         CHECK_EQ_INT(VITD_E_INVALID_ARG, cpu_forward(cm, &b, NULL, &err));
         CHECK_STR_CONTAINS(err.msg, "image 1");
         grids[1] = (vitd_grid){0, 4, 4};

@@ -5,7 +5,8 @@
  *
  * Checks, per image and per output (embeddings and every deepstack feature): cosine >= 0.999 against the CPU
  * reference and no NaN/Inf (max abs and max rel reported); the same images encoded in one batch and each alone
- * agree within bf16 noise (cosine >= 0.9995); the public API (vitd_encoder_create with backend "gpu") gives the
+ * agree within bf16 noise (cosine >= 0.9995); two batches in flight through submit/wait in the per-image form
+ * (check_pipeline); the public API (vitd_encoder_create with backend "gpu") gives the
  * engine's result; and the clear errors: a batch over max_batch_tokens (VITD_E_TOO_LARGE), a plan larger than the
  * free device memory (VITD_E_NOMEM naming both numbers), a device that does not exist.
  * Models: the "tiny" preset (fast) and the "8b" preset (the real Qwen3-VL-8B tower shapes, random weights,
@@ -45,6 +46,76 @@ static vitd_status cpu_run(void *impl, const vitd_batch *b, vitd_err *err) { ret
 static vitd_status gpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return gpu_engine_run(impl, b, err); }
 static vitd_status enc_run(void *impl, const vitd_batch *b, vitd_err *err) { return vitd_encoder_run(impl, b, err); }
 
+
+/* Pipelined submit/wait in the per-image batch form (vitd.h), two batches in flight: A = every image in order,
+ * B = the images in reverse order with image 0's deepstack not wanted. A must equal the contiguous batch `bat`
+ * bit for bit (same batch, another form); B each image within bf16 noise of it (another batch composition); the
+ * deepstack buffer not wanted stays untouched; a third submit is VITD_E_BUSY; wait with nothing in flight fails. */
+static void check_pipeline(gpu_engine *ge, const images *im, const outputs *bat, int D, int nds) {
+    vitd_err err = {0};
+    const int n = im->n;
+    const size_t nm_all = im->off[n] / 4;
+    const float *pix[8], *pix_r[8];
+    float *emb[2][8], *ds[2][8], *ds_r[8];
+    vitd_grid grids_r[8];
+    for (int i = 0; i < n; i++) {
+        const size_t nt = (im->off[i + 1] - im->off[i]) / 4;
+        pix[i] = im->pv + im->off[i] * 1536;
+        for (int k = 0; k < 2; k++) {
+            emb[k][i] = malloc(nt * D * sizeof(float));
+            ds[k][i] = malloc((size_t)(nds ? nds : 1) * nt * D * sizeof(float));
+            for (size_t e = 0; e < (size_t)(nds ? nds : 1) * nt * D; e++) ds[k][i][e] = 12345.0f;
+        }
+    }
+    for (int r = 0; r < n; r++) {
+        const int i = n - 1 - r;
+        grids_r[r] = im->grids[i];
+        pix_r[r] = pix[i];
+        ds_r[r] = i == 0 ? NULL : ds[1][i];
+    }
+    float *emb_r[8];
+    for (int r = 0; r < n; r++) emb_r[r] = emb[1][n - 1 - r];
+    vitd_batch a = {.n_images = n, .grids = im->grids, .image_pixels = pix, .image_embeddings = emb[0],
+                    .image_deepstack = nds ? ds[0] : NULL};
+    vitd_batch b = {.n_images = n, .grids = grids_r, .image_pixels = pix_r, .image_embeddings = emb_r,
+                    .image_deepstack = nds ? ds_r : NULL};
+    CHECK_EQ_INT(VITD_E_INVALID_ARG, gpu_engine_wait(ge, &err));
+    CHECK_OK(gpu_engine_submit(ge, &a, &err), &err);
+    CHECK_OK(gpu_engine_submit(ge, &b, &err), &err);
+    CHECK_EQ_INT(2, gpu_engine_in_flight(ge));
+    CHECK_EQ_INT(VITD_E_BUSY, gpu_engine_submit(ge, &a, &err));
+    CHECK_STR_CONTAINS(err.msg, "in flight");
+    CHECK_OK(gpu_engine_wait(ge, &err), &err);
+    CHECK_OK(gpu_engine_wait(ge, &err), &err);
+    CHECK_EQ_INT(0, gpu_engine_in_flight(ge));
+    double worst = 1;
+    for (int i = 0; i < n; i++) {
+        const size_t nt = (im->off[i + 1] - im->off[i]) / 4, t0 = im->off[i] / 4;
+        const float *want = bat->emb + t0 * D;
+        CHECK_MSG(!memcmp(emb[0][i], want, nt * D * sizeof(float)), "pipelined per-image A: image %d embeddings "
+                  "differ from the contiguous batch", i);
+        worst = fmin(worst, cmp_f32(emb[1][i], want, nt * D, 0, 0).cosine);
+        for (int j = 0; j < nds; j++) {
+            const float *wd = bat->ds + ((size_t)j * nm_all + t0) * D;
+            CHECK_MSG(!memcmp(ds[0][i] + (size_t)j * nt * D, wd, nt * D * sizeof(float)),
+                      "pipelined per-image A: image %d deepstack %d differs from the contiguous batch", i, j);
+            if (i != 0) worst = fmin(worst, cmp_f32(ds[1][i] + (size_t)j * nt * D, wd, nt * D, 0, 0).cosine);
+        }
+        if (i == 0 && nds) {
+            size_t touched = 0;
+            for (size_t e = 0; e < (size_t)nds * nt * D; e++) touched += ds[1][0][e] != 12345.0f;
+            CHECK_MSG(touched == 0, "deepstack of an image that did not ask for it was written (%zu values)",
+                      touched);
+        }
+    }
+    printf("  pipelined per-image: A == contiguous batch; B (reversed, %d in flight) worst cosine %.7f\n", 2, worst);
+    CHECK_MSG(worst >= 0.9995, "reversed batch vs batch: worst cosine %.7f", worst);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k < 2; k++) {
+            free(emb[k][i]);
+            free(ds[k][i]);
+        }
+}
 
 /* The whole comparison on one model directory. */
 static void check_model(const char *dir, const char *label, const char *const *files, int n_files, int gpu_alone) {
@@ -99,6 +170,7 @@ static void check_model(const char *dir, const char *label, const char *const *f
         CHECK_OK(run_subset(gpu_run, ge, &im, 0, im.n, D, nds, &again, &err), &err);
         CHECK_MSG(!memcmp(again.emb, bat.emb, nm * D * sizeof(float)), "second run of the same batch differs");
         outputs_free(&again);
+        check_pipeline(ge, &im, &bat, D, nds);
 
         /* Over the batch budget. */
         gpu_engine_free(ge);

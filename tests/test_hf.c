@@ -228,7 +228,7 @@ int main(void) {
         size_t tok = n / 4;
         float *emb = xmalloc(tok * D * sizeof(float)), *ds = xmalloc((nds ? nds : 1) * tok * D * sizeof(float));
         float *last = xmalloc(n * d * sizeof(float));
-        vitd_batch b = {1, &grids[i], pv, emb, ds};
+        vitd_batch b = {.n_images = 1, .grids = &grids[i], .pixel_values = pv, .embeddings = emb, .deepstack = ds};
         double t0 = vitd_now();
         CHECK_OK(cpu_forward(cm, &b, last, &err), &err);
         printf("forward %s: grid [1,%d,%d] %.1f ms\n", fw[i], grids[i].h, grids[i].w, 1e3 * (vitd_now() - t0));
@@ -263,7 +263,7 @@ int main(void) {
     /* All images in one batch: vs HF's batch and vs our alone results. */
     size_t tok_all = rows_total / 4;
     float *emb = xmalloc(tok_all * D * sizeof(float)), *ds = xmalloc((nds ? nds : 1) * tok_all * D * sizeof(float));
-    vitd_batch b = {n_fw, grids, pv_all, emb, ds};
+    vitd_batch b = {.n_images = n_fw, .grids = grids, .pixel_values = pv_all, .embeddings = emb, .deepstack = ds};
     CHECK_OK(cpu_forward(cm, &b, NULL, &err), &err);
     compare("batch embeddings", emb, st_find(fwd, "batch.pooler"), tok_all * D);
     for (int j = 0; j < nds; j++) {

@@ -7,7 +7,9 @@
  *
  * The fake encoder computes every output token from its own image's pixel rows only (as the real one does:
  * images never attend to each other), records each batch (images, patches, the tag in each image's first pixel)
- * and can be held at a gate so that the queue fills deterministically while a batch "runs". */
+ * and can be held at a gate so that the queue fills deterministically while a batch "runs". Every case runs twice:
+ * with a synchronous encoder (encode) and with a pipelined one (submit records the batch, wait computes it, up to
+ * two in flight), where a job split over two batches in flight must still complete once, after both. */
 #include <pthread.h>
 #include <stdbool.h>
 #include <time.h>
@@ -57,38 +59,75 @@ static void fake_image(const float *pv, size_t patches, float *emb, float *ds, s
     }
 }
 
-static vitd_status fake_encode(void *user, const vitd_batch *b, vitd_err *err) {
-    (void)user;
+static bool g_pipe;          /* the cases run with the pipelined fake (submit/wait) */
+
+/* The first half of a batch: gate, record, decide failure. Returns true when the batch fails. */
+static bool fake_start(const vitd_batch *b) {
     pthread_mutex_lock(&g_mu);
     g_in_encoder = true;
     pthread_cond_broadcast(&g_cv);
     while (g_gate_closed) pthread_cond_wait(&g_cv, &g_mu);
     batch_rec *r = g_n_batches < MAX_BATCHES ? &g_batches[g_n_batches++] : NULL;
     bool fail = false;
-    size_t total = vitd_grids_patches(b->grids, b->n_images), off = 0;
     if (r) {
         r->n_images = b->n_images;
-        r->patches = total;
+        r->patches = vitd_grids_patches(b->grids, b->n_images);
         r->t_start = vitd_now();
-        r->ds = b->deepstack != NULL;
+        r->ds = b->image_deepstack != NULL;
     }
     for (int i = 0; i < b->n_images; i++) {
-        int tag = (int)b->pixel_values[off * ROW];
+        int tag = (int)b->image_pixels[i][0];
         if (r && i < MAX_TAGS) r->tags[i] = tag;
         if (tag == g_fail_tag) fail = true;
-        off += vitd_grids_patches(&b->grids[i], 1);
     }
     g_in_encoder = false;
     pthread_mutex_unlock(&g_mu);
+    return fail;
+}
+
+/* The second half: each image's outputs from its own pixels, into its own buffers (the per-image form). */
+static vitd_status fake_finish(const vitd_batch *b, bool fail, vitd_err *err) {
     if (fail) return vitd_fail(err, VITD_E_GPU, "fake encoder failure");
-    off = 0;
     for (int i = 0; i < b->n_images; i++) {
         size_t p = vitd_grids_patches(&b->grids[i], 1);
-        fake_image(b->pixel_values + off * ROW, p, b->embeddings + off / MERGE * D,
-                   b->deepstack ? b->deepstack + off / MERGE * D : NULL, total / MERGE);
-        off += p;
+        fake_image(b->image_pixels[i], p, b->image_embeddings[i], b->image_deepstack ? b->image_deepstack[i] : NULL,
+                   p / MERGE);
     }
     return VITD_OK;
+}
+
+static vitd_status fake_encode(void *user, const vitd_batch *b, vitd_err *err) {
+    (void)user;
+    bool fail = fake_start(b);
+    return fake_finish(b, fail, err);
+}
+
+/* Pipelined fake: submit records, wait computes (the batch's arrays must still be valid then). */
+static struct {
+    vitd_batch b;
+    bool fail;
+} g_flight[2];
+static int g_flight_head, g_flight_n, g_flight_max;
+
+static vitd_status fake_submit(void *user, const vitd_batch *b, vitd_err *err) {
+    (void)user;
+    if (g_flight_n == 2) return vitd_fail(err, VITD_E_BUSY, "fake: two batches in flight");
+    bool fail = fake_start(b);
+    int k = (g_flight_head + g_flight_n) % 2;
+    g_flight[k].b = *b;
+    g_flight[k].fail = fail;
+    g_flight_n++;
+    if (g_flight_n > g_flight_max) g_flight_max = g_flight_n;
+    return VITD_OK;
+}
+
+static vitd_status fake_wait(void *user, vitd_err *err) {
+    (void)user;
+    if (g_flight_n == 0) return vitd_fail(err, VITD_E_INVALID_ARG, "fake: nothing in flight");
+    int k = g_flight_head;
+    g_flight_head = (g_flight_head + 1) % 2;
+    g_flight_n--;
+    return fake_finish(&g_flight[k].b, g_flight[k].fail, err);
 }
 
 static void gate(bool closed) {
@@ -233,6 +272,12 @@ static sched_config base_config(void) {
     sched_config c = {.batch_max_tokens = 64, .batch_max_images = 4, .batch_delay_ms = 20,
                       .queue_max_tokens = 4096, .row_width = ROW, .out_hidden = D, .n_deepstack = NDS,
                       .merge_patches = MERGE, .encode = fake_encode};
+    if (g_pipe) {
+        c.encode = NULL;
+        c.submit = fake_submit;
+        c.wait = fake_wait;
+        c.pipeline = 2;
+    }
     return c;
 }
 
@@ -455,8 +500,10 @@ static void test_encoder_failure(void) {
     CHECK_EQ_INT(1, b.n_done);
     CHECK_EQ_INT(VITD_OK, d.status);
     check_results(&d, "after failure");
+    /* synchronous: the failure is known before b's last image is packed, so it never runs; pipelined: it may
+     * already be in flight (wasted work), but b still completes once, with the failure, after that batch */
     pthread_mutex_lock(&g_mu);
-    for (int k = 0; k < g_n_batches; k++)
+    for (int k = 0; !g_pipe && k < g_n_batches; k++)
         for (int i = 0; i < g_batches[k].n_images; i++)
             CHECK_MSG(g_batches[k].tags[i] != 202, "image 2 of the failed job was encoded");
     pthread_mutex_unlock(&g_mu);
@@ -538,11 +585,18 @@ static void test_capacity_and_stop(void) {
 }
 
 int main(void) {
-    test_packing();
-    test_split();
-    test_delay();
-    test_gone_and_timeout();
-    test_encoder_failure();
-    test_capacity_and_stop();
+    for (int pipe = 0; pipe < 2; pipe++) {
+        g_pipe = pipe;
+        printf("== %s encoder\n", pipe ? "pipelined (submit/wait)" : "synchronous");
+        test_packing();
+        test_split();
+        test_delay();
+        test_gone_and_timeout();
+        test_encoder_failure();
+        test_capacity_and_stop();
+    }
+    /* the pipeline was used: some batch was submitted while another was in flight */
+    CHECK_MSG(g_flight_max == 2, "never two batches in flight (max %d)", g_flight_max);
+    CHECK_EQ_INT(0, g_flight_n);
     return check_done("test_sched");
 }
