@@ -62,6 +62,7 @@ typedef struct {
     int ragged;                                       /* 1: offsets + seq lens (packed); 0: one image, no mask */
     int b, s;                                         /* entries and s_max the plan was built for */
     int64_t workspace;
+    int engine, n_engines;                            /* config used, of those heuristics offered */
 } attn_plan;
 
 /* One LRU slot: key (a, b) -> plan. FP8: a = images, b = bucketed s_max. Full: a = length, b = 0. */
@@ -264,7 +265,9 @@ fail:
 }
 
 /* Operation graph -> heuristics (mode A, then FALLBACK) -> the first engine config whose execution plan
- * finalizes and fits the workspace. Sets g->p->plan and workspace. */
+ * finalizes and fits the workspace. Sets g->p->plan and workspace. Diagnostics: VITD_ATTN_ENGINE=k in the
+ * environment takes the k-th config that finalizes instead (or the last one if fewer), to time alternatives
+ * (bench_attn); the plan log line names the config and how many heuristics offered. */
 static vitd_status gb_finish(gbuild *g, cudnnHandle_t handle, int64_t ws_limit, vitd_err *err) {
     vitd_status st = VITD_OK;
     cudnnBackendDescriptor_t graph, cfgs[16];
@@ -277,6 +280,8 @@ static vitd_status gb_finish(gbuild *g, cudnnHandle_t handle, int64_t ws_limit, 
     CUDNN_TRY(cudnnBackendFinalize(graph));
 
     const cudnnBackendHeurMode_t modes[2] = {CUDNN_HEUR_MODE_A, CUDNN_HEUR_MODE_FALLBACK};
+    const char *pick_env = getenv("VITD_ATTN_ENGINE");
+    int skip = pick_env ? atoi(pick_env) : 0;
     for (int mi = 0; mi < 2 && !g->p->plan; mi++) {
         cudnnBackendDescriptor_t heur;
         int64_t count = 0, got = 0;
@@ -299,6 +304,7 @@ static vitd_status gb_finish(gbuild *g, cudnnHandle_t handle, int64_t ws_limit, 
             CUDNN_TRY(cudnnBackendCreateDescriptor(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, &cfgs[n_cfgs]));
         CUDNN_TRY(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
                                            count, &got, cfgs));
+        g->p->n_engines = (int)got;
         for (int i = 0; i < got && !g->p->plan; i++) {
             cudnnBackendDescriptor_t plan = NULL;
             int64_t ws = 0, n_ws = 0;
@@ -320,6 +326,12 @@ static vitd_status gb_finish(gbuild *g, cudnnHandle_t handle, int64_t ws_limit, 
                 cudnnBackendDestroyDescriptor(plan);
                 continue;
             }
+            if (skip > 0 && i + 1 < got) { /* diagnostics: a later config that also works */
+                skip--;
+                cudnnBackendDestroyDescriptor(plan);
+                continue;
+            }
+            g->p->engine = i;
             /* keep the plan and its engine config with the graph's descriptors */
             if (g->p->n_descs + 2 > PLAN_MAX_DESCS) {
                 cudnnBackendDestroyDescriptor(plan);
@@ -493,8 +505,9 @@ static vitd_status build_plan(gpu_attn_ctx *c, plan_kind kind, int ragged, int b
     double ms = 1e3 * (vitd_now() - t0);
     c->stats.plans_built++;
     c->stats.build_ms_total += ms;
-    vitd_log(VITD_LOG_INFO, "attn: built %s %s plan b=%d s=%d in %.0f ms (workspace %lld B, %d descriptors)",
-             plan_kind_name[kind], ragged ? "ragged" : "full", b, s, ms, (long long)p->workspace, p->n_descs);
+    vitd_log(VITD_LOG_INFO, "attn: built %s %s plan b=%d s=%d in %.0f ms (workspace %lld B, %d descriptors, "
+             "engine config %d of %d)", plan_kind_name[kind], ragged ? "ragged" : "full", b, s, ms,
+             (long long)p->workspace, p->n_descs, p->engine, p->n_engines);
     *out = p;
     return VITD_OK;
 fail:
