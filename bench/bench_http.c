@@ -12,7 +12,9 @@
  *    and vs_single = img_s / encoder one-image-at-a-time img_s.
  *
  * Usage: bench_http [--model DIR] [--vitd PATH] [--port N] [--backend cpu|gpu|auto] [--images a.png,b.jpg,...]
- *                   [--conc 1,4,16,64] [--seconds 5] [--requests 1000] [--reps 5] [-- extra serve flags...]
+ *                   [--conc 1,4,16,64] [--seconds 5] [--requests 1000] [--reps 5] [--target PATH?QUERY]
+ *                   [-- extra serve flags...]
+ * --target: the request's path and query (default /v1/encode), e.g. "/v1/encode?dtype=bfloat16".
  * Without --model a tiny demo model is written to a temporary directory with `vitd demo-model`.
  * Only 127.0.0.1 is used; every loop is bounded in count and time.
  */
@@ -51,6 +53,8 @@
 #endif
 
 #define MAX_IMAGES 64
+
+static const char *g_target = "/v1/encode"; /* --target: the request line's path and query */
 
 typedef struct {
     char path[1024];
@@ -238,8 +242,9 @@ static int one_request(worker *w, int *fd, int k, char **buf, size_t *cap, doubl
     if (*fd < 0 && (*fd = loopback_connect(w->port, 120)) < 0) return 0;
     const bench_image *im = &g_img[(w->index + k) % g_n_img];
     char head[512];
-    int hn = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\n"
-                      "Accept: application/vnd.safetensors\r\nContent-Length: %zu\r\n\r\n", im->ctype, im->len);
+    int hn = snprintf(head, sizeof head, "POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\n"
+                      "Accept: application/vnd.safetensors\r\nContent-Length: %zu\r\n\r\n", g_target, im->ctype,
+                      im->len);
     double t0 = vitd_now();
     bool closing = false;
     int status = loopback_send_all(*fd, head, (size_t)hn) && loopback_send_all(*fd, im->data, im->len)
@@ -434,13 +439,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--images") && has) images = argv[++i];
         else if (!strcmp(a, "--conc") && has) conc_list = argv[++i];
         else if (!strcmp(a, "--seconds") && has) seconds = atof(argv[++i]);
+        else if (!strcmp(a, "--target") && has) g_target = argv[++i];
         else if (!strcmp(a, "--requests") && has) max_requests = atoi(argv[++i]);
         else if (!strcmp(a, "--reps") && has) reps = atoi(argv[++i]);
         else if (!strcmp(a, "--port") && has) port = atoi(argv[++i]);
         else {
             fprintf(stderr, "usage: bench_http [--model DIR] [--vitd PATH] [--port N] [--backend cpu|gpu|auto] "
                             "[--images a,b,...] [--conc 1,4,16,64] [--seconds S] [--requests N] [--reps N] "
-                            "[-- serve flags...]\n");
+                            "[--target PATH] [-- serve flags...]\n");
             return 2;
         }
     }

@@ -28,6 +28,7 @@ typedef struct {
     const char *(*attn_dtype)(const void *impl);
     const char *(*last_attn)(const void *impl);   /* path of the batch just finished */
     const char *(*fallback)(const void *impl);
+    int (*idle)(void *impl);                       /* deferred work; NULL = none */
 } backend_ops;
 
 enum { PATH_NONE = -1, PATH_FP32 = 0, PATH_BF16 = 1, PATH_FP8 = 2, N_PATHS = 3 };
@@ -105,7 +106,8 @@ static const char *cpu_fallback(const void *impl) {
     (void)impl;
     return "";
 }
-static const backend_ops cpu_backend = {"cpu", 0, cpu_submit, cpu_wait, cpu_free, cpu_attn, cpu_attn, cpu_fallback};
+static const backend_ops cpu_backend = {"cpu",   0,        cpu_submit,   cpu_wait, cpu_free,
+                                        cpu_attn, cpu_attn, cpu_fallback, NULL};
 
 /* ---- gpu backend ---- */
 #ifdef VITD_HAVE_CUDA
@@ -117,7 +119,9 @@ static void gpu_free(void *impl) { gpu_engine_free(impl); }
 static const char *gpu_attn(const void *impl) { return gpu_engine_attn_dtype(impl); }
 static const char *gpu_last(const void *impl) { return gpu_engine_last_attn(impl); }
 static const char *gpu_fallback(const void *impl) { return gpu_engine_fp8_fallback(impl); }
-static const backend_ops gpu_backend = {"gpu", 1, gpu_submit, gpu_wait, gpu_free, gpu_attn, gpu_last, gpu_fallback};
+static int gpu_idle(void *impl) { return gpu_engine_idle(impl); }
+static const backend_ops gpu_backend = {"gpu",    1,        gpu_submit,   gpu_wait, gpu_free,
+                                        gpu_attn, gpu_last, gpu_fallback, gpu_idle};
 #endif
 
 vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *opts, vitd_encoder **out,
@@ -308,6 +312,11 @@ vitd_status vitd_encoder_wait(vitd_encoder *e, vitd_err *err) {
 }
 
 int vitd_encoder_in_flight(const vitd_encoder *e) { return e->n_flight; }
+
+int vitd_encoder_idle(vitd_encoder *e) {
+    if (e->n_flight || !e->ops->idle) return 0;
+    return e->ops->idle(e->impl);
+}
 
 vitd_status vitd_encoder_run(vitd_encoder *e, const vitd_batch *b, vitd_err *err) {
     if (e->n_flight)

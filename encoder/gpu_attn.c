@@ -79,6 +79,15 @@ typedef struct {
 } plan_lru;
 
 #define LADDER_MAX 16
+#define PENDING_MAX 64
+
+/* A plan wanted by a batch while builds were deferred (gpu_attn_set_defer), built by gpu_attn_build_pending. */
+typedef struct {
+    int fp8;               /* 0: the full LRU, 1: the FP8 LRU */
+    int a, b;              /* LRU key */
+    plan_kind kind;
+    int ragged, pb, ps;    /* what build_plan gets */
+} pending_plan;
 
 struct gpu_attn_ctx {
     gpu_attn_opts opts;
@@ -114,6 +123,11 @@ struct gpu_attn_ctx {
     attn_plan *fp8_packed;     /* the packed FP8 launch (NULL if every image is large) */
     attn_plan **fp8_big;       /* [max_batch] own FP8 plan of image i, or NULL */
     char desc[96], desc_fp8[96];
+    /* deferred builds */
+    int defer;                 /* gpu_attn_set_defer */
+    int deferring;             /* inside a lookup that must not build (lru_get records the key instead) */
+    pending_plan pend[PENDING_MAX];
+    int n_pend;
 };
 
 /* ---- graph building ---- */
@@ -595,8 +609,10 @@ static plan_slot *lru_find(plan_lru *l, int a, int b) {
     return NULL;
 }
 
-/* A free slot for a new plan: an empty one, or the least recently used one not pinned by the current batch
- * (its plan is freed; *evicted counts it). NULL if every slot is pinned. */
+/* A free slot for a new plan: an empty one, or the least recently used one not pinned by a batch that may still
+ * run on the GPU: the current one and the VITD_ENCODER_PIPELINE - 1 before it (their launches may not have
+ * executed yet, and freeing a plan can unload its runtime-compiled kernel). The evicted plan is freed;
+ * *evicted counts it. NULL if every slot is pinned. */
 static plan_slot *lru_take(plan_lru *l, uint64_t epoch, int *evicted) {
     if (l->n < l->cap) {
         plan_slot *s = &l->slots[l->n++];
@@ -605,7 +621,8 @@ static plan_slot *lru_take(plan_lru *l, uint64_t epoch, int *evicted) {
     }
     plan_slot *best = NULL;
     for (int i = 0; i < l->n; i++)
-        if (l->slots[i].batch_epoch != epoch && (!best || l->slots[i].last_use < best->last_use))
+        if ((l->slots[i].batch_epoch == 0 || l->slots[i].batch_epoch + VITD_ENCODER_PIPELINE <= epoch) &&
+            (!best || l->slots[i].last_use < best->last_use))
             best = &l->slots[i];
     if (!best) return NULL;
     vitd_log(VITD_LOG_INFO, "attn: evicting plan (%d, %d) from the LRU", best->a, best->b);
@@ -615,9 +632,17 @@ static plan_slot *lru_take(plan_lru *l, uint64_t epoch, int *evicted) {
     return best;
 }
 
-/* Finds or builds the plan for key (a, b) in cache l; pin: the current batch uses it (not evictable until the
- * next gpu_attn_begin). Build failures are errors; a full cache with every slot pinned, or build_on_miss off,
- * gives VITD_E_UNSUPPORTED. */
+/* Remembers a plan to build later (deduplicated; dropped when the list is full: the next miss asks again). */
+static void pend_add(gpu_attn_ctx *c, int fp8, int a, int b, plan_kind kind, int ragged, int pb, int ps) {
+    for (int i = 0; i < c->n_pend; i++)
+        if (c->pend[i].fp8 == fp8 && c->pend[i].a == a && c->pend[i].b == b) return;
+    if (c->n_pend < PENDING_MAX) c->pend[c->n_pend++] = (pending_plan){fp8, a, b, kind, ragged, pb, ps};
+}
+
+/* Finds or builds the plan for key (a, b) in cache l; pin: the current batch uses it (not evictable until
+ * VITD_ENCODER_PIPELINE more gpu_attn_begin calls). Build failures are errors; a full cache with every slot
+ * pinned, or build_on_miss off, gives VITD_E_UNSUPPORTED; so does a miss while deferring, which records the key
+ * for gpu_attn_build_pending. */
 static vitd_status lru_get(gpu_attn_ctx *c, plan_lru *l, int a, int b, plan_kind kind, int ragged, int pb, int ps,
                            int pin, int *hits, int *misses, int *evictions, attn_plan **out, vitd_err *err) {
     plan_slot *s = lru_find(l, a, b);
@@ -625,6 +650,11 @@ static vitd_status lru_get(gpu_attn_ctx *c, plan_lru *l, int a, int b, plan_kind
         (*hits)++;
     } else {
         (*misses)++;
+        if (c->deferring) {
+            pend_add(c, l == &c->fp8, a, b, kind, ragged, pb, ps);
+            return vitd_fail(err, VITD_E_UNSUPPORTED, "attn: %s plan for (%d, %d) deferred", plan_kind_name[kind],
+                             a, b);
+        }
         if (!c->opts.build_on_miss)
             return vitd_fail(err, VITD_E_UNSUPPORTED, "attn: no %s plan for (%d, %d) and building is off",
                              plan_kind_name[kind], a, b);
@@ -921,8 +951,10 @@ vitd_status gpu_attn_begin(gpu_attn_ctx *c, const gpu_attn_batch *b, cudaStream_
         if (c->lens[i] < thr) continue;
         vitd_err e2;
         attn_plan *p = NULL;
+        c->deferring = c->defer;
         vitd_status s2 = lru_get(c, &c->full, c->lens[i], 0, c->full_kind, 0, 1, c->lens[i], 1,
                                  &c->stats.full_hits, &c->stats.full_misses, &c->stats.full_evictions, &p, &e2);
+        c->deferring = 0;
         if (s2 == VITD_E_UNSUPPORTED) {
             vitd_log(VITD_LOG_DEBUG, "attn: image %d (%d tokens) stays packed: %s", i, c->lens[i], e2.msg);
             thr = INT_MAX;
@@ -1015,10 +1047,25 @@ static vitd_status fp8_resolve(gpu_attn_ctx *c, vitd_err *err) {
     c->fp8_packed = NULL;
     if (n_big > 0) {
         vitd_err e2;
+        int missing = 0; /* deferring: a plan of the split is wanted (recorded), the batch is not ready */
         st = VITD_OK;
         for (int i = 0; i < c->n && st == VITD_OK; i++)
-            if (c->lens[i] >= c->fp8_thr) st = fp8_full_plan(c, c->lens[i], 1, &c->fp8_big[i], &e2);
-        if (st == VITD_OK && n_big < c->n) st = fp8_plan(c, c->n, s_small, 1, &c->fp8_packed, &e2);
+            if (c->lens[i] >= c->fp8_thr) {
+                st = fp8_full_plan(c, c->lens[i], 1, &c->fp8_big[i], &e2);
+                if (st == VITD_E_UNSUPPORTED && c->deferring) {
+                    missing = 1;
+                    st = VITD_OK;
+                }
+            }
+        if (st == VITD_OK && n_big < c->n) {
+            st = fp8_plan(c, c->n, s_small, 1, &c->fp8_packed, &e2);
+            if (st == VITD_E_UNSUPPORTED && c->deferring) {
+                missing = 1;
+                st = VITD_OK;
+            }
+        }
+        if (st == VITD_OK && missing)
+            return vitd_fail(err, VITD_E_UNSUPPORTED, "attn: the batch's FP8 plans are deferred");
         if (st == VITD_OK) {
             c->fp8_single = 0;
         } else if (st == VITD_E_UNSUPPORTED) {
@@ -1042,6 +1089,53 @@ static vitd_status fp8_resolve(gpu_attn_ctx *c, vitd_err *err) {
     c->fp8_resolved = 1;
     return VITD_OK;
 fail:
+    return st;
+}
+
+void gpu_attn_set_defer(gpu_attn_ctx *c, int on) { c->defer = on != 0; }
+int gpu_attn_pending(const gpu_attn_ctx *c) { return c->n_pend; }
+
+vitd_status gpu_attn_fp8_ready(gpu_attn_ctx *c, int *ready, vitd_err *err) {
+    *ready = 0;
+    if (!c->opts.fp8)
+        return vitd_fail(err, VITD_E_UNSUPPORTED, "attn: FP8 unavailable (%s)",
+                         c->feat.fp8 ? "disabled in options" : c->feat.fp8_reason);
+    if (!c->have_batch) return vitd_fail(err, VITD_E_INVALID_ARG, "attn: gpu_attn_fp8_ready before gpu_attn_begin");
+    if (c->fp8_resolved) {
+        *ready = 1;
+        return VITD_OK;
+    }
+    vitd_err e2;
+    c->deferring = c->defer;
+    vitd_status st = fp8_resolve(c, &e2);
+    c->deferring = 0;
+    if (st == VITD_OK) *ready = 1;
+    else if (st == VITD_E_UNSUPPORTED) st = VITD_OK; /* missing: recorded for gpu_attn_build_pending */
+    else if (err) *err = e2;
+    return st;
+}
+
+vitd_status gpu_attn_build_pending(gpu_attn_ctx *c, int max_plans, int *left, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    for (int k = 0; k < max_plans && c->n_pend > 0; k++) {
+        pending_plan q = c->pend[0];
+        memmove(c->pend, c->pend + 1, (size_t)(--c->n_pend) * sizeof *c->pend);
+        plan_lru *l = q.fp8 ? &c->fp8 : &c->full;
+        if (lru_find(l, q.a, q.b)) continue; /* built meanwhile */
+        int *ev = q.fp8 ? &c->stats.fp8_evictions : &c->stats.full_evictions;
+        plan_slot *s = lru_take(l, c->epoch, ev);
+        if (!s) break; /* every slot pinned: try again later */
+        attn_plan *p = NULL;
+        if ((st = build_plan(c, q.kind, q.ragged, q.pb, q.ps, &p, err)) != VITD_OK) {
+            *s = l->slots[--l->n];
+            break;
+        }
+        s->a = q.a;
+        s->b = q.b;
+        s->plan = p;
+        s->last_use = ++c->clock;
+    }
+    *left = c->n_pend;
     return st;
 }
 

@@ -43,7 +43,9 @@
  *    packed launch as a 1-token dummy entry, so one large image no longer makes every entry pay its s_max; the
  *    split is taken when it cuts the kernel's work (tokens x plan s_max) by >= 10% (gpu_attn.c).
  * A missing full or FP8 plan is built inside gpu_attn_begin / gpu_attn_fp8 when opts.build_on_miss is set (a
- * host-side cost of 50-170 ms, logged); gpu_attn_prepare_full / gpu_attn_prepare_fp8 build them at start-up.
+ * host-side cost of 50-170 ms, logged); gpu_attn_prepare_full / gpu_attn_prepare_fp8 build them at start-up;
+ * with gpu_attn_set_defer a server builds them between batches instead (below). A plan used by one of the last
+ * VITD_ENCODER_PIPELINE batches is never evicted (its launches may still be queued on the GPU).
  * Host cost per launch is ~10-20 us (variant pack + execute): capture the layer loop in a CUDA graph (every
  * path captures) once the batch's plans exist, i.e. after the batch's first call.
  *
@@ -191,6 +193,18 @@ vitd_status gpu_attn_prepare_fp8_full(gpu_attn_ctx *c, int len, vitd_err *err);
 /* The s_max an FP8 plan for a batch whose longest image is max_len is built for: max_len rounded up to a
  * multiple of max(64, 2^floor(log2(max_len)) / 16) (at most +6.25%, +63 tokens for short ones). */
 int gpu_attn_fp8_bucket(const gpu_attn_ctx *c, int max_len);
+
+/* Deferred plan builds, for a server (no batch ever waits 50-170 ms for a plan build): with defer on, a missing
+ * full plan leaves its image in the packed launch, and gpu_attn_fp8_ready reports a missing FP8 plan instead of
+ * building it; the keys are remembered (up to 64, deduplicated) and gpu_attn_build_pending builds up to max_plans
+ * of them (when the caller is idle), leaving the count still pending in *left. gpu_attn_fp8 itself still builds
+ * on miss (an explicit FP8 request). Off by default; switch it on after start-up warming. */
+void gpu_attn_set_defer(gpu_attn_ctx *c, int on);
+int gpu_attn_pending(const gpu_attn_ctx *c);
+vitd_status gpu_attn_build_pending(gpu_attn_ctx *c, int max_plans, int *left, vitd_err *err);
+/* After gpu_attn_begin: *ready = 1 when the batch's FP8 plans are at hand (looked up and pinned, as gpu_attn_fp8
+ * would), 0 when one is missing and building is deferred (it is then pending). Errors as gpu_attn_fp8's. */
+vitd_status gpu_attn_fp8_ready(gpu_attn_ctx *c, int *ready, vitd_err *err);
 
 /* Short descriptions of the current batch's plan choice, BF16 ("packed b=4 s=1024", "full x1 + packed b=4
  * s=1024") and FP8 ("fp8 b=3 s=1024", "fp8 own x1 + b=3 s=1024"; empty before the batch's first gpu_attn_fp8),

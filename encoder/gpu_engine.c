@@ -304,6 +304,8 @@ struct gpu_engine {
     int n_route;
     int route_any_fp8;           /* some shape routes to FP8 */
     int force;                   /* -1: by setting; 0: bf16; 1: fp8 (gpu_engine_set_attn) */
+    int defer;                   /* opts->defer_plan_builds (set after start-up warming) */
+    long deferred_fp8;           /* batches auto ran BF16 because their FP8 plan was still being deferred */
     int last_path;               /* -1 none, 0 bf16, 1 fp8 */
     char fp8_fallback[300];      /* why FP8 does not run though allowed ("" otherwise) */
 
@@ -818,6 +820,8 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
         st = VITD_OK;
     }
     g->fp8_ok = want_fp8;
+    g->defer = opts->defer_plan_builds != 0; /* from here on: the warming above built what it wanted */
+    gpu_attn_set_defer(g->attn, g->defer);
     if (g->fp8_fallback[0])
         vitd_log(VITD_LOG_WARN, "gpu engine: attn_dtype auto: FP8 attention unavailable on GPU %d (%s): %s; every "
                  "batch runs BF16 attention", g->device, g->device_name, g->fp8_fallback);
@@ -1330,8 +1334,7 @@ vitd_status gpu_engine_submit(gpu_engine *g, const vitd_batch *b, vitd_err *err)
     int max_len = 0;
     for (int i = 0; i < n_seg; i++)
         if (sl->h_lens[i] > max_len) max_len = sl->h_lens[i];
-    const int fp8 = choose_fp8(g, n_seg, max_len);
-    sl->fp8 = fp8;
+    int fp8 = choose_fp8(g, n_seg, max_len);
     const float eps = (float)g->cfg.ln_eps;
     if (g->prof_on) {
         memset(g->prof_ms, 0, sizeof g->prof_ms);
@@ -1346,6 +1349,16 @@ vitd_status gpu_engine_submit(gpu_engine *g, const vitd_batch *b, vitd_err *err)
     CUDA_TRY(cudaMemcpyAsync(g->cu, sl->h_cu, ((size_t)n_seg + 1) * 4, cudaMemcpyHostToDevice, g->s_main));
     gpu_attn_batch ab = {.n_images = n_seg, .lens = sl->h_lens, .d_cu_seqlens = g->cu};
     if ((st = gpu_attn_begin(g->attn, &ab, g->s_main, err)) != VITD_OK) goto fail;
+    if (fp8 && g->defer && g->attn_setting == ATTN_MODE_AUTO && g->force < 0) {
+        /* auto never waits for an FP8 plan build: BF16 this time, the plan is built by gpu_engine_idle */
+        int ready = 0;
+        if ((st = gpu_attn_fp8_ready(g->attn, &ready, err)) != VITD_OK) goto fail;
+        if (!ready) {
+            fp8 = 0;
+            g->deferred_fp8++;
+        }
+    }
+    sl->fp8 = fp8;
     KTRY(rope_tables(g->tok, N, g->inv_freq, g->hd, g->cos_t, g->sin_t, g->s_main));
     prof_mark(g, ST_POS_ROPE);
 
@@ -1439,6 +1452,22 @@ fail:
 }
 
 int gpu_engine_in_flight(const gpu_engine *g) { return g->n_flight; }
+
+int gpu_engine_idle(gpu_engine *g) {
+    if (g->n_flight || !g->defer || gpu_attn_pending(g->attn) == 0) return 0;
+    vitd_err e = {0};
+    int left = 0;
+    const double t0 = vitd_now();
+    if (cudaSetDevice(g->device) != cudaSuccess ||
+        gpu_attn_build_pending(g->attn, 1, &left, &e) != VITD_OK) {
+        vitd_log(VITD_LOG_WARN, "gpu engine: deferred attention plan build failed (batches keep other plans): %s",
+                 e.msg[0] ? e.msg : "cudaSetDevice failed");
+        return gpu_attn_pending(g->attn);
+    }
+    vitd_log(VITD_LOG_DEBUG, "gpu engine: deferred plan built in %.0f ms, %d pending, %ld batches so far ran BF16 "
+             "while their FP8 plan was deferred", 1e3 * (vitd_now() - t0), left, g->deferred_fp8);
+    return left;
+}
 
 vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err) {
     if (g->n_flight)

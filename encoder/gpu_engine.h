@@ -50,6 +50,9 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
 vitd_status gpu_engine_submit(gpu_engine *g, const vitd_batch *b, vitd_err *err);
 vitd_status gpu_engine_wait(gpu_engine *g, vitd_err *err);
 int gpu_engine_in_flight(const gpu_engine *g);
+/* opts->defer_plan_builds: with nothing in flight, builds one attention plan a batch wanted; returns how many are
+ * still wanted (0: none). Build errors are logged, not returned (the batches ran on other plans). */
+int gpu_engine_idle(gpu_engine *g);
 vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err);
 void gpu_engine_free(gpu_engine *g); /* accepts NULL */
 

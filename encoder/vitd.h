@@ -156,6 +156,9 @@ typedef struct {
     double fp8_save_margin;       /* factor multiplied into saved scales (1.5) */
     int fp8_history;              /* amax history length of dynamic scaling (16) */
     int fp8_calibrate;            /* 1: BF16 attention, recording per-layer amax of Q, K, V (vitd calibrate) */
+    int defer_plan_builds;        /* GPU, for servers: 1 = no batch waits for a cuDNN plan build (50-170 ms): a
+                                     batch whose plan is missing runs on a plan at hand (packed BF16, or BF16
+                                     instead of auto's FP8) and vitd_encoder_idle() builds the plan later */
 } vitd_encoder_opts;
 
 vitd_encoder_opts vitd_encoder_opts_default(void);
@@ -204,6 +207,11 @@ vitd_status vitd_encoder_submit(vitd_encoder *e, const vitd_batch *b, vitd_err *
 vitd_status vitd_encoder_wait(vitd_encoder *e, vitd_err *err);
 /* Batches submitted and not yet waited for. */
 int vitd_encoder_in_flight(const vitd_encoder *e);
+
+/* Deferred work (opts.defer_plan_builds): with no batch in flight, builds one attention plan that an earlier batch
+ * wanted (50-170 ms) and returns how many are still wanted; 0 when there is nothing to do (and on the CPU
+ * backend). For a server's batcher while its queue is empty. Same thread rule as submit. */
+int vitd_encoder_idle(vitd_encoder *e);
 void vitd_encoder_free(vitd_encoder *e);
 /* Which backend runs ("cpu"/"gpu") and its attention mode: "fp32" (CPU), "bf16" (asked for, or FP8 unavailable
  * or never faster), "fp8" (asked for), "auto" (each batch routed to the faster of bf16 and fp8 by its shape). */

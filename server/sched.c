@@ -55,6 +55,7 @@ struct sched {
     int pipeline;               /* most batches in flight (1 with a synchronous encoder) */
     flight fl[SCHED_MAX_PIPELINE];
     int fl_head, n_flight;      /* oldest batch in flight; how many */
+    bool idle_more;             /* cfg.idle may have work (guarded by mu) */
 };
 
 static size_t grid_patches(const vitd_grid *g) { return (size_t)g->t * (size_t)g->h * (size_t)g->w; }
@@ -283,7 +284,17 @@ static void *sched_thread(void *arg) {
     pthread_mutex_lock(&s->mu);
     for (;;) {
         if (s->n_flight == 0) {
-            while (!s->head && !s->stopping) pthread_cond_wait(&s->cv, &s->mu);
+            while (!s->head && !s->stopping) {
+                if (c->idle && s->idle_more) {
+                    /* deferred work in bounded pieces, looking at the queue between them */
+                    pthread_mutex_unlock(&s->mu);
+                    int more = c->idle(c->encode_user);
+                    pthread_mutex_lock(&s->mu);
+                    s->idle_more = more > 0;
+                    continue;
+                }
+                pthread_cond_wait(&s->cv, &s->mu);
+            }
             if (!s->head) break; /* stopping and nothing left */
         }
         /* batch_delay_ms counts from the arrival of the oldest waiting job: work that queued while the previous
@@ -304,7 +315,10 @@ static void *sched_thread(void *arg) {
         pthread_mutex_unlock(&s->mu);
 
         for (int i = 0; i < n_drop; i++) drop[i].job->done(drop[i].job, drop[i].status, &drop[i].err);
-        if (n > 0) start_batch(s, f);
+        if (n > 0) {
+            start_batch(s, f);
+            s->idle_more = true; /* the batch may have left work for cfg.idle */
+        }
         if (s->n_flight > 0 && (s->n_flight == s->pipeline || (n == 0 && n_drop == 0))) finish_oldest(s);
         pthread_mutex_lock(&s->mu);
     }
@@ -340,6 +354,7 @@ vitd_status sched_create(const sched_config *cfg, sched **out, vitd_err *err) {
     pthread_cond_init(&s->cv, &ca);
     pthread_condattr_destroy(&ca);
     s->pipeline = !cfg->submit ? 1 : cfg->pipeline ? cfg->pipeline : 2;
+    s->idle_more = true;
     const size_t mi = (size_t)cfg->batch_max_images;
     for (int k = 0; k < s->pipeline; k++) {
         flight *f = &s->fl[k];

@@ -46,6 +46,8 @@ typedef vitd_status (*sched_encode_fn)(void *user, const vitd_batch *b, vitd_err
 /* Pipelined encoder (contracts of vitd_encoder_submit / vitd_encoder_wait). Batcher thread only. */
 typedef vitd_status (*sched_submit_fn)(void *user, const vitd_batch *b, vitd_err *err);
 typedef vitd_status (*sched_wait_fn)(void *user, vitd_err *err);
+/* Background work for an idle batcher (vitd_encoder_idle): one bounded piece; returns > 0 while more remains. */
+typedef int (*sched_idle_fn)(void *user);
 /* Told after every encoder run: images, patches, seconds spent in the encoder, its status (for metrics). */
 typedef void (*sched_batch_fn)(void *user, int n_images, size_t n_patches, double encode_s, vitd_status s);
 
@@ -62,6 +64,9 @@ typedef struct {
     sched_submit_fn submit;    /* pipelined encoder: submit and wait together, or both NULL */
     sched_wait_fn wait;
     int pipeline;              /* batches in flight with submit/wait: 1..SCHED_MAX_PIPELINE (0 = 2) */
+    sched_idle_fn idle;        /* may be NULL; called (with encode_user) while nothing is queued or in flight,
+                                  one piece at a time, until it returns 0 or work arrives; asked again after
+                                  the next batch */
     void *encode_user;         /* passed to encode, submit and wait */
     sched_batch_fn on_batch;   /* may be NULL */
     void *batch_user;

@@ -52,6 +52,11 @@ static vitd_status serve_wait(void *user, vitd_err *err) {
     return vitd_encoder_wait(c->enc, err);
 }
 
+static int serve_idle(void *user) {
+    serve_ctx *c = user;
+    return vitd_encoder_idle(c->enc);
+}
+
 static void serve_on_batch(void *user, int n_images, size_t n_patches, double encode_s, vitd_status s) {
     serve_ctx *c = user;
     /* the path this batch took (auto routes per batch), so vitd_batches_total{attn} counts each path */
@@ -308,6 +313,7 @@ int serve_main(int argc, char **argv) {
     eo.threads = cfg.encoder_threads;
     eo.max_batch_tokens = encoder_tokens;
     eo.max_batch_images = cfg.batch_max_images;
+    eo.defer_plan_builds = 1; /* no request waits for a cuDNN plan build: the batcher builds them when idle */
     eo.fp8_scales = cfg.fp8_scales[0] ? cfg.fp8_scales : NULL;
     eo.fp8_save_scales = cfg.fp8_save_scales[0] ? cfg.fp8_save_scales : NULL;
     eo.fp8_save_margin = cfg.fp8_save_margin;
@@ -346,6 +352,7 @@ int serve_main(int argc, char **argv) {
                            .n_deepstack = vc->n_deepstack,
                            .merge_patches = vc->spatial_merge_size * vc->spatial_merge_size,
                            .submit = serve_submit, .wait = serve_wait, .pipeline = VITD_ENCODER_PIPELINE,
+                           .idle = serve_idle,
                            .encode_user = &ctx, .on_batch = serve_on_batch,
                            .batch_user = &ctx};
     if (sched_create(&sc_cfg, &sc, &err) != VITD_OK) {

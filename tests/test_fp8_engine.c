@@ -350,6 +350,48 @@ static void check_auto(const char *dir) {
         CHECK(!strcmp(gpu_engine_last_attn(g), "fp8"));
         CHECK_EQ_INT(VITD_E_INVALID_ARG, gpu_engine_set_attn(g, "fp16", &err));
         CHECK_OK(gpu_engine_set_attn(g, "auto", &err), &err);
+
+        /* Deferred plan builds (the server's mode): a batch whose FP8 plan is missing runs BF16 at once,
+         * gpu_engine_idle builds the plan, and the same batch then runs FP8. The shape: one image more than a
+         * measured FP8 shape (same decision, a plan the start-up timing did not build). */
+        int nb = 0, len = 0;
+        for (int i = 0; i < n && !nb; i++)
+            if (t[i].fp8 && t[i].n_images >= 2 && t[i].max_len % 64 == 0 &&
+                (size_t)(t[i].n_images + 1) * t[i].max_len <= 16384 && attn_route_fp8(t, n, t[i].n_images + 1,
+                                                                                      t[i].max_len)) {
+                nb = t[i].n_images + 1;
+                len = t[i].max_len;
+            }
+        if (!nb) {
+            printf("  deferred builds: no multi-image shape routes to FP8 here; not checked\n");
+        } else {
+            vitd_encoder_opts eo = vitd_encoder_opts_default();
+            eo.attn_dtype = "auto";
+            eo.max_batch_tokens = 16384;
+            eo.defer_plan_builds = 1;
+            gpu_engine *gd = NULL;
+            CHECK_OK(gpu_engine_create(model, &eo, &gd, &err), &err);
+            if (gd) {
+                vitd_grid grids[16];
+                for (int i = 0; i < nb; i++) grids[i] = (vitd_grid){1, 16, len / 16};
+                vitd_batch bd = {.n_images = nb, .grids = grids, .pixel_values = pv, .embeddings = emb};
+                CHECK_OK(gpu_engine_run(gd, &bd, &err), &err);
+                const char *first = gpu_engine_last_attn(gd);
+                CHECK(!strcmp(first, "bf16"));
+                int left = -1, rounds = 0;
+                while ((left = gpu_engine_idle(gd)) > 0 && ++rounds < 10) {
+                }
+                CHECK_EQ_INT(0, left);
+                CHECK_OK(gpu_engine_run(gd, &bd, &err), &err);
+                printf("  deferred builds: %d x %d patches ran %s, then %s after %d idle build(s)\n", nb, len, first,
+                       gpu_engine_last_attn(gd), rounds + 1);
+                CHECK(!strcmp(gpu_engine_last_attn(gd), "fp8"));
+                CHECK_EQ_INT(0, gpu_engine_idle(gd));
+                cmp_stats st = cmp_f32(emb, emb, (size_t)nb * len / 4 * D, 0, 0);
+                CHECK_MSG(st.n_nan == 0, "deferred FP8 output has %zu NaN", st.n_nan);
+            }
+            gpu_engine_free(gd);
+        }
         free(pv);
         free(emb);
     }

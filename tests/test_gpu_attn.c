@@ -705,6 +705,74 @@ int main(void) {
         case_free(&c);
     }
 
+    /* Deferred builds (a server's mode): a new large image runs packed and a new FP8 shape is "not ready" until
+     * gpu_attn_build_pending has built the plans they wanted; then the same batch takes its full / FP8 plans and
+     * gpu_attn_fp8 builds nothing. */
+    {
+        gpu_attn_ctx *D = NULL;
+        CHECK_OK(gpu_attn_create(0, &o, &D, &err), &err);
+        if (D) {
+            gpu_attn_set_defer(D, 1);
+            tcase c;
+            const int lens[2] = {4100, 300};
+            case_setup(&c, 2, lens, 0);
+            pack_bf16(&c, 0x40, 1);
+            float *of = NULL;
+            unsigned char *can = NULL;
+            int ok, ready = -1, left = -1;
+            uint16_t *ob = run_bf16(D, &c, GPU_ATTN_BF16_AUTO, &of, &can, &ok);
+            if (ok) {
+                printf("  deferred: first batch %s, %d plan(s) pending\n", gpu_attn_batch_desc(D),
+                       gpu_attn_pending(D));
+                CHECK(strstr(gpu_attn_batch_desc(D), "full") == NULL);
+                CHECK_EQ_INT(1, gpu_attn_pending(D));
+                report("4100+300 v20", "bf16 deferred, packed", eval_out(&c, of, can), 0.9999, 0.01);
+                free(ob);
+                free(of);
+                free(can);
+            }
+            if (have_fp8) {
+                CHECK_OK(gpu_attn_fp8_ready(D, &ready, &err), &err);
+                CHECK_EQ_INT(0, ready);
+                CHECK_EQ_INT(3, gpu_attn_pending(D)); /* + the FP8 plan of the 4100 image + packed b=2 */
+            }
+            CHECK_OK(gpu_attn_build_pending(D, 100, &left, &err), &err);
+            CHECK_EQ_INT(0, left);
+            ob = run_bf16(D, &c, GPU_ATTN_BF16_AUTO, &of, &can, &ok);
+            if (ok) {
+                printf("  deferred: after the idle build %s\n", gpu_attn_batch_desc(D));
+                CHECK(strstr(gpu_attn_batch_desc(D), "full x1") != NULL);
+                report("4100+300 v20", "bf16 after idle build", eval_out(&c, of, can), 0.9999, 0.01);
+                free(ob);
+                free(of);
+                free(can);
+            }
+            if (have_fp8) {
+                pack_fp8(&c, 0x40, 1);
+                gpu_attn_batch b = {c.n, c.lens, c.d_cu};
+                CHECK_OK(gpu_attn_begin(D, &b, 0, &err), &err);
+                CHECK_OK(gpu_attn_fp8_ready(D, &ready, &err), &err);
+                CHECK_EQ_INT(1, ready);
+                gpu_attn_stats s0, s1;
+                gpu_attn_get_stats(D, &s0);
+                float so, as, ao;
+                uint8_t *o8 = run_fp8(D, &c, &of, &can, &so, &as, &ao, &ok);
+                gpu_attn_get_stats(D, &s1);
+                if (ok) {
+                    printf("  deferred: fp8 %s\n", gpu_attn_fp8_desc(D));
+                    CHECK_EQ_INT(s0.fp8_misses, s1.fp8_misses);
+                    CHECK_EQ_INT(s0.plans_built, s1.plans_built);
+                    report("4100+300 v20", "fp8 after idle build", eval_out(&c, of, can), 0.995, 0.1);
+                    free(o8);
+                    free(of);
+                    free(can);
+                }
+            }
+            case_free(&c);
+        }
+        gpu_attn_free(D);
+    }
+
     gpu_attn_stats st;
     gpu_attn_get_stats(A, &st);
     printf("context A: %d plans built (%.0f ms), full hits/misses %d/%d, fp8 hits/misses %d/%d\n", st.plans_built,

@@ -584,6 +584,73 @@ static void test_capacity_and_stop(void) {
     }
 }
 
+/* The idle callback: called while nothing is queued or in flight, one piece at a time until it reports no more
+ * work (3 calls for 2, 1, 0 left), not again while nothing happens, once more after a batch; never while a
+ * batch is in the encoder or in flight. */
+static int g_idle_calls, g_idle_left, g_idle_busy;
+
+static int fake_idle(void *user) {
+    (void)user;
+    pthread_mutex_lock(&g_mu);
+    g_idle_calls++;
+    if (g_in_encoder || g_flight_n > 0) g_idle_busy++;
+    int left = g_idle_left > 0 ? --g_idle_left : 0;
+    pthread_mutex_unlock(&g_mu);
+    return left;
+}
+
+static bool wait_idle_calls(int n) {
+    double until = vitd_now() + 10;
+    for (;;) {
+        pthread_mutex_lock(&g_mu);
+        int got = g_idle_calls;
+        pthread_mutex_unlock(&g_mu);
+        if (got >= n) return true;
+        if (vitd_now() > until) return false;
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void test_idle(void) {
+    printf("idle work\n");
+    sched_config c = base_config();
+    c.batch_delay_ms = 0;
+    c.idle = fake_idle;
+    pthread_mutex_lock(&g_mu);
+    g_idle_calls = 0;
+    g_idle_left = 3;
+    g_idle_busy = 0;
+    pthread_mutex_unlock(&g_mu);
+    sched *s;
+    vitd_err err;
+    CHECK_OK(sched_create(&c, &s, &err), &err);
+    reset_records();
+    g_jobs_done = 0;
+    CHECK(wait_idle_calls(3));
+    struct timespec ts = {0, 50000000};
+    nanosleep(&ts, NULL);
+    pthread_mutex_lock(&g_mu);
+    CHECK_EQ_INT(3, g_idle_calls); /* 2, 1, 0 left: then quiet */
+    pthread_mutex_unlock(&g_mu);
+    unsigned long long rng = 21;
+    tjob t;
+    int p[2] = {8, 12};
+    tjob_init(&t, 2, p, 500, true, &rng);
+    CHECK_EQ_INT(VITD_OK, tjob_submit(s, &t));
+    CHECK(wait_done(1));
+    CHECK(wait_idle_calls(4)); /* asked again after the batch */
+    nanosleep(&ts, NULL);
+    pthread_mutex_lock(&g_mu);
+    CHECK_EQ_INT(4, g_idle_calls);
+    CHECK_EQ_INT(0, g_idle_busy);
+    pthread_mutex_unlock(&g_mu);
+    CHECK_EQ_INT(VITD_OK, t.status);
+    check_results(&t, "after idle work");
+    sched_free(s);
+    tjob_release(&t);
+}
+
 int main(void) {
     for (int pipe = 0; pipe < 2; pipe++) {
         g_pipe = pipe;
@@ -594,6 +661,7 @@ int main(void) {
         test_gone_and_timeout();
         test_encoder_failure();
         test_capacity_and_stop();
+        test_idle();
     }
     /* the pipeline was used: some batch was submitted while another was in flight */
     CHECK_MSG(g_flight_max == 2, "never two batches in flight (max %d)", g_flight_max);
