@@ -14,6 +14,6 @@ for t in ${TESTS:-test_kernels test_gpu_attn test_fp8_quant test_gpu_engine test
     s=$(date +%s)
     timeout 300 "$BIN/$t" > "$OUT/$t.log" 2>&1
     echo "$t rc=$? ($(( $(date +%s) - s )) s): $(tail -1 "$OUT/$t.log")"
-    grep -E "^FAIL" "$OUT/$t.log" | head -5
+    grep -oE "FAIL [^ ]+: .*" "$OUT/$t.log" | head -5
 done
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader

@@ -125,6 +125,10 @@ static const config_option k_options[] = {
      "Headroom multiplied into saved FP8 scales.", OFF(fp8_save_margin)},
     {"fp8_history", "VITD_FP8_HISTORY", CONFIG_INT, "16", 1, 1024, NULL, NULL, false,
      "Length of the amax history of dynamic FP8 scaling.", OFF(fp8_history)},
+    {"attn_route_file", "VITD_ATTN_ROUTE_FILE", CONFIG_STRING, "", 0, STR_LIMIT, NULL, NULL, false,
+     "attn_dtype auto: read the start-up attention timings from this file when they were measured on the same "
+     "GPU, cuDNN and model shape, else measure and write them there; empty = measure at every start.",
+     OFF(attn_route_file)},
     /* logging */
     {"log_level", "VITD_LOG_LEVEL", CONFIG_ENUM, "info", 0, 0, k_level, NULL, false,
      "Lowest level written: debug, info, warn or error.", OFF(log_level)},

@@ -99,6 +99,10 @@
  *                                                   once, after warm-up traffic) for later use as fp8_scales.
  *   fp8_save_margin         double  1.5    [1,100]  headroom multiplied into saved scales.
  *   fp8_history             int     16     [1,1024] length of the amax history of dynamic scaling.
+ *   attn_route_file         string  ""              attn_dtype auto: the start-up timing table of both attention
+ *                                                   paths is read from this file when it was measured on the same
+ *                                                   GPU, cuDNN and model shape (else measured and written there,
+ *                                                   atomically); "" = measure at every start (~1.5-2.6 s, 8B).
  *
  * Logging
  *   log_level               enum    info            debug | info | warn | error: lowest level written.
@@ -164,6 +168,7 @@ typedef struct vitd_config {
     char fp8_save_scales[VITD_CONFIG_STR_MAX];
     double fp8_save_margin;
     int fp8_history;
+    char attn_route_file[VITD_CONFIG_STR_MAX];
     /* logging */
     const char *log_level;          /* "debug" | "info" | "warn" | "error" */
     const char *log_format;         /* "text" | "json" */

@@ -2,8 +2,13 @@
  * "auto" routing table (decide from timings, pick per batch, format for the log). Pure functions. */
 #include "attn_route.h"
 
+#include <cJSON.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+#include "util.h"
 
 int attn_mode_parse(const char *s, attn_mode *out) {
     if (!s || !*s || !strcmp(s, "auto")) *out = ATTN_MODE_AUTO;
@@ -82,4 +87,120 @@ void attn_route_format(const attn_route_entry *t, int n, char *buf, size_t len) 
         if (k < 0) break;
         used += (size_t)k;
     }
+}
+
+/* ---- a saved table ---- */
+
+vitd_status attn_route_save(const char *path, const attn_route_key *key, const attn_route_entry *t, int n,
+                            vitd_err *err) {
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddNumberToObject(root, "vitd_attn_route", 1);
+    cJSON *on = cJSON_AddObjectToObject(root, "measured_on");
+    char cc[16];
+    snprintf(cc, sizeof cc, "%d.%d", key->cc_major, key->cc_minor);
+    cJSON_AddStringToObject(on, "device", key->device);
+    cJSON_AddStringToObject(on, "cc", cc);
+    cJSON_AddNumberToObject(on, "cudnn", key->cudnn_version);
+    cJSON_AddNumberToObject(on, "heads", key->n_heads);
+    cJSON_AddNumberToObject(on, "head_dim", key->head_dim);
+    cJSON_AddNumberToObject(on, "head_dim_padded", key->head_dim_padded);
+    cJSON_AddStringToObject(on, "fp8_scaling", key->fp8_static ? "static" : "dynamic");
+    cJSON_AddNumberToObject(on, "fp8_history", key->fp8_history);
+    cJSON *shapes = cJSON_AddArrayToObject(root, "shapes");
+    for (int i = 0; i < n; i++) {
+        cJSON *e = cJSON_CreateObject();
+        cJSON_AddNumberToObject(e, "images", t[i].n_images);
+        cJSON_AddNumberToObject(e, "max_len", t[i].max_len);
+        cJSON_AddNumberToObject(e, "bf16_ms", t[i].ms_bf16);
+        cJSON_AddNumberToObject(e, "fp8_ms", t[i].ms_fp8);
+        cJSON_AddItemToArray(shapes, e);
+    }
+    char *text = cJSON_Print(root);
+    cJSON_Delete(root);
+    if (!text) return vitd_fail(err, VITD_E_NOMEM, "attn_route_file %s: out of memory", path);
+    vitd_status st = vitd_write_file_atomic(path, "attn_route_file", text, strlen(text), err);
+    free(text);
+    return st;
+}
+
+/* A number field of obj, or NAN when missing or not a number. */
+static double num_of(const cJSON *obj, const char *key) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsNumber(it) ? it->valuedouble : NAN;
+}
+
+static const char *str_of(const cJSON *obj, const char *key) {
+    const cJSON *it = cJSON_GetObjectItemCaseSensitive(obj, key);
+    return cJSON_IsString(it) ? it->valuestring : NULL;
+}
+
+vitd_status attn_route_load(const char *path, const attn_route_key *key, attn_route_entry *t, int max, int *n,
+                            vitd_err *err) {
+    char *text = NULL;
+    *n = 0;
+    vitd_status st = vitd_read_file(path, "attn_route_file", (size_t)1 << 20, &text, NULL, err);
+    if (st != VITD_OK) return st;
+    cJSON *root = cJSON_ParseWithOpts(text, NULL, 1);
+    free(text);
+    const cJSON *on = root ? cJSON_GetObjectItemCaseSensitive(root, "measured_on") : NULL;
+    const cJSON *shapes = root ? cJSON_GetObjectItemCaseSensitive(root, "shapes") : NULL;
+    if (!root || num_of(root, "vitd_attn_route") != 1 || !cJSON_IsObject(on) || !cJSON_IsArray(shapes)) {
+        st = vitd_fail(err, VITD_E_INVALID_ARG, "attn_route_file %s: not a vitd attention routing table (JSON with "
+                       "vitd_attn_route 1, measured_on and shapes)", path);
+        goto done;
+    }
+    /* what it was measured on, field by field */
+    char cc[16];
+    snprintf(cc, sizeof cc, "%d.%d", key->cc_major, key->cc_minor);
+    const char *dev = str_of(on, "device"), *occ = str_of(on, "cc"), *scal = str_of(on, "fp8_scaling");
+    const char *want_scal = key->fp8_static ? "static" : "dynamic";
+    struct {
+        const char *name;
+        double got, want;
+    } nums[] = {{"cudnn", num_of(on, "cudnn"), key->cudnn_version}, {"heads", num_of(on, "heads"), key->n_heads},
+                {"head_dim", num_of(on, "head_dim"), key->head_dim},
+                {"head_dim_padded", num_of(on, "head_dim_padded"), key->head_dim_padded},
+                {"fp8_history", num_of(on, "fp8_history"), key->fp8_history}};
+    if (!dev || strcmp(dev, key->device)) {
+        st = vitd_fail(err, VITD_E_UNSUPPORTED, "attn_route_file %s: measured on device \"%s\", this is \"%s\"",
+                       path, dev ? dev : "?", key->device);
+        goto done;
+    }
+    if (!occ || strcmp(occ, cc)) {
+        st = vitd_fail(err, VITD_E_UNSUPPORTED, "attn_route_file %s: measured with compute capability %s, this is %s",
+                       path, occ ? occ : "?", cc);
+        goto done;
+    }
+    if (!scal || strcmp(scal, want_scal)) {
+        st = vitd_fail(err, VITD_E_UNSUPPORTED, "attn_route_file %s: measured with %s FP8 scaling, this engine uses "
+                       "%s", path, scal ? scal : "?", want_scal);
+        goto done;
+    }
+    for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++)
+        if (!(nums[i].got == nums[i].want)) {
+            st = vitd_fail(err, VITD_E_UNSUPPORTED, "attn_route_file %s: measured with %s %g, this engine has %g",
+                           path, nums[i].name, nums[i].got, nums[i].want);
+            goto done;
+        }
+    const int count = cJSON_GetArraySize(shapes);
+    if (count < 1 || count > max) {
+        st = vitd_fail(err, VITD_E_INVALID_ARG, "attn_route_file %s: %d shapes, expected 1..%d", path, count, max);
+        goto done;
+    }
+    for (int i = 0; i < count; i++) {
+        const cJSON *e = cJSON_GetArrayItem(shapes, i);
+        const double im = num_of(e, "images"), len = num_of(e, "max_len"), b = num_of(e, "bf16_ms"),
+                     f = num_of(e, "fp8_ms");
+        if (!(im >= 1 && im <= 65536 && len >= 1 && len <= (1 << 24) && im == (int)im && len == (int)len &&
+              isfinite(b) && isfinite(f))) {
+            st = vitd_fail(err, VITD_E_INVALID_ARG, "attn_route_file %s: shape %d needs integer images, max_len >= 1 "
+                           "and numeric bf16_ms, fp8_ms", path, i);
+            goto done;
+        }
+        t[i] = (attn_route_entry){(int)im, (int)len, b, f, 0};
+    }
+    *n = count;
+done:
+    cJSON_Delete(root);
+    return st;
 }

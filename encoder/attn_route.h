@@ -18,6 +18,8 @@
 
 #include <stddef.h>
 
+#include "vitd.h"
+
 typedef enum { ATTN_MODE_AUTO = 0, ATTN_MODE_FP8 = 1, ATTN_MODE_BF16 = 2 } attn_mode;
 
 /* Lowest runtime cuDNN (cudnnGetVersion()) with correct FP8 attention: 9.17.1 (9.14 is wrong above 1024 tokens). */
@@ -61,5 +63,29 @@ int attn_route_fp8(const attn_route_entry *t, int n, int n_images, int max_len);
 
 /* The table as one line per entry for the log: "1x4096 bf16 0.252 ms fp8 0.217 ms (1.16x) -> fp8". */
 void attn_route_format(const attn_route_entry *t, int n, char *buf, size_t len);
+
+/* ---- a saved table (attn_route_file) ----
+ * The timings depend on the GPU, the cuDNN build, the attention shape and the FP8 scaling, so a saved table names
+ * them and is reused only where every one matches; a restart then skips the start-up timing (~1.5-2.6 s on the 8B
+ * tower). JSON: {"vitd_attn_route": 1, "measured_on": {"device", "cc", "cudnn", "heads", "head_dim",
+ * "head_dim_padded", "fp8_scaling", "fp8_history"}, "shapes": [{"images", "max_len", "bf16_ms", "fp8_ms"}, ...]}.
+ * Decisions are not stored: the loader's caller recomputes them (attn_route_decide). */
+typedef struct {
+    char device[256];         /* GPU name */
+    int cc_major, cc_minor;
+    int cudnn_version;        /* runtime cudnnGetVersion() */
+    int n_heads, head_dim, head_dim_padded;
+    int fp8_static;           /* 1: static scales (no amax, no ring update) */
+    int fp8_history;          /* ring length of dynamic scaling (0 with static scales) */
+} attn_route_key;
+
+/* Writes the table atomically (a reader sees the old file or the new one). VITD_E_IO on failure. */
+vitd_status attn_route_save(const char *path, const attn_route_key *key, const attn_route_entry *t, int n,
+                            vitd_err *err);
+/* Reads a table written by attn_route_save into t[max] (*n entries, decisions cleared). Errors: VITD_E_IO (no
+ * file, unreadable), VITD_E_INVALID_ARG (not such a table, naming what is wrong), VITD_E_UNSUPPORTED (measured on
+ * something else: the message names the field and both values). */
+vitd_status attn_route_load(const char *path, const attn_route_key *key, attn_route_entry *t, int max, int *n,
+                            vitd_err *err);
 
 #endif

@@ -2,13 +2,10 @@
  * history ring used by dynamic scaling (see fp8_scales.h). */
 #include <cJSON.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "fp8_scales.h"
 #include "util.h"
@@ -135,37 +132,13 @@ vitd_status fp8_scales_save(const char *path, const fp8_qkv *scales, int n_layer
     cJSON_Delete(root);
     if (!text) return vitd_fail(err, VITD_E_NOMEM, "fp8 scales: out of memory rendering %s", path);
 
-    /* Atomic: write a unique temporary file beside the target, fsync, rename over it. */
-    size_t plen = strlen(path);
-    char *tmp = xmalloc(plen + 16);
-    snprintf(tmp, plen + 16, "%s.tmpXXXXXX", path);
-    vitd_status st = VITD_OK;
-    int fd = mkstemp(tmp);
-    if (fd < 0) {
-        st = vitd_fail(err, VITD_E_IO, "fp8 scales: cannot create a temporary file beside %s: %s", path,
-                       strerror(errno));
-        goto done;
-    }
-    size_t len = strlen(text), off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, text + off, len - off);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) break;
-        off += (size_t)w;
-    }
-    if (off < len || write(fd, "\n", 1) != 1 || fsync(fd) != 0) {
-        st = vitd_fail(err, VITD_E_IO, "fp8 scales: cannot write %s: %s", tmp, strerror(errno));
-        close(fd);
-        unlink(tmp);
-        goto done;
-    }
-    close(fd);
-    if (chmod(tmp, 0644) != 0 || rename(tmp, path) != 0) {
-        st = vitd_fail(err, VITD_E_IO, "fp8 scales: cannot rename to %s: %s", path, strerror(errno));
-        unlink(tmp);
-    }
-done:
-    free(tmp);
+    /* atomic (a reader sees the old file or the new one), with a final newline */
+    size_t len = strlen(text);
+    char *body = xmalloc(len + 2);
+    memcpy(body, text, len);
+    body[len] = '\n';
+    vitd_status st = vitd_write_file_atomic(path, "fp8 scales", body, len + 1, err);
+    free(body);
     free(text);
     return st;
 }

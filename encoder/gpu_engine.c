@@ -305,6 +305,7 @@ struct gpu_engine {
     int route_any_fp8;           /* some shape routes to FP8 */
     int force;                   /* -1: by setting; 0: bf16; 1: fp8 (gpu_engine_set_attn) */
     int defer;                   /* opts->defer_plan_builds (set after start-up warming) */
+    char *route_file;            /* opts->attn_route_file or NULL */
     long deferred_fp8;           /* batches auto ran BF16 because their FP8 plan was still being deferred */
     int last_path;               /* -1 none, 0 bf16, 1 fp8 */
     char fp8_fallback[300];      /* why FP8 does not run though allowed ("" otherwise) */
@@ -621,6 +622,7 @@ void gpu_engine_free(gpu_engine *g) {
     if (g->d_calib) cudaFree(g->d_calib);
     free(g->fp8_steps);
     free(g->fp8_save_path);
+    free(g->route_file);
     free(g->blocks);
     free(g);
 }
@@ -715,6 +717,7 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
     }
     g->fp8_hist = g->fp8_static ? 0 : opts->fp8_history > 0 ? opts->fp8_history : 16;
     g->fp8_stride = fp8_state_floats(g->fp8_hist);
+    if (opts->attn_route_file && *opts->attn_route_file) g->route_file = xstrdup(opts->attn_route_file);
     if (opts->fp8_save_scales && *opts->fp8_save_scales) {
         if (!want_fp8 || g->fp8_static)
             vitd_log(VITD_LOG_WARN, "gpu engine: fp8_save_scales %s not used: %s", opts->fp8_save_scales,
@@ -1071,16 +1074,47 @@ static vitd_status fp8_setup(gpu_engine *g, int *dead, vitd_err *err) {
     }
     CUDA_TRY(cudaEventCreate(&ev[0]));
     CUDA_TRY(cudaEventCreate(&ev[1]));
-    for (int i = 0; i < g->n_route; i++)
+    const gpu_attn_features *ft = gpu_attn_features_of(g->attn);
+    attn_route_key key = {.cc_major = ft->cc_major, .cc_minor = ft->cc_minor, .cudnn_version = ft->cudnn_version,
+                          .n_heads = g->H, .head_dim = g->hd, .head_dim_padded = g->dp, .fp8_static = g->fp8_static,
+                          .fp8_history = g->fp8_hist};
+    snprintf(key.device, sizeof key.device, "%s", g->device_name);
+    int loaded = 0;
+    if (g->route_file) {
+        attn_route_entry saved[ATTN_ROUTE_MAX];
+        int n_saved = 0;
+        vitd_err le = {0};
+        vitd_status ls = attn_route_load(g->route_file, &key, saved, ATTN_ROUTE_MAX, &n_saved, &le);
+        if (ls == VITD_OK) {
+            /* FP8 must still run here: one probe step (builds one small plan) before trusting the table */
+            attn_route_entry probe = {1, 256, -1, -1, 0};
+            if ((st = time_shape(g, &probe, ev, &fp8_failed, err)) != VITD_OK) goto fail;
+            memcpy(g->route, saved, sizeof saved[0] * (size_t)n_saved);
+            g->n_route = n_saved;
+            loaded = 1;
+        } else {
+            vitd_log(ls == VITD_E_IO ? VITD_LOG_INFO : VITD_LOG_WARN, "gpu engine: attn_route_file not used, "
+                     "measuring: %s", le.msg);
+        }
+    }
+    for (int i = 0; !loaded && i < g->n_route; i++)
         if ((st = time_shape(g, &g->route[i], ev, &fp8_failed, err)) != VITD_OK) goto fail;
     attn_route_decide(g->route, g->n_route, ATTN_ROUTE_MARGIN);
+    if (g->route_file && !loaded) {
+        vitd_err se = {0};
+        if (attn_route_save(g->route_file, &key, g->route, g->n_route, &se) != VITD_OK)
+            vitd_log(VITD_LOG_WARN, "gpu engine: attn_route_file: %s", se.msg);
+        else
+            vitd_log(VITD_LOG_INFO, "gpu engine: attention routing table written to %s", g->route_file);
+    }
     g->route_any_fp8 = 0;
     for (int i = 0; i < g->n_route; i++) g->route_any_fp8 |= g->route[i].fp8;
     char table[2048];
     attn_route_format(g->route, g->n_route, table, sizeof table);
-    vitd_log(VITD_LOG_INFO, "gpu engine: attn_dtype auto: attention step per layer measured in %.0f ms (a batch "
+    vitd_log(VITD_LOG_INFO, "gpu engine: attn_dtype auto: attention step per layer %s %s in %.0f ms (a batch "
              "takes the decision of the longest measured length <= its longest image, then the most images <= its "
-             "count; below all: bf16): %s", 1e3 * (vitd_now() - t0), table);
+             "count; below all: bf16): %s", loaded ? "read from" : "measured", loaded ? g->route_file : "",
+             1e3 * (vitd_now() - t0), table);
     if (!g->route_any_fp8)
         vitd_log(VITD_LOG_INFO, "gpu engine: attn_dtype auto: FP8 measured faster on no shape; every batch runs "
                  "BF16 attention");

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "util.h"
 #include "vitd.h"
@@ -97,6 +98,41 @@ double vitd_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+vitd_status vitd_write_file_atomic(const char *path, const char *label, const void *data, size_t len,
+                                   vitd_err *err) {
+    size_t plen = strlen(path);
+    char *tmp = xmalloc(plen + 16);
+    snprintf(tmp, plen + 16, "%s.tmpXXXXXX", path);
+    vitd_status st = VITD_OK;
+    int fd = mkstemp(tmp);
+    if (fd < 0) {
+        st = vitd_fail(err, VITD_E_IO, "%s: cannot create a temporary file beside %s: %s", label, path,
+                       strerror(errno));
+        goto done;
+    }
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, (const char *)data + off, len - off);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break;
+        off += (size_t)w;
+    }
+    if (off < len || fsync(fd) != 0) {
+        st = vitd_fail(err, VITD_E_IO, "%s: cannot write %s: %s", label, tmp, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        goto done;
+    }
+    close(fd);
+    if (chmod(tmp, 0644) != 0 || rename(tmp, path) != 0) {
+        st = vitd_fail(err, VITD_E_IO, "%s: cannot rename to %s: %s", label, path, strerror(errno));
+        unlink(tmp);
+    }
+done:
+    free(tmp);
+    return st;
 }
 
 vitd_status vitd_read_file(const char *path, const char *label, size_t max_bytes, char **out, size_t *len,

@@ -31,6 +31,11 @@ double vitd_now(void);
 vitd_status vitd_read_file(const char *path, const char *label, size_t max_bytes, char **out, size_t *len,
                            vitd_err *err);
 
+/* Writes data[len] to path atomically: a unique temporary file beside it, fsync, mode 0644, rename over path, so a
+ * reader sees the old file or the new one, never a part. label names the file in messages (VITD_E_IO). */
+vitd_status vitd_write_file_atomic(const char *path, const char *label, const void *data, size_t len,
+                                   vitd_err *err);
+
 /* A growable NUL-terminated string. Zero-initialise; after a failed allocation `failed` is set and appends do
  * nothing, so a renderer checks once at the end (strbuf_finish). */
 typedef struct {

@@ -156,6 +156,9 @@ typedef struct {
     double fp8_save_margin;       /* factor multiplied into saved scales (1.5) */
     int fp8_history;              /* amax history length of dynamic scaling (16) */
     int fp8_calibrate;            /* 1: BF16 attention, recording per-layer amax of Q, K, V (vitd calibrate) */
+    const char *attn_route_file;  /* GPU, attn_dtype auto: the routing table's timings are read from this file
+                                     when it was measured on the same GPU, cuDNN and attention shape, else
+                                     measured and written there (attn_route.h); NULL or "" = measure */
     int defer_plan_builds;        /* GPU, for servers: 1 = no batch waits for a cuDNN plan build (50-170 ms): a
                                      batch whose plan is missing runs on a plan at hand (packed BF16, or BF16
                                      instead of auto's FP8) and vitd_encoder_idle() builds the plan later */

@@ -79,6 +79,7 @@ static int encoder_flag(int argc, char **argv, int *i, vitd_encoder_opts *eo, in
         eo->device = (int)n;
     } else if ((v = flag_value(argc, argv, i, "--fp8-scales", bad))) eo->fp8_scales = v;
     else if ((v = flag_value(argc, argv, i, "--fp8-save-scales", bad))) eo->fp8_save_scales = v;
+    else if ((v = flag_value(argc, argv, i, "--attn-route-file", bad))) eo->attn_route_file = v;
     else if ((v = flag_value(argc, argv, i, "--fp8-save-margin", bad))) {
         if (parse_double(v, "--fp8-save-margin", 1, 100, &eo->fp8_save_margin)) return -1;
     } else if ((v = flag_value(argc, argv, i, "--fp8-history", bad))) {
@@ -305,7 +306,7 @@ static void encode_usage(FILE *f) {
                "                   [--backend cpu|gpu|auto] [--attn-dtype auto|fp8|bf16] [--dtype float32|bfloat16|float16]\n"
                "                   [--no-deepstack] [--layout separate|concat] [--one-by-one] [--threads N]\n"
                "                   [--device N] [--fp8-scales FILE] [--fp8-save-scales FILE] [--fp8-save-margin X]\n"
-               "                   [--fp8-history N]\n"
+               "                   [--fp8-history N] [--attn-route-file FILE]\n"
                "Encodes the images in one batch (--one-by-one: each alone) and writes per image\n"
                "image.<i>.embeddings [tokens, out_hidden], image.<i>.deepstack.<layer> and image.<i>.grid_thw.\n"
                "--format json prints the same answer as the HTTP service's JSON instead.\n");

@@ -316,6 +316,7 @@ int serve_main(int argc, char **argv) {
     eo.defer_plan_builds = 1; /* no request waits for a cuDNN plan build: the batcher builds them when idle */
     eo.fp8_scales = cfg.fp8_scales[0] ? cfg.fp8_scales : NULL;
     eo.fp8_save_scales = cfg.fp8_save_scales[0] ? cfg.fp8_save_scales : NULL;
+    eo.attn_route_file = cfg.attn_route_file[0] ? cfg.attn_route_file : NULL;
     eo.fp8_save_margin = cfg.fp8_save_margin;
     eo.fp8_history = cfg.fp8_history;
     if (vitd_encoder_create(model, &eo, &enc, &err) != VITD_OK) {

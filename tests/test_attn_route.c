@@ -6,6 +6,7 @@
  * start-up errors (bad attn_dtype, fp8 on the CPU backend, a static scales file naming the bad layer, margin and
  * history bounds); the CPU backend's per-path batch counts; and the CLI's FP8 flags and `vitd calibrate` usage
  * errors (the real program in a child process). */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -218,6 +219,65 @@ static void check_encoder_errors(const char *model_dir) {
     unlink(good);
 }
 
+/* The saved table: written atomically and read back equal; refused with the field named when measured on another
+ * GPU, cuDNN, shape or scaling; clear errors for a missing file, another JSON, a bad shape entry. */
+static void check_route_file(void) {
+    vitd_err err = {0};
+    char path[700];
+    snprintf(path, sizeof path, "%s/route.json", tmpdir);
+    attn_route_key key = {.device = "NVIDIA H100 80GB HBM3", .cc_major = 9, .cc_minor = 0, .cudnn_version = 91900,
+                          .n_heads = 16, .head_dim = 72, .head_dim_padded = 80, .fp8_static = 0, .fp8_history = 16};
+    attn_route_entry t[ATTN_ROUTE_MAX], back[ATTN_ROUTE_MAX];
+    int n = attn_route_shapes(16384, 64, 16384, t, ATTN_ROUTE_MAX), nb = 0;
+    for (int i = 0; i < n; i++) {
+        t[i].ms_bf16 = 0.01 * (i + 1) + 1.0 / 3.0;
+        t[i].ms_fp8 = t[i].ms_bf16 * (i % 2 ? 0.8 : 1.1);
+    }
+    CHECK_EQ_INT(VITD_E_IO, attn_route_load(path, &key, back, ATTN_ROUTE_MAX, &nb, &err));
+    CHECK_OK(attn_route_save(path, &key, t, n, &err), &err);
+    CHECK_OK(attn_route_load(path, &key, back, ATTN_ROUTE_MAX, &nb, &err), &err);
+    CHECK_EQ_INT(n, nb);
+    int same = 1;
+    for (int i = 0; i < n && i < nb; i++)
+        same &= back[i].n_images == t[i].n_images && back[i].max_len == t[i].max_len &&
+                fabs(back[i].ms_bf16 - t[i].ms_bf16) <= 1e-12 * t[i].ms_bf16 &&
+                fabs(back[i].ms_fp8 - t[i].ms_fp8) <= 1e-12 * t[i].ms_fp8 && back[i].fp8 == 0;
+    CHECK_MSG(same, "the table read back differs from the one written");
+    /* measured on something else: each field is named */
+    struct {
+        attn_route_key k;
+        const char *want;
+    } other[5];
+    for (int i = 0; i < 5; i++) other[i].k = key;
+    snprintf(other[0].k.device, sizeof other[0].k.device, "NVIDIA H200");
+    other[0].want = "device";
+    other[1].k.cudnn_version = 91700;
+    other[1].want = "cudnn 91900";
+    other[2].k.fp8_static = 1;
+    other[2].want = "dynamic FP8 scaling";
+    other[3].k.head_dim = 64;
+    other[3].want = "head_dim 72";
+    other[4].k.cc_minor = 1;
+    other[4].want = "compute capability 9.0";
+    for (int i = 0; i < 5; i++) {
+        CHECK_EQ_INT(VITD_E_UNSUPPORTED, attn_route_load(path, &other[i].k, back, ATTN_ROUTE_MAX, &nb, &err));
+        CHECK_STR_CONTAINS(err.msg, other[i].want);
+    }
+    /* too many shapes for the caller's array */
+    CHECK_EQ_INT(VITD_E_INVALID_ARG, attn_route_load(path, &key, back, n - 1, &nb, &err));
+    /* another JSON file, and a table with a bad entry */
+    write_text(path, "{\"layers\": {}}");
+    CHECK_EQ_INT(VITD_E_INVALID_ARG, attn_route_load(path, &key, back, ATTN_ROUTE_MAX, &nb, &err));
+    CHECK_STR_CONTAINS(err.msg, "not a vitd attention routing table");
+    write_text(path, "{\"vitd_attn_route\": 1, \"measured_on\": {\"device\": \"NVIDIA H100 80GB HBM3\", \"cc\": "
+                     "\"9.0\", \"cudnn\": 91900, \"heads\": 16, \"head_dim\": 72, \"head_dim_padded\": 80, "
+                     "\"fp8_scaling\": \"dynamic\", \"fp8_history\": 16}, \"shapes\": [{\"images\": 1, "
+                     "\"max_len\": 0, \"bf16_ms\": 1, \"fp8_ms\": 1}]}");
+    CHECK_EQ_INT(VITD_E_INVALID_ARG, attn_route_load(path, &key, back, ATTN_ROUTE_MAX, &nb, &err));
+    CHECK_STR_CONTAINS(err.msg, "shape 0");
+    CHECK_EQ_INT(0, nb);
+}
+
 static void check_cli(const char *model_dir) {
     char e[4096], a[2048];
     CHECK_EQ_INT(2, check_run_vitd(tmpdir, "calibrate", NULL, e, sizeof e));
@@ -280,6 +340,8 @@ int main(void) {
     check_encoder_errors(model);
     printf("cli\n");
     check_cli(model);
+    printf("saved routing table\n");
+    check_route_file();
     if (check_rm_tree(tmpdir) != 0) printf("  (could not remove %s)\n", tmpdir);
     return check_done("test_attn_route");
 }

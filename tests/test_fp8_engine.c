@@ -392,6 +392,37 @@ static void check_auto(const char *dir) {
             }
             gpu_engine_free(gd);
         }
+        /* The saved routing table: the first engine measures and writes it, the second reads the same timings
+         * (to 15 significant digits: cJSON prints the shortest form that reads back within a few ulps) and makes
+         * the same decisions instead of measuring. */
+        char rpath[700];
+        snprintf(rpath, sizeof rpath, "%s/route.json", tmpdir);
+        vitd_encoder_opts ro = vitd_encoder_opts_default();
+        ro.attn_dtype = "auto";
+        ro.max_batch_tokens = 16384;
+        ro.attn_route_file = rpath;
+        gpu_engine *r1 = NULL, *r2 = NULL;
+        double tr0 = vitd_now();
+        CHECK_OK(gpu_engine_create(model, &ro, &r1, &err), &err);
+        double tr1 = vitd_now();
+        CHECK_MSG(access(rpath, R_OK) == 0, "attn_route_file %s was not written", rpath);
+        CHECK_OK(gpu_engine_create(model, &ro, &r2, &err), &err);
+        double tr2 = vitd_now();
+        if (r1 && r2) {
+            const attn_route_entry *t1 = NULL, *t2 = NULL;
+            const int n1 = gpu_engine_route_table(r1, &t1), n2 = gpu_engine_route_table(r2, &t2);
+            CHECK_EQ_INT(n1, n2);
+            int same = n1 == n2 && n1 > 0;
+            for (int i = 0; same && i < n1; i++)
+                same = t1[i].n_images == t2[i].n_images && t1[i].max_len == t2[i].max_len &&
+                       fabs(t1[i].ms_bf16 - t2[i].ms_bf16) <= 1e-12 * t1[i].ms_bf16 &&
+                       fabs(t1[i].ms_fp8 - t2[i].ms_fp8) <= 1e-12 * t1[i].ms_fp8 && t1[i].fp8 == t2[i].fp8;
+            CHECK_MSG(same, "the engine that read %s has another routing table", rpath);
+            printf("  attn_route_file: engine that measured and wrote it %.1f s, engine that read it %.1f s\n",
+                   tr1 - tr0, tr2 - tr1);
+        }
+        gpu_engine_free(r1);
+        gpu_engine_free(r2);
         free(pv);
         free(emb);
     }
