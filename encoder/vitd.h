@@ -20,6 +20,9 @@
  *     vitd_encoder_free(enc);
  *     vitd_model_free(model);
  *
+ * A stream of batches: vitd_encoder_submit(enc, &b1) ... submit(enc, &b2), wait(enc) (b1 done), submit(&b3),
+ * wait (b2 done), ...: up to VITD_ENCODER_PIPELINE in flight, so one batch's host work overlaps another's GPU work.
+ *
  * Errors: every call returns a vitd_status (0 = ok, negative = failure) and fills the caller's vitd_err with a
  * message that names the thing and the limit. Library code never exits and never prints; it logs through the
  * hook installed with vitd_log_set().
