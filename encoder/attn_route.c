@@ -106,6 +106,8 @@ vitd_status attn_route_save(const char *path, const attn_route_key *key, const a
     cJSON_AddNumberToObject(on, "head_dim_padded", key->head_dim_padded);
     cJSON_AddStringToObject(on, "fp8_scaling", key->fp8_static ? "static" : "dynamic");
     cJSON_AddNumberToObject(on, "fp8_history", key->fp8_history);
+    cJSON_AddNumberToObject(on, "max_tokens", key->max_tokens);
+    cJSON_AddNumberToObject(on, "max_images", key->max_images);
     cJSON *shapes = cJSON_AddArrayToObject(root, "shapes");
     for (int i = 0; i < n; i++) {
         cJSON *e = cJSON_CreateObject();
@@ -160,7 +162,9 @@ vitd_status attn_route_load(const char *path, const attn_route_key *key, attn_ro
     } nums[] = {{"cudnn", num_of(on, "cudnn"), key->cudnn_version}, {"heads", num_of(on, "heads"), key->n_heads},
                 {"head_dim", num_of(on, "head_dim"), key->head_dim},
                 {"head_dim_padded", num_of(on, "head_dim_padded"), key->head_dim_padded},
-                {"fp8_history", num_of(on, "fp8_history"), key->fp8_history}};
+                {"fp8_history", num_of(on, "fp8_history"), key->fp8_history},
+                {"max_tokens", num_of(on, "max_tokens"), key->max_tokens},
+                {"max_images", num_of(on, "max_images"), key->max_images}};
     if (!dev || strcmp(dev, key->device)) {
         st = vitd_fail(err, VITD_E_UNSUPPORTED, "attn_route_file %s: measured on device \"%s\", this is \"%s\"",
                        path, dev ? dev : "?", key->device);

@@ -68,7 +68,8 @@ void attn_route_format(const attn_route_entry *t, int n, char *buf, size_t len);
  * The timings depend on the GPU, the cuDNN build, the attention shape and the FP8 scaling, so a saved table names
  * them and is reused only where every one matches; a restart then skips the start-up timing (~1.5-2.6 s on the 8B
  * tower). JSON: {"vitd_attn_route": 1, "measured_on": {"device", "cc", "cudnn", "heads", "head_dim",
- * "head_dim_padded", "fp8_scaling", "fp8_history"}, "shapes": [{"images", "max_len", "bf16_ms", "fp8_ms"}, ...]}.
+ * "head_dim_padded", "fp8_scaling", "fp8_history", "max_tokens", "max_images"}, "shapes": [{"images", "max_len",
+ * "bf16_ms", "fp8_ms"}, ...]}.
  * Decisions are not stored: the loader's caller recomputes them (attn_route_decide). */
 typedef struct {
     char device[256];         /* GPU name */
@@ -77,6 +78,7 @@ typedef struct {
     int n_heads, head_dim, head_dim_padded;
     int fp8_static;           /* 1: static scales (no amax, no ring update) */
     int fp8_history;          /* ring length of dynamic scaling (0 with static scales) */
+    int max_tokens, max_images; /* the engine's limits, which decide the measured shapes (attn_route_shapes) */
 } attn_route_key;
 
 /* Writes the table atomically (a reader sees the old file or the new one). VITD_E_IO on failure. */

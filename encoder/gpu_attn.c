@@ -1119,12 +1119,12 @@ vitd_status gpu_attn_build_pending(gpu_attn_ctx *c, int max_plans, int *left, vi
     vitd_status st = VITD_OK;
     for (int k = 0; k < max_plans && c->n_pend > 0; k++) {
         pending_plan q = c->pend[0];
-        memmove(c->pend, c->pend + 1, (size_t)(--c->n_pend) * sizeof *c->pend);
         plan_lru *l = q.fp8 ? &c->fp8 : &c->full;
-        if (lru_find(l, q.a, q.b)) continue; /* built meanwhile */
         int *ev = q.fp8 ? &c->stats.fp8_evictions : &c->stats.full_evictions;
-        plan_slot *s = lru_take(l, c->epoch, ev);
-        if (!s) break; /* every slot pinned: try again later */
+        /* nothing is in flight (the caller's contract): no plan needs protecting, any slot may be taken */
+        plan_slot *s = lru_find(l, q.a, q.b) ? NULL : lru_take(l, c->epoch + VITD_ENCODER_PIPELINE, ev);
+        memmove(c->pend, c->pend + 1, (size_t)(--c->n_pend) * sizeof *c->pend);
+        if (!s) continue; /* built meanwhile */
         attn_plan *p = NULL;
         if ((st = build_plan(c, q.kind, q.ragged, q.pb, q.ps, &p, err)) != VITD_OK) {
             *s = l->slots[--l->n];

@@ -197,7 +197,7 @@ int gpu_attn_fp8_bucket(const gpu_attn_ctx *c, int max_len);
 /* Deferred plan builds, for a server (no batch ever waits 50-170 ms for a plan build): with defer on, a missing
  * full plan leaves its image in the packed launch, and gpu_attn_fp8_ready reports a missing FP8 plan instead of
  * building it; the keys are remembered (up to 64, deduplicated) and gpu_attn_build_pending builds up to max_plans
- * of them (when the caller is idle), leaving the count still pending in *left. gpu_attn_fp8 itself still builds
+ * of them, leaving the count still pending in *left. Call it only with no batch in flight (it may evict any plan). gpu_attn_fp8 itself still builds
  * on miss (an explicit FP8 request). Off by default; switch it on after start-up warming. */
 void gpu_attn_set_defer(gpu_attn_ctx *c, int on);
 int gpu_attn_pending(const gpu_attn_ctx *c);

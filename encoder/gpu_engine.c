@@ -1077,7 +1077,7 @@ static vitd_status fp8_setup(gpu_engine *g, int *dead, vitd_err *err) {
     const gpu_attn_features *ft = gpu_attn_features_of(g->attn);
     attn_route_key key = {.cc_major = ft->cc_major, .cc_minor = ft->cc_minor, .cudnn_version = ft->cudnn_version,
                           .n_heads = g->H, .head_dim = g->hd, .head_dim_padded = g->dp, .fp8_static = g->fp8_static,
-                          .fp8_history = g->fp8_hist};
+                          .fp8_history = g->fp8_hist, .max_tokens = (int)g->max_tokens, .max_images = g->max_images};
     snprintf(key.device, sizeof key.device, "%s", g->device_name);
     int loaded = 0;
     if (g->route_file) {
@@ -1087,7 +1087,7 @@ static vitd_status fp8_setup(gpu_engine *g, int *dead, vitd_err *err) {
         vitd_status ls = attn_route_load(g->route_file, &key, saved, ATTN_ROUTE_MAX, &n_saved, &le);
         if (ls == VITD_OK) {
             /* FP8 must still run here: one probe step (builds one small plan) before trusting the table */
-            attn_route_entry probe = {1, 256, -1, -1, 0};
+            attn_route_entry probe = {1, g->max_tokens < 256 ? (int)g->max_tokens : 256, -1, -1, 0};
             if ((st = time_shape(g, &probe, ev, &fp8_failed, err)) != VITD_OK) goto fail;
             memcpy(g->route, saved, sizeof saved[0] * (size_t)n_saved);
             g->n_route = n_saved;
@@ -1481,7 +1481,7 @@ vitd_status gpu_engine_wait(gpu_engine *g, vitd_err *err) {
 fail:
     g->head = (g->head + 1) % ENGINE_SLOTS;
     g->n_flight--;
-    if (st != VITD_OK && !g->n_flight) drain(g);
+    if (st != VITD_OK) drain(g); /* nothing of this batch may still run when its slot is reused */
     return st;
 }
 

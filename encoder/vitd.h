@@ -204,7 +204,7 @@ vitd_status vitd_encoder_run(vitd_encoder *e, const vitd_batch *b, vitd_err *err
  * starts it (on the GPU it converts and enqueues the pixels and returns before the forward pass ends): the pixel
  * buffers may be reused when it returns; the vitd_batch, its arrays and the output buffers must stay valid until
  * the vitd_encoder_wait that finishes it. VITD_E_BUSY when VITD_ENCODER_PIPELINE batches are in flight (wait
- * first); a failed submit leaves nothing in flight. vitd_encoder_wait finishes the oldest batch in flight (its
+ * first); a failed submit adds nothing in flight. vitd_encoder_wait finishes the oldest batch in flight (its
  * outputs written) and returns that batch's status; VITD_E_INVALID_ARG when none is in flight. The CPU backend
  * runs the batch inside submit. vitd_encoder_run is submit + wait and needs nothing in flight. One thread at a
  * time (submit and wait are not reentrant). */

@@ -56,6 +56,7 @@ struct sched {
     flight fl[SCHED_MAX_PIPELINE];
     int fl_head, n_flight;      /* oldest batch in flight; how many */
     bool idle_more;             /* cfg.idle may have work (guarded by mu) */
+    double idle_next;           /* under load, cfg.idle runs again from this time on (idle_every_ms) */
 };
 
 static size_t grid_patches(const vitd_grid *g) { return (size_t)g->t * (size_t)g->h * (size_t)g->w; }
@@ -296,6 +297,17 @@ static void *sched_thread(void *arg) {
                 pthread_cond_wait(&s->cv, &s->mu);
             }
             if (!s->head) break; /* stopping and nothing left */
+        }
+        /* steady load: the queue never empties, so idle work would never run; drain the pipeline and do one
+         * piece now and then (a deferred plan build costs one batch 50-170 ms, once per idle_every_ms at most) */
+        if (c->idle && c->idle_every_ms > 0 && s->idle_more && s->head && vitd_now() >= s->idle_next) {
+            pthread_mutex_unlock(&s->mu);
+            while (s->n_flight) finish_oldest(s);
+            int more = c->idle(c->encode_user);
+            pthread_mutex_lock(&s->mu);
+            s->idle_more = more > 0;
+            s->idle_next = vitd_now() + c->idle_every_ms * 1e-3;
+            continue;
         }
         /* batch_delay_ms counts from the arrival of the oldest waiting job: work that queued while the previous
          * batch ran does not wait again */
