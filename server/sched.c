@@ -56,7 +56,6 @@ struct sched {
     flight fl[SCHED_MAX_PIPELINE];
     int fl_head, n_flight;      /* oldest batch in flight; how many */
     bool idle_more;             /* cfg.idle may have work (guarded by mu) */
-    double idle_next;           /* under load, cfg.idle runs again from this time on (idle_every_ms) */
 };
 
 static size_t grid_patches(const vitd_grid *g) { return (size_t)g->t * (size_t)g->h * (size_t)g->w; }
@@ -285,9 +284,17 @@ static void *sched_thread(void *arg) {
     pthread_mutex_lock(&s->mu);
     for (;;) {
         if (s->n_flight == 0) {
+            const double quiet_since = vitd_now();
             while (!s->head && !s->stopping) {
                 if (c->idle && s->idle_more) {
-                    /* deferred work in bounded pieces, looking at the queue between them */
+                    /* deferred work in bounded pieces, once the batcher has been idle for idle_quiet_ms, looking
+                     * at the queue between pieces */
+                    double left = quiet_since + c->idle_quiet_ms * 1e-3 - vitd_now();
+                    if (left > 0) {
+                        struct timespec ts = abs_after(left);
+                        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
+                        continue;
+                    }
                     pthread_mutex_unlock(&s->mu);
                     int more = c->idle(c->encode_user);
                     pthread_mutex_lock(&s->mu);
@@ -297,17 +304,6 @@ static void *sched_thread(void *arg) {
                 pthread_cond_wait(&s->cv, &s->mu);
             }
             if (!s->head) break; /* stopping and nothing left */
-        }
-        /* steady load: the queue never empties, so idle work would never run; drain the pipeline and do one
-         * piece now and then (a deferred plan build costs one batch 50-170 ms, once per idle_every_ms at most) */
-        if (c->idle && c->idle_every_ms > 0 && s->idle_more && s->head && vitd_now() >= s->idle_next) {
-            pthread_mutex_unlock(&s->mu);
-            while (s->n_flight) finish_oldest(s);
-            int more = c->idle(c->encode_user);
-            pthread_mutex_lock(&s->mu);
-            s->idle_more = more > 0;
-            s->idle_next = vitd_now() + c->idle_every_ms * 1e-3;
-            continue;
         }
         /* batch_delay_ms counts from the arrival of the oldest waiting job: work that queued while the previous
          * batch ran does not wait again */

@@ -67,9 +67,8 @@ typedef struct {
     sched_idle_fn idle;        /* may be NULL; called (with encode_user) while nothing is queued or in flight,
                                   one piece at a time, until it returns 0 or work arrives; asked again after
                                   the next batch */
-    int idle_every_ms;         /* > 0: under steady load (the queue never empties) the batcher also drains the
-                                  batches in flight and runs one piece of idle work at most this often, so
-                                  deferred work cannot starve; 0 = only when idle */
+    int idle_quiet_ms;         /* idle work starts only once nothing has been queued or in flight for this long,
+                                  so a client's next request does not wait behind it (0 = at once) */
     void *encode_user;         /* passed to encode, submit and wait */
     sched_batch_fn on_batch;   /* may be NULL */
     void *batch_user;

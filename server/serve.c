@@ -353,7 +353,7 @@ int serve_main(int argc, char **argv) {
                            .n_deepstack = vc->n_deepstack,
                            .merge_patches = vc->spatial_merge_size * vc->spatial_merge_size,
                            .submit = serve_submit, .wait = serve_wait, .pipeline = VITD_ENCODER_PIPELINE,
-                           .idle = serve_idle, .idle_every_ms = 1000,
+                           .idle = serve_idle, .idle_quiet_ms = 200,
                            .encode_user = &ctx, .on_batch = serve_on_batch,
                            .batch_user = &ctx};
     if (sched_create(&sc_cfg, &sc, &err) != VITD_OK) {

@@ -62,13 +62,7 @@ static void fake_image(const float *pv, size_t patches, float *emb, float *ds, s
 static bool g_pipe;          /* the cases run with the pipelined fake (submit/wait) */
 
 /* The first half of a batch: gate, record, decide failure. Returns true when the batch fails. */
-static int g_encode_sleep_us; /* each batch "runs" this long */
-
 static bool fake_start(const vitd_batch *b) {
-    if (g_encode_sleep_us > 0) {
-        struct timespec ts = {0, (long)g_encode_sleep_us * 1000};
-        nanosleep(&ts, NULL);
-    }
     pthread_mutex_lock(&g_mu);
     g_in_encoder = true;
     pthread_cond_broadcast(&g_cv);
@@ -657,56 +651,49 @@ static void test_idle(void) {
     tjob_release(&t);
 }
 
-/* Under steady load (the queue never empties) with idle_every_ms, idle work still runs now and then, each time
- * with nothing in flight, and every job is served. */
-static sched *g_load_sched;
-static int g_idle_under_load;
-
-static int fake_idle_load(void *user) {
-    int jobs = 0;
-    sched_depth(g_load_sched, &jobs, NULL, NULL);
-    int left = fake_idle(user);
-    pthread_mutex_lock(&g_mu);
-    if (jobs > 0) g_idle_under_load++;
-    pthread_mutex_unlock(&g_mu);
-    return left + 1; /* always more to do */
-}
-
-static void test_idle_under_load(void) {
-    printf("idle work under steady load\n");
+/* With idle_quiet_ms, idle work waits until the batcher has been idle that long: a client that sends its next
+ * request as soon as the last answer came (a closed loop) never waits behind it. */
+static void test_idle_quiet(void) {
+    printf("idle work waits for a quiet batcher\n");
     sched_config c = base_config();
     c.batch_delay_ms = 0;
-    c.idle = fake_idle_load;
-    c.idle_every_ms = 20;
-    c.queue_max_tokens = 8192;
+    c.idle = fake_idle;
+    c.idle_quiet_ms = 300;
     pthread_mutex_lock(&g_mu);
-    g_idle_calls = g_idle_left = g_idle_busy = g_idle_under_load = 0;
+    g_idle_calls = g_idle_busy = 0;
+    g_idle_left = 1000000; /* always more */
     pthread_mutex_unlock(&g_mu);
+    sched *s;
     vitd_err err;
-    CHECK_OK(sched_create(&c, &g_load_sched, &err), &err);
+    const double t0 = vitd_now();
+    CHECK_OK(sched_create(&c, &s, &err), &err);
     reset_records();
     g_jobs_done = 0;
-    g_encode_sleep_us = 2000;
-    enum { NJ = 300 };
+    CHECK(wait_idle_calls(1));
+    const double first = vitd_now() - t0;
+    printf("  first idle work %.0f ms after start (quiet period 300 ms)\n", first * 1e3);
+    CHECK_MSG(first >= 0.3 - 1e-3, "idle work after %.3f s, before the quiet period", first);
+    /* a closed loop of 40 jobs: the batcher is idle only for moments between them */
+    enum { NJ = 40 };
     tjob *jobs = xcalloc(NJ, sizeof *jobs);
-    unsigned long long rng = 23;
+    unsigned long long rng = 29;
     int p[1] = {8};
+    pthread_mutex_lock(&g_mu);
+    const int before = g_idle_calls;
+    pthread_mutex_unlock(&g_mu);
     for (int j = 0; j < NJ; j++) {
         tjob_init(&jobs[j], 1, p, 10 * j, false, &rng);
-        CHECK_EQ_INT(VITD_OK, tjob_submit(g_load_sched, &jobs[j]));
+        CHECK_EQ_INT(VITD_OK, tjob_submit(s, &jobs[j]));
+        CHECK(wait_done(j + 1));
     }
-    CHECK(wait_done(NJ));
-    g_encode_sleep_us = 0;
     pthread_mutex_lock(&g_mu);
-    printf("  %d batches (~%d ms of encoder time), idle work %d times while jobs were queued\n", g_n_batches,
-           g_n_batches * 2, g_idle_under_load);
-    CHECK_MSG(g_idle_under_load >= 2, "idle work ran %d times under load", g_idle_under_load);
+    const int during = g_idle_calls - before;
     CHECK_EQ_INT(0, g_idle_busy);
     pthread_mutex_unlock(&g_mu);
+    printf("  %d pieces of idle work during a closed loop of %d jobs\n", during, NJ);
+    CHECK_MSG(during <= NJ / 4, "idle work ran %d times between %d back-to-back jobs", during, NJ);
     for (int j = 0; j < NJ; j++) CHECK_EQ_INT(VITD_OK, jobs[j].status);
-    check_results(&jobs[NJ - 1], "last job under load");
-    sched_free(g_load_sched);
-    g_load_sched = NULL;
+    sched_free(s);
     for (int j = 0; j < NJ; j++) tjob_release(&jobs[j]);
     free(jobs);
 }
@@ -722,7 +709,7 @@ int main(void) {
         test_encoder_failure();
         test_capacity_and_stop();
         test_idle();
-        test_idle_under_load();
+        test_idle_quiet();
     }
     /* the pipeline was used: some batch was submitted while another was in flight */
     CHECK_MSG(g_flight_max == 2, "never two batches in flight (max %d)", g_flight_max);
