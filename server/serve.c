@@ -352,7 +352,10 @@ int serve_main(int argc, char **argv) {
                            .row_width = preprocess_row_width(&pp), .out_hidden = vc->out_hidden_size,
                            .n_deepstack = vc->n_deepstack,
                            .merge_patches = vc->spatial_merge_size * vc->spatial_merge_size,
-                           .submit = serve_submit, .wait = serve_wait, .pipeline = VITD_ENCODER_PIPELINE,
+                           .submit = serve_submit, .wait = serve_wait,
+                           /* the CPU backend encodes inside submit: a second batch in flight would only hold the
+                            * first one's answers back */
+                           .pipeline = strcmp(vitd_encoder_backend(enc), "gpu") == 0 ? VITD_ENCODER_PIPELINE : 1,
                            .idle = serve_idle, .idle_quiet_ms = 200,
                            .encode_user = &ctx, .on_batch = serve_on_batch,
                            .batch_user = &ctx};

@@ -678,7 +678,14 @@ static void test_idle_quiet(void) {
     tjob *jobs = xcalloc(NJ, sizeof *jobs);
     unsigned long long rng = 29;
     int p[1] = {8};
+    /* stop the idle work first (the fake reports nothing left; the batcher asks again only after a batch) */
     pthread_mutex_lock(&g_mu);
+    g_idle_left = 0;
+    pthread_mutex_unlock(&g_mu);
+    struct timespec settle = {0, 20000000};
+    nanosleep(&settle, NULL);
+    pthread_mutex_lock(&g_mu);
+    g_idle_left = 1000000;
     const int before = g_idle_calls;
     pthread_mutex_unlock(&g_mu);
     for (int j = 0; j < NJ; j++) {
@@ -698,7 +705,41 @@ static void test_idle_quiet(void) {
     free(jobs);
 }
 
+/* submit/wait with pipeline 1 (the server's choice for the CPU backend, which encodes inside submit): a batch is
+ * waited for before the next is submitted, so no answer waits behind another batch. */
+static void test_pipeline_one(void) {
+    printf("submit/wait with pipeline 1\n");
+    g_pipe = 1;
+    sched_config c = base_config();
+    c.pipeline = 1;
+    c.batch_max_images = 1;
+    c.batch_delay_ms = 0;
+    g_flight_max = 0;
+    sched *s;
+    vitd_err err;
+    CHECK_OK(sched_create(&c, &s, &err), &err);
+    reset_records();
+    g_jobs_done = 0;
+    tjob t[6];
+    unsigned long long rng = 31;
+    int p[1] = {8};
+    for (int j = 0; j < 6; j++) {
+        tjob_init(&t[j], 1, p, 10 * j, true, &rng);
+        CHECK_EQ_INT(VITD_OK, tjob_submit(s, &t[j]));
+    }
+    CHECK(wait_done(6));
+    CHECK_EQ_INT(1, g_flight_max);
+    for (int j = 0; j < 6; j++) {
+        CHECK_EQ_INT(VITD_OK, t[j].status);
+        check_results(&t[j], "pipeline 1");
+    }
+    sched_free(s);
+    for (int j = 0; j < 6; j++) tjob_release(&t[j]);
+    g_flight_max = 0;
+}
+
 int main(void) {
+    test_pipeline_one();
     for (int pipe = 0; pipe < 2; pipe++) {
         g_pipe = pipe;
         printf("== %s encoder\n", pipe ? "pipelined (submit/wait)" : "synchronous");
