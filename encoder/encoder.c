@@ -219,8 +219,6 @@ static vitd_status batch_check(const vitd_batch *b, vitd_err *err) {
     return VITD_OK;
 }
 
-static size_t grid_patches(const vitd_grid *g) { return (size_t)g->t * (size_t)g->h * (size_t)g->w; }
-
 /* Gathers a per-image batch into f's contiguous buffers (outputs allocated, deepstack if any image wants it). */
 static vitd_status flat_gather(vitd_encoder *e, flat_batch *f, const vitd_batch *b, vitd_err *err) {
     const vitd_vision_config *c = vitd_model_config(e->model);
@@ -242,7 +240,7 @@ static vitd_status flat_gather(vitd_encoder *e, flat_batch *f, const vitd_batch 
     }
     size_t row = 0;
     for (int i = 0; i < b->n_images; i++) {
-        size_t p = grid_patches(&b->grids[i]);
+        size_t p = vitd_grids_patches(&b->grids[i], 1);
         memcpy(f->pv + row * K, b->image_pixels[i], p * K * sizeof(float));
         row += p;
     }
@@ -259,7 +257,7 @@ static void flat_scatter(vitd_encoder *e, flat_batch *f, int ok) {
     const size_t Nm = vitd_grids_patches(b->grids, b->n_images) / g;
     size_t tok = 0;
     for (int i = 0; ok && i < b->n_images; i++) {
-        size_t n = grid_patches(&b->grids[i]) / g;
+        size_t n = vitd_grids_patches(&b->grids[i], 1) / g;
         memcpy(b->image_embeddings[i], f->emb + tok * D, n * D * sizeof(float));
         float *ds = f->ds && b->image_deepstack ? b->image_deepstack[i] : NULL;
         for (int k = 0; ds && k < c->n_deepstack; k++)

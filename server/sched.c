@@ -71,11 +71,8 @@ static struct timespec abs_after(double seconds) {
     return ts;
 }
 
-/* Unlinks the head job (caller holds mu) and subtracts its untaken images from the queue counters. */
-static sched_job *pop_head(sched *s) {
-    sched_job *j = s->head;
-    s->head = j->next;
-    if (!s->head) s->tail = NULL;
+/* Marks a job unlinked from the queue (caller holds mu) and subtracts its untaken images from the counters. */
+static void left_queue(sched *s, sched_job *j) {
     j->next = NULL;
     j->in_queue = false;
     s->q_jobs--;
@@ -83,6 +80,14 @@ static sched_job *pop_head(sched *s) {
         s->q_images--;
         s->q_patches -= grid_patches(&j->grids[i]);
     }
+}
+
+/* Unlinks the head job (caller holds mu). */
+static sched_job *pop_head(sched *s) {
+    sched_job *j = s->head;
+    s->head = j->next;
+    if (!s->head) s->tail = NULL;
+    left_queue(s, j);
     return j;
 }
 
@@ -96,13 +101,7 @@ static void unlink_job(sched *s, sched_job *j) {
         if (p->next == j) {
             if (s->tail == j) s->tail = p;
             p->next = j->next;
-            j->next = NULL;
-            j->in_queue = false;
-            s->q_jobs--;
-            for (int i = j->next_image; i < j->n_images; i++) {
-                s->q_images--;
-                s->q_patches -= grid_patches(&j->grids[i]);
-            }
+            left_queue(s, j);
             return;
         }
     }
