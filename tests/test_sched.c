@@ -137,20 +137,27 @@ static void gate(bool closed) {
     pthread_mutex_unlock(&g_mu);
 }
 
-/* Waits (bounded) until a batch is inside the encoder. */
-static bool wait_in_encoder(void) {
-    double until = vitd_now() + 10;
-    pthread_mutex_lock(&g_mu);
-    while (!g_in_encoder && vitd_now() < until) {
+/* Polls every millisecond, for at most limit_s seconds, until cond(arg) holds (evaluated under g_mu). */
+static bool poll_until(bool (*cond)(int), int arg, double limit_s) {
+    const double until = vitd_now() + limit_s;
+    for (;;) {
+        pthread_mutex_lock(&g_mu);
+        bool ok = cond(arg);
         pthread_mutex_unlock(&g_mu);
+        if (ok) return true;
+        if (vitd_now() > until) return false;
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
-        pthread_mutex_lock(&g_mu);
     }
-    bool ok = g_in_encoder;
-    pthread_mutex_unlock(&g_mu);
-    return ok;
 }
+
+static bool in_encoder(int unused) {
+    (void)unused;
+    return g_in_encoder;
+}
+
+/* Waits (bounded) until a batch is inside the encoder. */
+static bool wait_in_encoder(void) { return poll_until(in_encoder, 0, 10); }
 
 static void reset_records(void) {
     pthread_mutex_lock(&g_mu);
@@ -236,20 +243,10 @@ static vitd_status tjob_submit(sched *s, tjob *t) {
     return sched_submit(s, &t->job, &err);
 }
 
+static bool jobs_done(int n) { return g_jobs_done >= n; }
+
 /* Waits (bounded, 20 s) until n jobs completed in all since the last reset. */
-static bool wait_done(int n) {
-    double until = vitd_now() + 20;
-    pthread_mutex_lock(&g_mu);
-    while (g_jobs_done < n && vitd_now() < until) {
-        pthread_mutex_unlock(&g_mu);
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-        pthread_mutex_lock(&g_mu);
-    }
-    bool ok = g_jobs_done >= n;
-    pthread_mutex_unlock(&g_mu);
-    return ok;
-}
+static bool wait_done(int n) { return poll_until(jobs_done, n, 20); }
 
 /* Each output of a completed job equals the fake encoder on that image alone (bit for bit). */
 static void check_results(tjob *t, const char *what) {
@@ -281,6 +278,16 @@ static sched_config base_config(void) {
     return c;
 }
 
+/* A batcher on c, with the records and the done count reset. */
+static sched *start_sched(const sched_config *c) {
+    sched *s = NULL;
+    vitd_err err;
+    CHECK_OK(sched_create(c, &s, &err), &err);
+    reset_records();
+    g_jobs_done = 0;
+    return s;
+}
+
 /* ---- cases ---- */
 
 /* Many jobs of random sizes queued behind a held batch: every batch within budget (or one oversized image
@@ -288,11 +295,7 @@ static sched_config base_config(void) {
 static void test_packing(void) {
     printf("packing, budgets, order, routing\n");
     sched_config c = base_config();
-    sched *s;
-    vitd_err err;
-    CHECK_OK(sched_create(&c, &s, &err), &err);
-    reset_records();
-    g_jobs_done = 0;
+    sched *s = start_sched(&c);
     unsigned long long rng = 42;
     enum { NJ = 24 };
     tjob *jobs = xcalloc(NJ, sizeof *jobs);
@@ -364,11 +367,7 @@ static void test_split(void) {
     sched_config c = base_config();
     c.batch_max_images = 2;
     c.batch_delay_ms = 0;
-    sched *s;
-    vitd_err err;
-    CHECK_OK(sched_create(&c, &s, &err), &err);
-    reset_records();
-    g_jobs_done = 0;
+    sched *s = start_sched(&c);
     unsigned long long rng = 7;
     tjob t;
     int p[7] = {4, 8, 12, 16, 20, 4, 8};
@@ -392,11 +391,7 @@ static void test_delay(void) {
     printf("delay\n");
     sched_config c = base_config();
     c.batch_delay_ms = 300;
-    sched *s;
-    vitd_err err;
-    CHECK_OK(sched_create(&c, &s, &err), &err);
-    reset_records();
-    g_jobs_done = 0;
+    sched *s = start_sched(&c);
     unsigned long long rng = 9;
     tjob a, b;
     int pa[1] = {8}, pb[2] = {4, 12};
@@ -426,11 +421,7 @@ static void test_gone_and_timeout(void) {
     printf("gone and timeout\n");
     sched_config c = base_config();
     c.batch_delay_ms = 0;
-    sched *s;
-    vitd_err err;
-    CHECK_OK(sched_create(&c, &s, &err), &err);
-    reset_records();
-    g_jobs_done = 0;
+    sched *s = start_sched(&c);
     unsigned long long rng = 11;
     tjob t[4];
     int p[2] = {8, 8};
@@ -472,11 +463,7 @@ static void test_encoder_failure(void) {
     sched_config c = base_config();
     c.batch_max_images = 2;
     c.batch_delay_ms = 0;
-    sched *s;
-    vitd_err err;
-    CHECK_OK(sched_create(&c, &s, &err), &err);
-    reset_records();
-    g_jobs_done = 0;
+    sched *s = start_sched(&c);
     unsigned long long rng = 13;
     tjob a, b, d;
     int pa[1] = {4}, pb[3] = {4, 4, 4}, pd[1] = {8};
@@ -564,9 +551,7 @@ static void test_capacity_and_stop(void) {
     for (int i = 0; i < 3; i++) tjob_release(&t[i]);
 
     /* stop without cancel: queued work is finished */
-    CHECK_OK(sched_create(&c, &s, &err), &err);
-    reset_records();
-    g_jobs_done = 0;
+    s = start_sched(&c);
     for (int i = 0; i < 3; i++) tjob_init(&t[i], 1, p, 100 * (i + 1), true, &rng);
     gate(true);
     CHECK_EQ_INT(VITD_OK, tjob_submit(s, &t[0]));
@@ -599,18 +584,9 @@ static int fake_idle(void *user) {
     return left;
 }
 
-static bool wait_idle_calls(int n) {
-    double until = vitd_now() + 10;
-    for (;;) {
-        pthread_mutex_lock(&g_mu);
-        int got = g_idle_calls;
-        pthread_mutex_unlock(&g_mu);
-        if (got >= n) return true;
-        if (vitd_now() > until) return false;
-        struct timespec ts = {0, 1000000};
-        nanosleep(&ts, NULL);
-    }
-}
+static bool idle_calls(int n) { return g_idle_calls >= n; }
+
+static bool wait_idle_calls(int n) { return poll_until(idle_calls, n, 10); }
 
 static void test_idle(void) {
     printf("idle work\n");
@@ -622,11 +598,7 @@ static void test_idle(void) {
     g_idle_left = 3;
     g_idle_busy = 0;
     pthread_mutex_unlock(&g_mu);
-    sched *s;
-    vitd_err err;
-    CHECK_OK(sched_create(&c, &s, &err), &err);
-    reset_records();
-    g_jobs_done = 0;
+    sched *s = start_sched(&c);
     CHECK(wait_idle_calls(3));
     struct timespec ts = {0, 50000000};
     nanosleep(&ts, NULL);
@@ -663,12 +635,8 @@ static void test_idle_quiet(void) {
     g_idle_calls = g_idle_busy = 0;
     g_idle_left = 1000000; /* always more */
     pthread_mutex_unlock(&g_mu);
-    sched *s;
-    vitd_err err;
     const double t0 = vitd_now();
-    CHECK_OK(sched_create(&c, &s, &err), &err);
-    reset_records();
-    g_jobs_done = 0;
+    sched *s = start_sched(&c);
     CHECK(wait_idle_calls(1));
     const double first = vitd_now() - t0;
     printf("  first idle work %.0f ms after start (quiet period 300 ms)\n", first * 1e3);
@@ -715,11 +683,7 @@ static void test_pipeline_one(void) {
     c.batch_max_images = 1;
     c.batch_delay_ms = 0;
     g_flight_max = 0;
-    sched *s;
-    vitd_err err;
-    CHECK_OK(sched_create(&c, &s, &err), &err);
-    reset_records();
-    g_jobs_done = 0;
+    sched *s = start_sched(&c);
     tjob t[6];
     unsigned long long rng = 31;
     int p[1] = {8};
