@@ -1,7 +1,7 @@
 /* engine_check.h — helpers shared by the whole-encoder GPU tests (test_gpu_engine.c, test_fp8_engine.c): fixture
  * images preprocessed into one batch, poisoned output buffers, running a subset of a batch through any backend,
- * and the per-image comparison (max abs, rel L2, cosine, NaN) with a cosine floor. Include after check.h and the
- * encoder headers, in a test built with CUDA. */
+ * the per-image comparison (max abs, rel L2, cosine, NaN) with a cosine floor, and the demo checkpoints they
+ * run on. Include after check.h and the encoder headers, in a test built with CUDA. */
 #ifndef VITD_ENGINE_CHECK_H
 #define VITD_ENGINE_CHECK_H
 
@@ -11,9 +11,29 @@
 #include <string.h>
 
 #include "check.h"
+#include "demo_model.h"
 #include "image.h"
 #include "preprocess.h"
+#include "util.h"
 #include "vitd.h"
+
+/* Writes the `preset` demo checkpoint (seed 7) to parent/preset, the path in buf[len]; returns buf, or NULL after
+ * printing why. */
+static const char *write_demo(const char *parent, const char *preset, char *buf, size_t len) {
+    vitd_err err = {0};
+    snprintf(buf, len, "%s/%s", parent, preset);
+    demo_model_opts o = demo_model_opts_default();
+    o.preset = preset;
+    o.out_dir = buf;
+    o.seed = 7;
+    double t = vitd_now();
+    if (demo_model_write(&o, &err) != VITD_OK) {
+        fprintf(stderr, "FAIL: demo_model_write %s: %s\n", preset, err.msg);
+        return NULL;
+    }
+    printf("wrote the %s demo model in %.1f s\n", preset, vitd_now() - t);
+    return buf;
+}
 
 static void log_hook(vitd_log_level level, const char *msg, void *user) {
     (void)user;

@@ -1,5 +1,6 @@
 /* gpu_check.h — for GPU tests and benchmarks only: CUDA_CHECK aborts the program with the call text, the CUDA
- * error string and file:line (library code uses gpu_common.h's CUDA_TRY, which fills a vitd_err instead). */
+ * error string and file:line (library code uses gpu_common.h's CUDA_TRY, which fills a vitd_err instead);
+ * gpu_require_sm90 skips a test where vitd's kernels cannot run. */
 #ifndef VITD_GPU_CHECK_H
 #define VITD_GPU_CHECK_H
 
@@ -16,5 +17,21 @@
             exit(1);                                                                                      \
         }                                                                                                 \
     } while (0)
+
+/* Device 0's properties into *prop; exits 77 (ctest's skip code, "SKIP: ..." on stdout) when there is no CUDA
+ * device or its compute capability is below 9.0 (vitd's kernels are built for sm_90a). */
+static inline void gpu_require_sm90(struct cudaDeviceProp *prop) {
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+        printf("SKIP: no CUDA device\n");
+        exit(77);
+    }
+    CUDA_CHECK(cudaGetDeviceProperties(prop, 0));
+    if (prop->major < 9) {
+        printf("SKIP: GPU %s has compute capability %d.%d; vitd's kernels need >= 9.0 (sm_90a)\n", prop->name,
+               prop->major, prop->minor);
+        exit(77);
+    }
+}
 
 #endif

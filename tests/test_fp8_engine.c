@@ -54,6 +54,7 @@ int main(void) {
 static char tmpdir[] = "/tmp/vitd_test_fp8_engine_XXXXXX";
 
 #include "engine_check.h"
+#include "gpu_check.h"
 
 static vitd_status cpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return cpu_forward(impl, b, NULL, err); }
 static vitd_status gpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return gpu_engine_run(impl, b, err); }
@@ -460,27 +461,9 @@ static void check_unsupported(const char *dir, const char *why) {
     vitd_model_free(model);
 }
 
-static const char *write_demo(const char *preset, char *buf, size_t len) {
-    vitd_err err = {0};
-    snprintf(buf, len, "%s/%s", tmpdir, preset);
-    demo_model_opts o = demo_model_opts_default();
-    o.preset = preset;
-    o.out_dir = buf;
-    o.seed = 7;
-    if (demo_model_write(&o, &err) != VITD_OK) {
-        fprintf(stderr, "FAIL: demo_model_write %s: %s\n", preset, err.msg);
-        return NULL;
-    }
-    return buf;
-}
-
 int main(void) {
-    int n_dev = 0;
-    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) SKIP("no CUDA device");
     struct cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) SKIP("cannot read device 0");
-    if (prop.major < 9) SKIP("GPU %s has compute capability %d.%d, the engine needs >= 9.0", prop.name, prop.major,
-                             prop.minor);
+    gpu_require_sm90(&prop);
     vitd_log_set(log_hook, NULL);
     if (!mkdtemp(tmpdir)) SKIP("mkdtemp failed");
     gpu_attn_features f;
@@ -491,7 +474,7 @@ int main(void) {
     printf("device: %s, cuDNN %d, FP8 attention %s%s\n", prop.name, f.cudnn_version, fp8 ? "yes" : "no: ", why);
 
     char tiny_buf[700];
-    const char *tiny = write_demo("tiny", tiny_buf, sizeof tiny_buf);
+    const char *tiny = write_demo(tmpdir, "tiny", tiny_buf, sizeof tiny_buf);
     CHECK(tiny != NULL);
     if (tiny && !fp8) {
         /* "cuDNN 9.14.0 < 9.17.1 ..." or "compute capability ..." */
@@ -506,7 +489,7 @@ int main(void) {
         if (!skip8 || strcmp(skip8, "1")) {
             const char *dir8 = getenv("VITD_TEST_MODEL_8B");
             char buf8[700];
-            if (!dir8 || !*dir8) dir8 = write_demo("8b", buf8, sizeof buf8);
+            if (!dir8 || !*dir8) dir8 = write_demo(tmpdir, "8b", buf8, sizeof buf8);
             CHECK(dir8 != NULL);
             if (dir8) {
                 check_accuracy(dir8, "8b", photos, 4);

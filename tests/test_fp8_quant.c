@@ -755,11 +755,8 @@ static void test_e2e(void) {
 }
 
 int main(void) {
-    int n_dev = 0;
-    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) SKIP("no CUDA device");
     struct cudaDeviceProp prop;
-    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    if (prop.major < 9) SKIP("compute capability %d.%d < 9.0 (kernels are built for sm_90a)", prop.major, prop.minor);
+    gpu_require_sm90(&prop);
     printf("device %s (cc %d.%d)\n", prop.name, prop.major, prop.minor);
     vitd_log_set(log_hook, NULL);
     test_quantiser();

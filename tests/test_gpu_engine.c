@@ -41,6 +41,7 @@ int main(void) {
 #include "util.h"
 
 #include "engine_check.h"
+#include "gpu_check.h"
 
 static vitd_status cpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return cpu_forward(impl, b, NULL, err); }
 static vitd_status gpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return gpu_engine_run(impl, b, err); }
@@ -270,68 +271,34 @@ static void check_api_and_errors(const char *dir) {
     vitd_model_free(model);
 }
 
-/* Writes a demo checkpoint into a fresh /tmp directory; returns the path (static storage per preset). */
-static const char *write_demo(const char *preset, char *buf, size_t len) {
-    vitd_err err = {0};
-    snprintf(buf, len, "/tmp/vitd_test_gpu_engine_%s_%d", preset, (int)getpid());
-    demo_model_opts o = demo_model_opts_default();
-    o.preset = preset;
-    o.out_dir = buf;
-    o.seed = 7;
-    double t = vitd_now();
-    if (demo_model_write(&o, &err) != VITD_OK) {
-        fprintf(stderr, "FAIL: demo_model_write %s: %s\n", preset, err.msg);
-        return NULL;
-    }
-    printf("wrote the %s demo model in %.1f s\n", preset, vitd_now() - t);
-    return buf;
-}
-
-static void remove_demo(const char *dir) {
-    const char *files[] = {"config.json", "preprocessor_config.json", "README.md", "model.safetensors"};
-    char p[600];
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
-        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
-        unlink(p);
-    }
-    rmdir(dir);
-}
-
 int main(void) {
-    int n_dev = 0;
-    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) SKIP("no CUDA device");
     struct cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) SKIP("cannot read device 0");
-    if (prop.major < 9) SKIP("GPU %s has compute capability %d.%d, the engine needs >= 9.0", prop.name, prop.major,
-                             prop.minor);
+    gpu_require_sm90(&prop);
     vitd_log_set(log_hook, NULL);
     printf("device: %s\n", prop.name);
+    char tmpdir[] = "/tmp/vitd_test_gpu_engine_XXXXXX";
+    if (!mkdtemp(tmpdir)) SKIP("mkdtemp failed");
 
     const char *const photos[] = {"chelsea.png", "rocket.jpg", "photo_q90_420.jpg", "rgb8_4x600.png",
                                   "photo_gray.jpg"};
     char tiny_buf[256];
-    const char *tiny = write_demo("tiny", tiny_buf, sizeof tiny_buf);
+    const char *tiny = write_demo(tmpdir, "tiny", tiny_buf, sizeof tiny_buf);
     CHECK(tiny != NULL);
     if (tiny) {
         check_model(tiny, "tiny", photos, 5, 1);
         check_api_and_errors(tiny);
-        remove_demo(tiny);
     }
 
     const char *skip8 = getenv("VITD_TEST_SKIP_8B");
     if (!skip8 || strcmp(skip8, "1")) {
         const char *dir8 = getenv("VITD_TEST_MODEL_8B");
         char buf8[256];
-        int own = 0;
-        if (!dir8 || !*dir8) {
-            dir8 = write_demo("8b", buf8, sizeof buf8);
-            own = 1;
-        }
+        if (!dir8 || !*dir8) dir8 = write_demo(tmpdir, "8b", buf8, sizeof buf8);
         CHECK(dir8 != NULL);
         /* 504, 1040, 280 and 392 patches: 3:2, 3:2 (downscaled grid), 7:10 upscaled, 1:98 */
         if (dir8) check_model(dir8, "8b", photos, 4, 1);
-        if (dir8 && own) remove_demo(dir8);
     }
+    if (check_rm_tree(tmpdir) != 0) printf("(could not remove %s)\n", tmpdir);
     return check_done("test_gpu_engine");
 }
 #endif

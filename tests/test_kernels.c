@@ -458,12 +458,8 @@ static void case_gemm(int n, int in, int out, gemm_epilogue epi, int acc, int re
 int main(int argc, char **argv) {
     (void)argc;
     (void)argv;
-    int n_dev = 0;
-    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) SKIP("no CUDA device");
     struct cudaDeviceProp prop;
-    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    if (prop.major < 9) SKIP("GPU %s has compute capability %d.%d, the kernels need >= 9.0", prop.name, prop.major,
-                             prop.minor);
+    gpu_require_sm90(&prop);
     printf("device: %s (cc %d.%d)\n", prop.name, prop.major, prop.minor);
     CUDA_CHECK(cudaStreamCreate(&g_stream));
     vitd_err err = {0};
