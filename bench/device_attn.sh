@@ -17,11 +17,7 @@ OUT=${OUT:-/tmp/attn_out}
 mkdir -p "$OUT"
 BIN=${BIN:-.carry/fp8}
 TESTS=${TESTS-test_fp8_quant}
-SITE=/opt/torch/.venv/lib/python3.12/site-packages
-export LD_LIBRARY_PATH=$SITE/nvidia/cudnn/lib:$PWD/.carry/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib:\
-${LD_LIBRARY_PATH:-}
-# The tests read fixtures from the source path compiled into them.
-[ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
+. "$(dirname "$0")/device_env.sh"
 
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,memory.used \
     --format=csv 2>&1 | tee "$OUT/gpu.txt"

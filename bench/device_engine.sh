@@ -25,10 +25,7 @@ START=$(date +%s)
 OUT=${OUT:-/tmp/eng_out}
 mkdir -p "$OUT"
 BIN=${BIN:-$PWD/.carry/eng}
-SITE=/opt/torch/.venv/lib/python3.12/site-packages
-# cuDNN 9.19 of the Python environment first (the system one is 9.14), then the carried libraries, then CUDA's.
-SYS_LD=$PWD/.carry/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib:$SITE/nvidia/cu13/lib:$SITE/nvidia/cublas/lib:${LD_LIBRARY_PATH:-}
-export LD_LIBRARY_PATH=$SITE/nvidia/cudnn/lib:$SYS_LD
+. "$(dirname "$0")/device_env.sh"
 PY=python3
 $PY -c 'import torch, transformers' 2>/dev/null || PY=/opt/torch/.venv/bin/python
 STAGES=" ${*:-test bench hf compare} "
@@ -36,8 +33,6 @@ MODEL=/tmp/vitd_8b
 ITERS=${ITERS:-20}
 HF_ITERS=${HF_ITERS:-20}
 want() { case "$STAGES" in *" $1 "*) return 0 ;; esac; return 1; }
-# The tests read fixtures from the source path compiled into them.
-[ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
 SUM=$OUT/engine.log
 : > "$SUM"
 say() { echo "$*" | tee -a "$SUM"; }

@@ -6,9 +6,7 @@ set -u
 OUT=${OUT:-/tmp/serve_out}
 mkdir -p "$OUT"
 BIN=$PWD/.carry/final
-SITE=/opt/torch/.venv/lib/python3.12/site-packages
-export LD_LIBRARY_PATH=$SITE/nvidia/cudnn/lib:$PWD/.carry/lib:/usr/local/cuda/lib64:$SITE/nvidia/cu13/lib:$SITE/nvidia/cublas/lib:${LD_LIBRARY_PATH:-}
-[ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
+. "$(dirname "$0")/device_env.sh"
 M=/tmp/vitd_8b
 "$BIN/vitd" demo-model --preset 8b --out $M > "$OUT/demo.log" 2>&1
 "$BIN/vitd" serve --model $M --backend gpu --port 18080 > "$OUT/serve.log" 2>&1 &

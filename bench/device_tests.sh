@@ -5,9 +5,7 @@ set -u
 OUT=${OUT:-/tmp/tests_out}
 mkdir -p "$OUT"
 BIN=$PWD/.carry/final
-SITE=/opt/torch/.venv/lib/python3.12/site-packages
-export LD_LIBRARY_PATH=$SITE/nvidia/cudnn/lib:$PWD/.carry/lib:/usr/local/cuda/lib64:$SITE/nvidia/cu13/lib:$SITE/nvidia/cublas/lib:${LD_LIBRARY_PATH:-}
-[ -e /work/main ] || { mkdir -p /work && ln -s "$PWD" /work/main; }
+. "$(dirname "$0")/device_env.sh"
 # Tests that run the program find it at the path compiled into them (VITD_EXE = <build dir>/vitd).
 mkdir -p build-cuda && ln -sf "$BIN/vitd" build-cuda/vitd
 for t in ${TESTS:-test_kernels test_gpu_attn test_fp8_quant test_gpu_engine test_fp8_engine}; do
