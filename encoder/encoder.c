@@ -22,8 +22,11 @@
 typedef struct {
     const char *name;
     int per_image;                                 /* 1: takes vitd_batch's per-image form itself */
+    /* a synchronous backend has run (called inside vitd_encoder_submit, its outcome handed back by the wait);
+     * a pipelined one submit and wait (finishes the oldest submitted batch) */
+    vitd_status (*run)(void *impl, const vitd_batch *b, vitd_err *err);
     vitd_status (*submit)(void *impl, const vitd_batch *b, vitd_err *err);
-    vitd_status (*wait)(void *impl, vitd_err *err); /* finishes the oldest submitted batch */
+    vitd_status (*wait)(void *impl, vitd_err *err);
     void (*free)(void *impl);
     const char *(*attn_dtype)(const void *impl);
     const char *(*last_attn)(const void *impl);   /* path of the batch just finished */
@@ -34,12 +37,14 @@ typedef struct {
 enum { PATH_NONE = -1, PATH_FP32 = 0, PATH_BF16 = 1, PATH_FP8 = 2, N_PATHS = 3 };
 static const char *const path_names[N_PATHS] = {"fp32", "bf16", "fp8"};
 
-/* A batch in the per-image form, gathered into contiguous buffers for a backend that takes only that form (the
- * CPU reference, whose own work dwarfs the copies), and scattered back after it ran. */
+/* A batch in flight. A batch in the per-image form is gathered into contiguous buffers for a backend that takes
+ * only that form (the CPU reference, whose own work dwarfs the copies), and scattered back after it ran. */
 typedef struct {
     vitd_batch flat;     /* the contiguous batch handed to the backend */
     vitd_batch orig;     /* the caller's, for the scatter */
     float *pv, *emb, *ds;
+    vitd_status st;      /* a synchronous backend's outcome, for the wait */
+    vitd_err err;
 } flat_batch;
 
 struct vitd_encoder {
@@ -66,38 +71,12 @@ size_t vitd_grids_patches(const vitd_grid *grids, int n) {
     return total;
 }
 
-/* ---- cpu backend: runs inside submit; wait hands back the status ---- */
+/* ---- cpu backend (synchronous) ---- */
 
-typedef struct {
-    cpu_model *m;
-    vitd_status st[VITD_ENCODER_PIPELINE];
-    vitd_err err[VITD_ENCODER_PIPELINE];
-    int head, n;
-} cpu_backend_state;
-
-static vitd_status cpu_submit(void *impl, const vitd_batch *b, vitd_err *err) {
-    cpu_backend_state *c = impl;
-    int i = (c->head + c->n) % VITD_ENCODER_PIPELINE;
-    c->err[i] = (vitd_err){0};
-    c->st[i] = cpu_forward(c->m, b, NULL, &c->err[i]);
-    c->n++;
-    (void)err;
-    return VITD_OK;
+static vitd_status cpu_run(void *impl, const vitd_batch *b, vitd_err *err) {
+    return cpu_forward(impl, b, NULL, err);
 }
-static vitd_status cpu_wait(void *impl, vitd_err *err) {
-    cpu_backend_state *c = impl;
-    int i = c->head;
-    c->head = (c->head + 1) % VITD_ENCODER_PIPELINE;
-    c->n--;
-    if (c->st[i] != VITD_OK && err) *err = c->err[i];
-    return c->st[i];
-}
-static void cpu_free(void *impl) {
-    cpu_backend_state *c = impl;
-    if (!c) return;
-    cpu_model_free(c->m);
-    free(c);
-}
+static void cpu_free(void *impl) { cpu_model_free(impl); }
 static const char *cpu_attn(const void *impl) {
     (void)impl;
     return "fp32";
@@ -106,7 +85,7 @@ static const char *cpu_fallback(const void *impl) {
     (void)impl;
     return "";
 }
-static const backend_ops cpu_backend = {"cpu",   0,        cpu_submit,   cpu_wait, cpu_free,
+static const backend_ops cpu_backend = {"cpu",    0,        cpu_run,  NULL,         NULL, cpu_free,
                                         cpu_attn, cpu_attn, cpu_fallback, NULL};
 
 /* ---- gpu backend ---- */
@@ -120,7 +99,7 @@ static const char *gpu_attn(const void *impl) { return gpu_engine_attn_dtype(imp
 static const char *gpu_last(const void *impl) { return gpu_engine_last_attn(impl); }
 static const char *gpu_fallback(const void *impl) { return gpu_engine_fp8_fallback(impl); }
 static int gpu_idle(void *impl) { return gpu_engine_idle(impl); }
-static const backend_ops gpu_backend = {"gpu",    1,        gpu_submit,   gpu_wait, gpu_free,
+static const backend_ops gpu_backend = {"gpu",    1,        NULL,     gpu_submit,   gpu_wait, gpu_free,
                                         gpu_attn, gpu_last, gpu_fallback, gpu_idle};
 #endif
 
@@ -189,14 +168,11 @@ vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *op
         vitd_log(VITD_LOG_WARN, "backend auto: built without CUDA, using the CPU backend");
 #endif
     }
-    cpu_backend_state *cs = xcalloc(1, sizeof *cs);
-    s = cpu_model_create(m, o.threads, &cs->m, err);
+    s = cpu_model_create(m, o.threads, (cpu_model **)&e->impl, err);
     if (s != VITD_OK) {
-        free(cs);
         free(e);
         return s;
     }
-    e->impl = cs;
     e->ops = &cpu_backend;
     *out = e;
     return VITD_OK;
@@ -282,6 +258,12 @@ vitd_status vitd_encoder_submit(vitd_encoder *e, const vitd_batch *b, vitd_err *
         if ((s = flat_gather(e, f, b, err)) != VITD_OK) return s;
         run = &f->flat;
     }
+    if (e->ops->run) {
+        f->err = (vitd_err){0};
+        f->st = e->ops->run(e->impl, run, &f->err);
+        e->n_flight++;
+        return VITD_OK;
+    }
     s = e->ops->submit(e->impl, run, err);
     if (s != VITD_OK) {
         if (f->pv) flat_scatter(e, f, 0);
@@ -293,8 +275,10 @@ vitd_status vitd_encoder_submit(vitd_encoder *e, const vitd_batch *b, vitd_err *
 
 vitd_status vitd_encoder_wait(vitd_encoder *e, vitd_err *err) {
     if (e->n_flight == 0) return vitd_fail(err, VITD_E_INVALID_ARG, "encoder: no batch in flight");
-    vitd_status s = e->ops->wait(e->impl, err);
     flat_batch *f = &e->flat[e->head];
+    vitd_status s = f->st;
+    if (!e->ops->run) s = e->ops->wait(e->impl, err);
+    else if (s != VITD_OK && err) *err = f->err;
     if (f->pv) flat_scatter(e, f, s == VITD_OK);
     e->head = (e->head + 1) % VITD_ENCODER_PIPELINE;
     e->n_flight--;
