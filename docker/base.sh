@@ -140,7 +140,7 @@ for img in $todo; do
         # The build dependencies, from the one list the README, CI and the image share.
         cp "$HERE/deps.sh" "$root/tmp/deps.sh"
         install_pkgs "$root"
-        in_root "$root" sh /tmp/deps.sh >/dev/null
+        in_root "$root" sh /tmp/deps.sh --build >/dev/null
         in_root "$root" apt-get clean
         rm -f "$root/tmp/deps.sh"   # apt lists stay: deps.sh (run again by the Dockerfile) reads them
         import_root "$root" "$img" 'CMD ["/bin/bash"]'
