@@ -30,6 +30,7 @@ static const char *const k_attn[] = {"auto", "fp8", "bf16", NULL};
 static const char *const k_dtype[] = {"float32", "bfloat16", "float16", NULL};
 static const char *const k_level[] = {"debug", "info", "warn", "error", NULL};
 static const char *const k_format[] = {"text", "json", NULL};
+static const char *const k_ec_format[] = {"items", "keyed", NULL};
 
 extern char **environ;
 
@@ -46,6 +47,10 @@ static const config_option k_options[] = {
      "Encoder backend: cpu, gpu, or auto (gpu when a usable GPU exists, else cpu).", OFF(backend)},
     {"attn_dtype", "VITD_ATTN_DTYPE", CONFIG_ENUM, "auto", 0, 0, k_attn, NULL, false,
      "GPU attention precision: fp8, bf16, or auto (fp8 where cuDNN supports it, else bf16).", OFF(attn_dtype)},
+    {"model_name", "VITD_MODEL_NAME", CONFIG_STRING, "", 0, 255, NULL, NULL, false,
+     "Name the model is served under (/v1/model, KServe v2's /v2/models/<name>, the answers' model field); "
+     "empty = the model directory's last component.",
+     OFF(model_name)},
     {"device", "VITD_DEVICE", CONFIG_INT, "0", 0, 63, NULL, NULL, false, "CUDA device ordinal.", OFF(device)},
     {"encoder_threads", "VITD_ENCODER_THREADS", CONFIG_INT, "0", 0, 1024, NULL, NULL, false,
      "Threads of the CPU backend; 0 = one per core.", OFF(encoder_threads)},
@@ -129,6 +134,36 @@ static const config_option k_options[] = {
      "attn_dtype auto: read the start-up attention timings from this file when they were measured on the same "
      "GPU, cuDNN and model shape, else measure and write them there; empty = measure at every start.",
      OFF(attn_route_file)},
+    /* hand-over to vLLM's disaggregated encoder */
+    {"ec_cache_dir", "VITD_EC_CACHE_DIR", CONFIG_STRING, "", 0, STR_LIMIT, NULL, NULL, false,
+     "vLLM EC transfer (shared storage): write <dir>/<uuid>/encoder_cache.safetensors for /v1/chat/completions "
+     "and /v1/vllm/image_embeds?transfer=ec_cache; empty = those are refused.",
+     OFF(ec_cache_dir)},
+    {"ec_cache_max_bytes", "VITD_EC_CACHE_MAX_BYTES", CONFIG_SIZE, "8GiB", 0, 16384 * GIB, NULL, "bytes", false,
+     "Retention: the cache files this process knows of (found at start or written) stay under this many bytes, "
+     "oldest removed first (vLLM never removes them); 0 = no byte bound.",
+     OFF(ec_cache_max_bytes)},
+    {"ec_cache_max_age_s", "VITD_EC_CACHE_MAX_AGE_S", CONFIG_INT, "3600", 0, 31536000, NULL, "s", false,
+     "Retention: cache files older than this are removed (checked at every write and every minute); 0 = no age "
+     "bound.",
+     OFF(ec_cache_max_age_s)},
+    {"ec_proxy_url", "VITD_EC_PROXY_URL", CONFIG_STRING, "", 0, STR_LIMIT, NULL, NULL, false,
+     "vLLM EPD proxy (http://host:port) to register with as an encode instance once ready (POST /instances, "
+     "repeated every ec_announce_interval_s; DELETE when draining); empty = no registration.",
+     OFF(ec_proxy_url)},
+    {"ec_advertise_url", "VITD_EC_ADVERTISE_URL", CONFIG_STRING, "", 0, STR_LIMIT, NULL, NULL, false,
+     "URL the proxy reaches this instance at; empty = http://<host>:<port> (required when host is a wildcard "
+     "address such as 0.0.0.0).",
+     OFF(ec_advertise_url)},
+    {"ec_announce_interval_s", "VITD_EC_ANNOUNCE_INTERVAL_S", CONFIG_INT, "30", 1, 3600, NULL, "s", false,
+     "Seconds between registrations with ec_proxy_url (5 s until the first one succeeds), so a restarted proxy "
+     "learns of this instance again.",
+     OFF(ec_announce_interval_s)},
+    {"ec_transfer_format", "VITD_EC_TRANSFER_FORMAT", CONFIG_ENUM, "items", 0, 0, k_ec_format, NULL, false,
+     "Form of ec_transfer_params in /v1/chat/completions answers: items ({\"ec_items\": [{mm_hash, "
+     "image_grid_thw}]}, vLLM's registry proxy) or keyed ({<mm_hash>: {\"metadata\": {image_grid_thw}}}, the "
+     "example proxy that groups items).",
+     OFF(ec_transfer_format)},
     /* logging */
     {"log_level", "VITD_LOG_LEVEL", CONFIG_ENUM, "info", 0, 0, k_level, NULL, false,
      "Lowest level written: debug, info, warn or error.", OFF(log_level)},

@@ -30,6 +30,9 @@
  *
  * Model and backend
  *   model                   string  "models/tiny"   checkpoint directory (Hugging Face Qwen3-VL layout).
+ *   model_name              string  ""              name the model is served under (/v1/model, KServe v2
+ *                                                   /v2/models/<name>, answers' model field); "" = the model
+ *                                                   directory's last component.
  *   backend                 enum    auto            cpu | gpu | auto (gpu when a usable GPU exists, else cpu).
  *   attn_dtype              enum    auto            auto | fp8 | bf16: attention precision on the GPU; auto
  *                                                   picks fp8 where cuDNN supports it, else bf16.
@@ -104,6 +107,29 @@
  *                                                   GPU, cuDNN and model shape (else measured and written there,
  *                                                   atomically); "" = measure at every start (~1.5-2.6 s, 8B).
  *
+ * Hand-over to vLLM's disaggregated encoder (README "vLLM"; server/handover/)
+ *   ec_cache_dir            string  ""              shared storage of vLLM's EC transfer (ECExampleConnector's
+ *                                                   shared_storage_path): /v1/chat/completions and
+ *                                                   /v1/vllm/image_embeds?transfer=ec_cache write
+ *                                                   <dir>/<uuid>/encoder_cache.safetensors (tensor ec_cache, bf16,
+ *                                                   [tokens, out_hidden*(1+deepstack)]), through a temporary
+ *                                                   name and rename(); "" = those requests are refused.
+ *   ec_cache_max_bytes      size    8 GiB  [0,16 TiB] retention: files this process knows of (found at start or
+ *                                                   written since) stay under this total, oldest removed first
+ *                                                   (vLLM never removes them); 0 = no byte bound.
+ *   ec_cache_max_age_s      int     3600   [0,1 year] retention: files older than this are removed (at every
+ *                                                   write and once a minute); 0 = no age bound.
+ *   ec_proxy_url            string  ""              vLLM EPD proxy to register with once ready: POST
+ *                                                   <url>/instances {"role": "encode", "url": ...}, repeated every
+ *                                                   ec_announce_interval_s (every 5 s until one succeeds), DELETE
+ *                                                   when draining; "" = no registration.
+ *   ec_advertise_url        string  ""              URL the proxy reaches this instance at; "" = http://host:port
+ *                                                   (an error when host is a wildcard such as 0.0.0.0).
+ *   ec_announce_interval_s  int     30     [1,3600] seconds between registrations.
+ *   ec_transfer_format      enum    items           items | keyed: the form of ec_transfer_params in chat answers
+ *                                                   (vLLM's registry proxy reads ec_items; the example proxy that
+ *                                                   groups items reads a map keyed by mm_hash).
+ *
  * Logging
  *   log_level               enum    info            debug | info | warn | error: lowest level written.
  *   log_format              enum    text            text (`ts level msg key=value`) | json (one object a line).
@@ -132,6 +158,7 @@ extern "C" {
 typedef struct vitd_config {
     /* model and backend */
     char model[VITD_CONFIG_STR_MAX];
+    char model_name[VITD_CONFIG_STR_MAX]; /* "" = the model directory's last component (at most 255 bytes) */
     const char *backend;            /* "cpu" | "gpu" | "auto" */
     const char *attn_dtype;         /* "auto" | "fp8" | "bf16" */
     int device;
@@ -169,6 +196,14 @@ typedef struct vitd_config {
     double fp8_save_margin;
     int fp8_history;
     char attn_route_file[VITD_CONFIG_STR_MAX];
+    /* hand-over to vLLM's disaggregated encoder */
+    char ec_cache_dir[VITD_CONFIG_STR_MAX];   /* "" = no cache files (those routes refuse) */
+    size_t ec_cache_max_bytes;                /* 0 = no byte bound */
+    int ec_cache_max_age_s;                   /* 0 = no age bound */
+    char ec_proxy_url[VITD_CONFIG_STR_MAX];   /* "" = no registration */
+    char ec_advertise_url[VITD_CONFIG_STR_MAX];
+    int ec_announce_interval_s;
+    const char *ec_transfer_format;           /* "items" | "keyed" */
     /* logging */
     const char *log_level;          /* "debug" | "info" | "warn" | "error" */
     const char *log_format;         /* "text" | "json" */

@@ -194,6 +194,30 @@ void strbuf_append(strbuf *b, const char *s, size_t n) {
     b->p[b->len] = '\0';
 }
 
+char *strbuf_reserve(strbuf *b, size_t n) {
+    size_t len = b->len;
+    strbuf_append(b, "", 0);     /* allocates on first use */
+    if (b->failed) return NULL;
+    if (len + n + 1 > b->cap) {
+        size_t cap = b->cap;
+        while (cap < len + n + 1) cap *= 2;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->failed = true;
+            return NULL;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+    return b->p + len;
+}
+
+void strbuf_commit(strbuf *b, size_t n) {
+    if (b->failed) return;
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
 void strbuf_puts(strbuf *b, const char *s) { strbuf_append(b, s, strlen(s)); }
 
 void strbuf_printf(strbuf *b, const char *fmt, ...) {

@@ -46,6 +46,10 @@ typedef struct {
 
 void strbuf_append(strbuf *b, const char *s, size_t n);
 void strbuf_puts(strbuf *b, const char *s);
+/* Room for n more bytes (and the NUL): returns where to write them, or NULL once an allocation failed; then
+ * strbuf_commit(b, m) with the m <= n bytes actually written. Lets a writer (base64) fill the buffer in place. */
+char *strbuf_reserve(strbuf *b, size_t n);
+void strbuf_commit(strbuf *b, size_t n);
 void strbuf_printf(strbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Appends s as a JSON string literal: quotes, backslashes and control characters escaped (\n, \t, \u00XX). */
 void strbuf_json_string(strbuf *b, const char *s);

@@ -68,6 +68,10 @@ struct body_state {
     size_t field_len;
     bool field_long;
 
+    /* route options (body_set_extra_options) */
+    body_option_fn extra;
+    void *extra_user;
+
     /* images (arena), for every kind */
     body_span *images;
     int n_images, cap_images;
@@ -399,12 +403,13 @@ static vitd_status mp_close_part(body_state *s, vitd_err *err) {
         s->part_len = s->part_cap = 0;
         return st;
     }
-    if (!s->part_name[0] || !is_option_key(s->part_name)) return VITD_OK;
+    if (!s->part_name[0] || (!is_option_key(s->part_name) && !s->extra)) return VITD_OK;
     if (s->field_long)
         return vitd_fail(err, VITD_E_INVALID_ARG, "%s: multipart field value longer than %d bytes", s->part_name,
                          FIELD_MAX);
     s->field[s->field_len] = '\0';
-    int r = body_apply_option(&s->opts, s->part_name, s->field, err);
+    int r = is_option_key(s->part_name) ? body_apply_option(&s->opts, s->part_name, s->field, err)
+                                        : s->extra(s->extra_user, s->part_name, s->field, err);
     return r < 0 ? (vitd_status)r : VITD_OK;
 }
 
@@ -556,6 +561,12 @@ static vitd_status mp_finish(body_state *s, vitd_err *err) {
 
 /* Decodes one "images" entry (base64 or a data: URL) into arena memory and adds it as image idx. */
 static vitd_status json_image(body_state *s, int idx, const char *str, vitd_err *err) {
+    body_span sp;
+    vitd_status st = body_image_string(s->a, idx, str, &sp, err);
+    return st ? st : add_image(s, sp.data, sp.len, err);
+}
+
+vitd_status body_image_string(arena *a, int idx, const char *str, body_span *out, vitd_err *err) {
     size_t len = strlen(str), off = 0;
     while (off < len && is_space(str[off])) off++;
     char shown[64];
@@ -592,7 +603,7 @@ static vitd_status json_image(body_state *s, int idx, const char *str, vitd_err 
         }
     }
     size_t n = len - off, cap = n / 4 * 3 + 3;
-    uint8_t *dst = arena_alloc(s->a, cap);
+    uint8_t *dst = arena_alloc(a, cap);
     if (!dst) return vitd_fail(err, VITD_E_NOMEM, "image %d: out of request memory for %zu decoded bytes", idx, cap);
     size_t bad = 0;
     long got = b64_decode(str + off, n, dst, &bad);
@@ -606,8 +617,9 @@ static vitd_status json_image(body_state *s, int idx, const char *str, vitd_err 
                          c >= 0x20 && c < 0x7f ? "' " : "", c, off + bad);
     }
     if (got == 0) return vitd_fail(err, VITD_E_INVALID_ARG, "image %d: empty image data", idx);
-    uint8_t *fit = arena_realloc(s->a, dst, cap, (size_t)got);
-    return add_image(s, fit ? fit : dst, (size_t)got, err);
+    uint8_t *fit = arena_realloc(a, dst, cap, (size_t)got);
+    *out = (body_span){fit ? fit : dst, (size_t)got};
+    return VITD_OK;
 }
 
 static const char *json_type_name(const cJSON *j) {
@@ -646,6 +658,27 @@ static vitd_status json_options(body_state *s, const cJSON *root, vitd_err *err)
     return VITD_OK;
 }
 
+/* Hands the members that are neither images nor encode options to the route's option hook (body.h). */
+static vitd_status json_extra(body_state *s, const cJSON *root, vitd_err *err) {
+    if (!s->extra) return VITD_OK;
+    for (const cJSON *m = root->child; m; m = m->next) {
+        const char *k = m->string;
+        if (!k || !strcmp(k, "images") || !strcmp(k, "image") || is_option_key(k)) continue;
+        const cJSON *first = cJSON_IsArray(m) ? m->child : m, *only = cJSON_IsArray(m) ? NULL : m;
+        for (const cJSON *e = first; e; e = only ? NULL : e->next) {
+            char num[32];
+            const char *v = NULL;
+            if (cJSON_IsString(e)) v = e->valuestring;
+            else if (cJSON_IsBool(e)) v = cJSON_IsTrue(e) ? "true" : "false";
+            else if (cJSON_IsNumber(e)) snprintf(num, sizeof num, "%.17g", e->valuedouble), v = num;
+            int r = s->extra(s->extra_user, k, v, err);
+            if (r < 0) return (vitd_status)r;
+            if (r == 1) break; /* not the route's key: the rest of the array is not either */
+        }
+    }
+    return VITD_OK;
+}
+
 static vitd_status json_finish(body_state *s, vitd_err *err) {
     vitd_status st = VITD_OK;
     cJSON *root = NULL;
@@ -670,6 +703,7 @@ static vitd_status json_finish(body_state *s, vitd_err *err) {
         goto fail;
     }
     if ((st = json_options(s, root, err))) goto fail;
+    if ((st = json_extra(s, root, err))) goto fail;
     cJSON *images = cJSON_GetObjectItemCaseSensitive(root, "images");
     cJSON *one = cJSON_GetObjectItemCaseSensitive(root, "image");
     if (images && one) {
@@ -774,6 +808,22 @@ vitd_status body_begin(struct MHD_Connection *conn, const char *content_type, co
     }
     *out = s;
     return VITD_OK;
+}
+
+vitd_status body_begin_whole(const body_limits *lim, arena *a, body_state **out, vitd_err *err) {
+    *out = NULL;
+    body_state *s = arena_calloc(a, 1, sizeof *s);
+    if (!s) return vitd_fail(err, VITD_E_NOMEM, "out of request memory");
+    s->kind = KIND_RAW;
+    s->a = a;
+    s->lim = *lim;
+    *out = s;
+    return VITD_OK;
+}
+
+void body_set_extra_options(body_state *s, body_option_fn fn, void *user) {
+    s->extra = fn;
+    s->extra_user = user;
 }
 
 vitd_status body_feed(body_state *s, const char *data, size_t size, vitd_err *err) {

@@ -62,6 +62,18 @@ typedef struct body_state body_state;
  * content_type may be NULL (-> 415). opts holds the defaults, already overridden by query parameters. */
 vitd_status body_begin(struct MHD_Connection *conn, const char *content_type, const body_limits *lim,
                        const encode_options *opts, arena *a, body_state **out, vitd_err *err);
+/* Starts a body that is taken whole, whatever its Content-Type: body_finish gives one span holding every byte
+ * (the routes whose bodies are parsed by their own module: chat completions, KServe v2 infer). Same limits. */
+vitd_status body_begin_whole(const body_limits *lim, arena *a, body_state **out, vitd_err *err);
+
+/* Options a route knows beyond encode_options (a uuid per image, a vLLM grid layout...). fn gets every multipart
+ * text field and every JSON member that is neither an image nor an encode option: a string as it is, true/false,
+ * a number as printf("%.17g"), an array element by element (in order), null or an object as value NULL.
+ * It returns 0 (applied), 1 (not its key: ignored) or a negative vitd_status (err names the key), which fails
+ * the body. Query parameters do not pass through here: the caller applies them. Set before the first body_feed. */
+typedef int (*body_option_fn)(void *user, const char *key, const char *value, vitd_err *err);
+void body_set_extra_options(body_state *s, body_option_fn fn, void *user);
+
 /* Feeds the next chunk of the upload. */
 vitd_status body_feed(body_state *s, const char *data, size_t size, vitd_err *err);
 /* The body is complete: parse what remains and fill *out (spans and arrays live in the arena). After a failure in
@@ -88,6 +100,11 @@ vitd_status body_multipart_delimiter(body_state *s, vitd_err *err);
  * (value NULL counts as ""); unknown keys are ignored (returns 1) so callers may pass every query parameter.
  * 0 = applied. */
 int body_apply_option(encode_options *o, const char *key, const char *value, vitd_err *err);
+
+/* One image given as text, as in a JSON body's "images": base64 (either alphabet, whitespace ignored) or a
+ * data:image/...;base64, URL, decoded into arena memory (*out). A remote URL (http:, https:, file:, ...) is
+ * refused, vitd never fetches anything. Errors are VITD_E_INVALID_ARG naming image idx and the problem. */
+vitd_status body_image_string(arena *a, int idx, const char *str, body_span *out, vitd_err *err);
 
 /* Base64 (RFC 4648) into dst (>= 3*len/4+3 bytes); returns the decoded length or -1 on invalid input. Accepts the
  * standard alphabet and the URL-safe one ('-' '_', RFC 4648 section 5), even mixed; ignores whitespace anywhere;

@@ -1,30 +1,15 @@
-/* http.c — the libmicrohttpd daemon: routes, `struct req` and its lifetime, suspend/resume, completion cleanup.
- *
- * A request (`struct req`) is created at the first access-handler call and stored in MHD's req_cls. It owns an
- * arena holding everything the request needs (body, image spans, pixel_values, outputs). It is reference
- * counted: one reference for the connection (dropped by the completion callback, whatever the outcome) and, for
- * an encode request that went asynchronous, one for the work (prep pool -> scheduler), dropped by whoever records
- * the outcome and resumes the connection. Whoever drops the last reference frees the arena.
- *
- * Encode phases (r->phase, touched only by the connection's MHD thread, except PH_ASYNC -> PH_DONE which the
- * work side sets before MHD_resume_connection, whose locking orders it before the next handler call):
- *   PH_BODY   upload streaming into body_feed(); an error is remembered and answered when the upload ends
- *   PH_ASYNC  suspended: prep pool, then scheduler
- *   PH_DONE   resumed: render the answer
- * Other routes answer at the first call.
- */
-#include "http.h"
+/* http.c — the libmicrohttpd daemon: the route table and dispatch, `struct req` and its lifetime, the answer
+ * helpers, the GET routes (health, readiness, metrics, model, KServe v2 metadata) and completion cleanup.
+ * The image routes' pipeline (body, prep, scheduler, cache files, answers) is http_images.c; the request
+ * object and the phases are described in http_req.h. */
+#include "http_req.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
-#include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
-#include <poll.h>
-#include <pthread.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,84 +19,29 @@
 
 #include <cJSON.h>
 
-#include "arena.h"
-#include "body.h"
-#include "image.h"
+#include "content_id.h"
 #include "log.h"
 #include "metrics.h"
-#include "preprocess.h"
 #include "reply.h"
 #include "util.h"
 
-#define ROUTE_ENCODE "/v1/encode"
 #define RETRY_AFTER_S "1"
 
-typedef enum { RT_ENCODE, RT_HEALTH, RT_READY, RT_METRICS, RT_MODEL, RT_NOT_FOUND } route_id;
-
-static const struct {
-    const char *path;
-    const char *method; /* the one method it serves (GET routes also take HEAD) */
-    const char *allow;
-    bool open;          /* reachable without the API key */
-} g_routes[] = {
-    [RT_ENCODE] = {ROUTE_ENCODE, "POST", "POST", false},
-    [RT_HEALTH] = {"/health", "GET", "GET, HEAD", true},
-    [RT_READY] = {"/ready", "GET", "GET, HEAD", true},
-    [RT_METRICS] = {"/metrics", "GET", "GET, HEAD", false},
-    [RT_MODEL] = {"/v1/model", "GET", "GET, HEAD", false},
-    [RT_NOT_FOUND] = {"(unknown)", NULL, NULL, true},
-};
-
-typedef enum { PH_NEW, PH_BODY, PH_ASYNC, PH_DONE, PH_ANSWERED } req_phase;
-
-struct http_server {
-    http_opts o;
-    struct MHD_Daemon *daemon;
-    int port;
-    atomic_bool ready;
-    atomic_bool draining;
-    atomic_ullong next_id;
-    unsigned long long id_seed;
-    char model_name[256];
-    pthread_mutex_t mu;       /* guards live */
-    pthread_cond_t idle_cv;   /* live reached 0 */
-    int live;                 /* requests created and not freed */
-};
-
-struct req {
-    atomic_int refs;
-    http_server *srv;
-    arena *arena;
-    struct MHD_Connection *conn;
-    route_id route;
-    const char *method;       /* arena copy, for the access line */
-    req_phase phase;
-    char id[72];
-    char remote[64];
-    double t_start, t_body, t_prep_done, t_done;
-    uint64_t bytes_in, bytes_out;
-    int status;               /* HTTP status queued (0 = none yet) */
-    const char *error_code;   /* error.code of a failed answer, or NULL */
-    /* ---- encode ---- */
-    body_state *body;
-    bool body_failed;         /* answer `pending` when the upload ends */
-    vitd_status pending;
-    char pending_msg[sizeof(((vitd_err *)0)->msg)];
-    body_result br;
-    int n_images;
-    vitd_grid *grids;         /* [n_images], arena */
-    float **pv, **emb, **ds;  /* [n_images] each, arena; ds NULL when deepstack is not returned */
-    size_t n_patches;
-    int fd;                   /* the connection's socket, for the hang-up check while suspended */
-    atomic_int prep_left;     /* prep tasks not finished */
-    atomic_bool prep_failed;
-    pthread_mutex_t prep_mu;  /* guards prep_err, prep_err_index */
-    int prep_err_index;
-    vitd_err prep_err;
-    sched_job job;
-    /* outcome, written by the work side before MHD_resume_connection */
-    vitd_status outcome;
-    vitd_err outcome_err;
+const http_route http_routes[RT_NOT_FOUND + 1] = {
+    [RT_ENCODE] = {"/v1/encode", "POST", "POST", false, false},
+    [RT_VLLM_EMBEDS] = {"/v1/vllm/image_embeds", "POST", "POST", false, false},
+    [RT_CHAT] = {"/v1/chat/completions", "POST", "POST", false, false},
+    [RT_V2_INFER] = {"/v2/models/{model}/infer", "POST", "POST", false, true},
+    [RT_HEALTH] = {"/health", "GET", "GET, HEAD", true, false},
+    [RT_READY] = {"/ready", "GET", "GET, HEAD", true, false},
+    [RT_METRICS] = {"/metrics", "GET", "GET, HEAD", false, false},
+    [RT_MODEL] = {"/v1/model", "GET", "GET, HEAD", false, false},
+    [RT_V2_SERVER] = {"/v2", "GET", "GET, HEAD", false, true},
+    [RT_V2_LIVE] = {"/v2/health/live", "GET", "GET, HEAD", true, true},
+    [RT_V2_READY] = {"/v2/health/ready", "GET", "GET, HEAD", true, true},
+    [RT_V2_MODEL] = {"/v2/models/{model}", "GET", "GET, HEAD", false, true},
+    [RT_V2_MODEL_READY] = {"/v2/models/{model}/ready", "GET", "GET, HEAD", false, true},
+    [RT_NOT_FOUND] = {"(unknown)", NULL, NULL, true, false},
 };
 
 /* ---- small helpers ---- */
@@ -156,15 +86,36 @@ static bool auth_ok(const http_server *h, struct MHD_Connection *conn) {
     return diff == 0;
 }
 
-static route_id route_of(const char *url) {
-    for (int i = 0; i < RT_NOT_FOUND; i++)
-        if (strcmp(url, g_routes[i].path) == 0) return (route_id)i;
+/* The route of url. KServe v2 model paths, /v2/models/<model>[/versions/<v>][/ready|/infer], also give the
+ * model segment (*model, arena) and the version (*version, arena, or NULL when absent). */
+static route_id route_of(const char *url, arena *a, const char **model, const char **version) {
+    static const route_id fixed[] = {RT_ENCODE, RT_VLLM_EMBEDS, RT_CHAT, RT_HEALTH, RT_READY, RT_METRICS, RT_MODEL,
+                                     RT_V2_SERVER, RT_V2_LIVE, RT_V2_READY};
+    for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
+        if (strcmp(url, http_routes[fixed[i]].path) == 0) return fixed[i];
+    static const char prefix[] = "/v2/models/";
+    if (strncmp(url, prefix, sizeof prefix - 1) != 0) return RT_NOT_FOUND;
+    const char *m = url + sizeof prefix - 1, *slash = strchr(m, '/');
+    size_t ml = slash ? (size_t)(slash - m) : strlen(m);
+    if (ml == 0) return RT_NOT_FOUND;
+    *model = arena_strndup(a, m, ml);
+    const char *rest = slash ? slash : "";
+    if (strncmp(rest, "/versions/", 10) == 0) {
+        const char *v = rest + 10, *vs = strchr(v, '/');
+        size_t vl = vs ? (size_t)(vs - v) : strlen(v);
+        if (vl == 0) return RT_NOT_FOUND;
+        *version = arena_strndup(a, v, vl);
+        rest = vs ? vs : "";
+    }
+    if (!*rest) return RT_V2_MODEL;
+    if (!strcmp(rest, "/ready")) return RT_V2_MODEL_READY;
+    if (!strcmp(rest, "/infer")) return RT_V2_INFER;
     return RT_NOT_FOUND;
 }
 
 /* ---- request lifetime ---- */
 
-static struct req *req_create(http_server *h, struct MHD_Connection *conn, const char *url, const char *method) {
+static struct req *req_create(http_server *h, struct MHD_Connection *conn, const char *method) {
     struct req *r = xcalloc(1, sizeof *r);
     r->arena = arena_create(0);
     if (!r->arena) {
@@ -174,14 +125,16 @@ static struct req *req_create(http_server *h, struct MHD_Connection *conn, const
     atomic_init(&r->refs, 1);
     atomic_init(&r->prep_left, 0);
     atomic_init(&r->prep_failed, false);
+    atomic_init(&r->io_left, 0);
     pthread_mutex_init(&r->prep_mu, NULL);
     r->srv = h;
     r->conn = conn;
     r->t_start = now_s();
-    r->route = route_of(url);
+    r->route = RT_NOT_FOUND;
     r->method = arena_strndup(r->arena, method, 32);
     r->fd = -1;
     r->prep_err_index = -1;
+    r->io_err_index = -1;
     req_set_id(h, r);
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
     if (ci && ci->client_addr) {
@@ -198,8 +151,7 @@ static struct req *req_create(http_server *h, struct MHD_Connection *conn, const
     return r;
 }
 
-/* Drops one reference; the last one frees the arena and the request. */
-static void req_unref(struct req *r) {
+void http_req_unref(struct req *r) {
     if (atomic_fetch_sub(&r->refs, 1) != 1) return;
     http_server *h = r->srv;
     VITD_ASSERT(r->body == NULL);
@@ -211,18 +163,16 @@ static void req_unref(struct req *r) {
     pthread_mutex_unlock(&h->mu);
 }
 
-/* ---- responses ---- */
+/* ---- answers ---- */
 
-/* Queues buf (malloc'd, len bytes; ownership passes to MHD) with status and content type, plus X-Request-Id and,
- * while draining, Connection: close. extra_name/extra_value: one more header or NULL. */
-static enum MHD_Result respond(struct req *r, int status, const char *ctype, char *buf, size_t len,
-                               const char *extra_name, const char *extra_value) {
+enum MHD_Result http_respond(struct req *r, int status, const char *ctype, char *buf, size_t len,
+                             const char *extra_name, const char *extra_value) {
     struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(len, buf, free);
     if (!resp) {
         free(buf);
         return MHD_NO;
     }
-    MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     MHD_add_response_header(resp, "X-Request-Id", r->id);
     if (extra_name) MHD_add_response_header(resp, extra_name, extra_value);
     if (atomic_load(&r->srv->draining)) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
@@ -234,37 +184,32 @@ static enum MHD_Result respond(struct req *r, int status, const char *ctype, cha
     return ok;
 }
 
-/* Error answer: JSON body {"error": {code, message, request_id}}. */
-static enum MHD_Result respond_error(struct req *r, int status, const char *code, const char *extra_name,
-                                     const char *extra_value, const char *fmt, ...)
-    __attribute__((format(printf, 6, 7)));
-static enum MHD_Result respond_error(struct req *r, int status, const char *code, const char *extra_name,
-                                     const char *extra_value, const char *fmt, ...) {
+enum MHD_Result http_respond_error(struct req *r, int status, const char *code, const char *extra_name,
+                                   const char *extra_value, const char *fmt, ...) {
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     size_t len = 0;
-    char *body = reply_error_json(code, msg, r->id, &len);
+    char *body = http_routes[r->route].v2 ? kserve_error(msg, &len) : reply_error_json(code, msg, r->id, &len);
     if (!body) return MHD_NO;
     r->error_code = code;
-    return respond(r, status, "application/json", body, len, extra_name, extra_value);
+    return http_respond(r, status, "application/json", body, len, extra_name, extra_value);
 }
 
-/* Error answer for a vitd_status: HTTP code from reply's table, Retry-After on 503. */
-static enum MHD_Result respond_status(struct req *r, vitd_status s, const char *msg) {
+enum MHD_Result http_respond_status(struct req *r, vitd_status s, const char *msg) {
     int code = reply_http_status(s);
     bool retry = code == 503;
-    return respond_error(r, code, vitd_status_name(s), retry ? MHD_HTTP_HEADER_RETRY_AFTER : NULL,
-                         retry ? RETRY_AFTER_S : NULL, "%s", msg);
+    return http_respond_error(r, code, vitd_status_name(s), retry ? MHD_HTTP_HEADER_RETRY_AFTER : NULL,
+                              retry ? RETRY_AFTER_S : NULL, "%s", msg);
 }
 
-static enum MHD_Result respond_text(struct req *r, int status, const char *ctype, const char *text) {
+enum MHD_Result http_respond_text(struct req *r, int status, const char *ctype, const char *text) {
     size_t n = strlen(text);
     char *buf = xmalloc(n + 1);
     memcpy(buf, text, n + 1);
-    return respond(r, status, ctype, buf, n, NULL, NULL);
+    return http_respond(r, status, ctype, buf, n, NULL, NULL);
 }
 
 /* ---- GET routes ---- */
@@ -272,7 +217,7 @@ static enum MHD_Result respond_text(struct req *r, int status, const char *ctype
 static enum MHD_Result handle_metrics(struct req *r) {
     http_server *h = r->srv;
     metrics_vitd *m = h->o.metrics;
-    if (!m) return respond_text(r, 200, "text/plain; version=0.0.4", "");
+    if (!m) return http_respond_text(r, 200, "text/plain; version=0.0.4", "");
     int jobs = 0;
     size_t queued = 0;
     if (h->o.sched) sched_depth(h->o.sched, &jobs, &queued, NULL);
@@ -281,8 +226,8 @@ static enum MHD_Result handle_metrics(struct req *r) {
     metrics_set(m->ready_s, atomic_load(&h->ready) && !atomic_load(&h->draining) ? 1 : 0);
     size_t len = 0;
     char *text = metrics_render(m->reg, &len);
-    if (!text) return respond_status(r, VITD_E_NOMEM, "metrics: out of memory");
-    return respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL, NULL);
+    if (!text) return http_respond_status(r, VITD_E_NOMEM, "metrics: out of memory");
+    return http_respond(r, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL, NULL);
 }
 
 static cJSON *int_array(const int *v, int n) {
@@ -353,260 +298,92 @@ static enum MHD_Result handle_model(struct req *r) {
     cJSON_AddBoolToObject(out, "deepstack_default", c->deepstack_default);
     const char *dtypes[] = {"float32", "bfloat16", "float16"};
     cJSON_AddItemToObject(out, "dtypes", cJSON_CreateStringArray(dtypes, 3));
+    /* the hand-overs to LLM engines this server offers (README "Handing embeddings to LLM engines") */
+    cJSON *ho = cJSON_AddObjectToObject(root, "handover");
+    cJSON *vl = cJSON_AddObjectToObject(ho, "vllm");
+    cJSON_AddStringToObject(vl, "image_embeds", "/v1/vllm/image_embeds");
+    cJSON_AddNumberToObject(vl, "embedding_width", vc->out_hidden_size * (1 + vc->n_deepstack));
+    cJSON_AddBoolToObject(vl, "ec_cache", h->o.ec != NULL);
+    if (h->o.ec) {
+        cJSON_AddStringToObject(vl, "ec_cache_dir", c->ec_cache_dir);
+        cJSON_AddStringToObject(vl, "encoder_instance", "/v1/chat/completions");
+        cJSON_AddStringToObject(vl, "ec_transfer_format", c->ec_transfer_format);
+    }
+    if (c->ec_proxy_url[0]) cJSON_AddStringToObject(vl, "ec_proxy_url", c->ec_proxy_url);
+    cJSON *ks = cJSON_AddObjectToObject(ho, "kserve_v2");
+    char v2path[300];
+    snprintf(v2path, sizeof v2path, "/v2/models/%s", h->model_name);
+    cJSON_AddStringToObject(ks, "model", v2path);
     char *text = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
-    if (!text) return respond_status(r, VITD_E_NOMEM, "model: out of memory");
+    if (!text) return http_respond_status(r, VITD_E_NOMEM, "model: out of memory");
     size_t n = strlen(text);
     char *buf = malloc(n + 2);
     if (!buf) {
         cJSON_free(text);
-        return respond_status(r, VITD_E_NOMEM, "model: out of memory");
+        return http_respond_status(r, VITD_E_NOMEM, "model: out of memory");
     }
     memcpy(buf, text, n);
     buf[n] = '\n';
     buf[n + 1] = 0;
     cJSON_free(text);
-    return respond(r, 200, "application/json", buf, n + 1, NULL, NULL);
+    return http_respond(r, 200, "application/json", buf, n + 1, NULL, NULL);
 }
 
-/* ---- encode: work side (prep pool and scheduler threads) ---- */
+/* ---- KServe v2 GET routes ---- */
 
-/* Records the outcome and hands the connection back to MHD; drops the work reference. */
-static void req_finish(struct req *r, vitd_status s, const vitd_err *err) {
-    r->outcome = s;
-    if (s != VITD_OK && err) r->outcome_err = *err;
-    else if (s != VITD_OK) vitd_fail(&r->outcome_err, s, "%s", vitd_status_name(s));
-    r->t_done = now_s();
-    r->phase = PH_DONE;
-    MHD_resume_connection(r->conn);
-    req_unref(r);
-}
-
-static struct req *req_of_job(sched_job *j) { return (struct req *)((char *)j - offsetof(struct req, job)); }
-
-static void job_done(sched_job *j, vitd_status s, const vitd_err *err) { req_finish(req_of_job(j), s, err); }
-
-/* The client hung up (MHD does not watch suspended connections): peer closed or reset the socket. */
-static bool job_gone(sched_job *j) {
-    struct req *r = req_of_job(j);
-    if (r->fd < 0) return false;
-    struct pollfd p = {.fd = r->fd, .events = POLLIN | POLLRDHUP};
-    if (poll(&p, 1, 0) <= 0) return false;
-    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
-}
-
-/* One prep task: decode and preprocess image i into its arena buffer. Once an image has failed, the tasks not yet
- * started skip their work. The last task to finish submits the job, or answers with the failure of the lowest
- * image index that failed. */
-static void prep_task(void *arg, int i) {
-    struct req *r = arg;
+/* 404 in KServe's words unless r names the served model (version absent or "1"). */
+static bool v2_model_known(struct req *r, const char *version) {
     http_server *h = r->srv;
-    if (!atomic_load(&r->prep_failed)) {
-        vitd_err err = {0};
-        body_span sp = r->br.images[i];
-        log_request_begin(r->id);
-        vitd_status s = prep_image(sp.data, sp.len, h->o.cfg->max_image_pixels, &h->o.preproc, &r->grids[i],
-                                   r->pv[i], &err);
-        log_request_end();
-        if (s != VITD_OK) {
-            pthread_mutex_lock(&r->prep_mu);
-            if (r->prep_err_index < 0 || i < r->prep_err_index) {
-                r->prep_err_index = i;
-                vitd_fail(&r->prep_err, s, "image %d: %s", i, err.msg);
-            }
-            pthread_mutex_unlock(&r->prep_mu);
-            atomic_store(&r->prep_failed, true);
-        }
+    if (strcmp(r->v2_model, h->model_name) != 0) {
+        http_respond_error(r, 404, "not_found", NULL, NULL, "Request for unknown model: '%.128s' is not found",
+                           r->v2_model);
+        return false;
     }
-    if (atomic_fetch_sub(&r->prep_left, 1) != 1) return;
-    /* last task: every write above happened before this point (acq_rel on prep_left) */
-    r->t_prep_done = now_s();
-    if (atomic_load(&r->prep_failed)) {
-        sched_unreserve(h->o.sched, r->n_patches);
-        req_finish(r, r->prep_err.code, &r->prep_err);
-        return;
+    if (version && strcmp(version, "1") != 0) {
+        http_respond_error(r, 404, "not_found", NULL, NULL, "Request for unknown model: '%s' version %.32s is not "
+                           "found (it has version 1)", h->model_name, version);
+        return false;
     }
-    vitd_err err = {0};
-    vitd_status s = sched_submit(h->o.sched, &r->job, &err);
-    if (s != VITD_OK) {
-        if (s != VITD_E_CANCELLED) sched_unreserve(h->o.sched, r->n_patches); /* cancelled returns it itself */
-        req_finish(r, s, &err);
-    }
+    return true;
 }
 
-/* ---- encode: MHD side ---- */
-
-static enum MHD_Result apply_query(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
-    (void)kind;
-    struct req *r = cls;
-    vitd_err err = {0};
-    if (body_apply_option(&r->br.opts, key, value ? value : "", &err) < 0) {
-        r->body_failed = true;
-        r->pending = VITD_E_INVALID_ARG;
-        memcpy(r->pending_msg, err.msg, sizeof r->pending_msg); /* body names the key */
-        return MHD_NO;
-    }
-    return MHD_YES;
+static enum MHD_Result v2_answer(struct req *r, int status, char *text, size_t len) {
+    if (!text) return http_respond_status(r, VITD_E_NOMEM, "out of memory");
+    return http_respond(r, status, "application/json", text, len, NULL, NULL);
 }
 
-/* First call of POST /v1/encode: limits known from headers, options from the query, body parser. */
-static enum MHD_Result encode_begin(struct req *r) {
+static enum MHD_Result v2_get(struct req *r, const char *version) {
     http_server *h = r->srv;
-    const vitd_config *c = h->o.cfg;
-    if (atomic_load(&h->draining))
-        return respond_error(r, 503, "cancelled", MHD_HTTP_HEADER_RETRY_AFTER, RETRY_AFTER_S,
-                             "the server is shutting down; retry on another replica");
-    const char *cl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
-    if (cl) {
-        char *end = NULL;
-        errno = 0;
-        unsigned long long n = strtoull(cl, &end, 10);
-        if (errno == 0 && end != cl && n > c->max_body_bytes)
-            return respond_error(r, 413, "too_large", NULL, NULL, "body of %llu bytes exceeds max_body_bytes %zu",
-                                 n, c->max_body_bytes);
-    }
-    encode_options opts = {.encoding = ENC_FLOAT, .deepstack = c->deepstack_default, .dtype = ST_F32,
-                           .layout = LAYOUT_SEPARATE};
-    if (!strcmp(c->output_dtype, "bfloat16")) opts.dtype = ST_BF16;
-    else if (!strcmp(c->output_dtype, "float16")) opts.dtype = ST_F16;
-    r->br.opts = opts;
-    MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, apply_query, r);
-    if (r->body_failed) return respond_status(r, r->pending, r->pending_msg);
-    body_limits lim = {.max_body_bytes = c->max_body_bytes, .max_images = c->max_images_per_request};
-    const char *ctype = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
-    vitd_err err = {0};
-    vitd_status s = body_begin(r->conn, ctype, &lim, &r->br.opts, r->arena, &r->body, &err);
-    if (s != VITD_OK) return respond_status(r, s, err.msg);
-    r->phase = PH_BODY;
-    return MHD_YES;
-}
-
-/* The upload is complete: parse, probe and plan every image, book queue capacity, allocate the request's
- * buffers, suspend and hand the work reference to the prep pool. Answers at once on any failure. */
-static enum MHD_Result encode_start(struct req *r) {
-    http_server *h = r->srv;
-    const vitd_config *c = h->o.cfg;
-    const vitd_vision_config *vc = vitd_model_config(h->o.model);
-    vitd_err err = {0};
-    r->t_body = now_s();
-    vitd_status s = body_finish(r->body, &r->br, &err);
-    body_end(r->body);
-    r->body = NULL;
-    if (s != VITD_OK) return respond_status(r, s, err.msg);
-    int n = r->br.n_images;
-    if (n <= 0) return respond_status(r, VITD_E_INVALID_ARG, "the body holds no image");
-    r->n_images = n;
-    r->grids = arena_calloc(r->arena, (size_t)n, sizeof *r->grids);
-    r->pv = arena_calloc(r->arena, (size_t)n, sizeof *r->pv);
-    r->emb = arena_calloc(r->arena, (size_t)n, sizeof *r->emb);
-    bool want_ds = r->br.opts.deepstack && vc->n_deepstack > 0;
-    r->ds = want_ds ? arena_calloc(r->arena, (size_t)n, sizeof *r->ds) : NULL;
-    if (!r->grids || !r->pv || !r->emb || (want_ds && !r->ds))
-        return respond_status(r, VITD_E_NOMEM, "out of memory for the request's image table");
-    size_t total = 0;
-    for (int i = 0; i < n; i++) {
-        body_span sp = r->br.images[i];
-        image_format fmt;
-        uint32_t w = 0, hgt = 0;
-        s = image_probe(sp.data, sp.len, &fmt, &w, &hgt, &err);
-        if (s != VITD_OK) {
-            char msg[300];
-            snprintf(msg, sizeof msg, "image %d: %s", i, err.msg);
-            return respond_status(r, s, msg);
-        }
-        if ((uint64_t)w * hgt > c->max_image_pixels)
-            return respond_error(r, 413, "too_large", NULL, NULL,
-                                 "image %d: %ux%u is %llu pixels, over "
-                                 "max_image_pixels %zu",
-                                 i, w, hgt, (unsigned long long)w * hgt, c->max_image_pixels);
-        s = preprocess_plan(hgt, w, &h->o.preproc, &r->grids[i], &err);
-        if (s != VITD_OK) {
-            char msg[300];
-            snprintf(msg, sizeof msg, "image %d: %s", i, err.msg);
-            return respond_status(r, s, msg);
-        }
-        size_t p = (size_t)r->grids[i].t * r->grids[i].h * r->grids[i].w;
-        if (p > h->o.max_image_patches)
-            return respond_error(r, 413, "too_large", NULL, NULL, "image %d: %ux%u needs %zu patches, over the "
-                                 "%zu an image may have (max_pixels / patch area)", i, w, hgt, p, h->o.max_image_patches);
-        total += p;
-    }
-    s = sched_reserve(h->o.sched, total, &err);
-    if (s != VITD_OK) return respond_status(r, s, err.msg);
-    r->n_patches = total;
-    size_t row = preprocess_row_width(&h->o.preproc), D = (size_t)vc->out_hidden_size;
-    size_t merge = (size_t)vc->spatial_merge_size * (size_t)vc->spatial_merge_size;
-    for (int i = 0; i < n; i++) {
-        size_t p = (size_t)r->grids[i].t * r->grids[i].h * r->grids[i].w, tokens = p / merge;
-        r->pv[i] = arena_alloc(r->arena, p * row * sizeof(float));
-        r->emb[i] = arena_alloc(r->arena, tokens * D * sizeof(float));
-        if (want_ds) r->ds[i] = arena_alloc(r->arena, tokens * D * (size_t)vc->n_deepstack * sizeof(float));
-        if (!r->pv[i] || !r->emb[i] || (want_ds && !r->ds[i])) {
-            sched_unreserve(h->o.sched, total);
-            return respond_status(r, VITD_E_NOMEM, "out of memory for the request's pixel and output buffers");
-        }
-    }
-    sched_job *j = &r->job;
-    j->n_images = n;
-    j->grids = r->grids;
-    j->pixel_values = r->pv;
-    j->embeddings = r->emb;
-    j->deepstack = want_ds ? r->ds : NULL;
-    j->n_patches = total;
-    j->deadline = r->t_start + c->request_timeout_ms * 1e-3;
-    j->gone = job_gone;
-    j->done = job_done;
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    r->fd = ci ? ci->connect_fd : -1;
-    atomic_store(&r->prep_left, n);
-    atomic_fetch_add(&r->refs, 1); /* the work reference */
-    r->phase = PH_ASYNC;
-    MHD_suspend_connection(r->conn);
-    prep_pool_submit(h->o.prep, prep_task, r, n);
-    return MHD_YES;
-}
-
-/* Whether the client asked for safetensors; *ctype gets the type to answer with. */
-static bool wants_safetensors(struct MHD_Connection *conn, const char **ctype) {
-    const char *acc = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
-    if (!acc) return false;
-    if (strcasestr(acc, "application/vnd.safetensors")) {
-        *ctype = "application/vnd.safetensors";
-        return true;
-    }
-    if (strcasestr(acc, "application/octet-stream")) {
-        *ctype = "application/octet-stream";
-        return true;
-    }
-    return false;
-}
-
-/* The resumed handler: renders the outcome into one heap buffer handed to MHD. */
-static enum MHD_Result encode_answer(struct req *r) {
-    http_server *h = r->srv;
-    if (r->outcome != VITD_OK) return respond_status(r, r->outcome, r->outcome_err.msg);
-    const vitd_vision_config *vc = vitd_model_config(h->o.model);
-    reply_image *imgs = arena_calloc(r->arena, (size_t)r->n_images, sizeof *imgs);
-    if (!imgs) return respond_status(r, VITD_E_NOMEM, "out of memory rendering the answer");
-    for (int i = 0; i < r->n_images; i++) {
-        imgs[i].grid = r->grids[i];
-        imgs[i].embeddings = r->emb[i];
-        imgs[i].deepstack = r->ds ? r->ds[i] : NULL;
-    }
-    reply_encode re = {.id = r->id, .model = h->model_name, .out_hidden = vc->out_hidden_size,
-                       .n_deepstack = r->ds ? vc->n_deepstack : 0, .deepstack_layers = vc->deepstack_indexes,
-                       .n_images = r->n_images, .images = imgs, .opts = r->br.opts};
-    if (!r->ds) re.opts.deepstack = false;
-    const char *ctype = NULL;
+    bool ready = atomic_load(&h->ready) && !atomic_load(&h->draining);
     size_t len = 0;
-    if (wants_safetensors(r->conn, &ctype)) {
-        uint8_t *buf = reply_encode_safetensors(&re, &len);
-        if (!buf) return respond_status(r, VITD_E_NOMEM, "out of memory rendering the safetensors answer");
-        return respond(r, 200, ctype, (char *)buf, len, NULL, NULL);
+    switch (r->route) {
+    case RT_V2_SERVER: {
+        char *t = kserve_server_metadata(h->o.version, &len);
+        return v2_answer(r, 200, t, len);
     }
-    char *buf = reply_encode_json(&re, &len);
-    if (!buf) return respond_status(r, VITD_E_NOMEM, "out of memory rendering the JSON answer");
-    return respond(r, 200, "application/json", buf, len, NULL, NULL);
+    case RT_V2_LIVE: return http_respond_text(r, 200, "application/json", "{\"live\":true}\n");
+    case RT_V2_READY:
+        return http_respond_text(r, ready ? 200 : 400, "application/json",
+                                 ready ? "{\"ready\":true}\n" : "{\"ready\":false}\n");
+    case RT_V2_MODEL:
+    case RT_V2_MODEL_READY: {
+        if (!v2_model_known(r, version)) return MHD_YES;
+        if (r->route == RT_V2_MODEL_READY) {
+            strbuf b = {0};
+            strbuf_puts(&b, "{\"name\":");
+            strbuf_json_string(&b, h->model_name);
+            strbuf_printf(&b, ",\"ready\":%s}\n", ready ? "true" : "false");
+            char *t = strbuf_finish(&b);
+            return v2_answer(r, ready ? 200 : 400, t, t ? strlen(t) : 0);
+        }
+        const vitd_vision_config *vc = vitd_model_config(h->o.model);
+        char *t = kserve_model_metadata(h->model_name, vc->out_hidden_size, vc->n_deepstack, &len);
+        return v2_answer(r, 200, t, len);
+    }
+    default: break;
+    }
+    return MHD_NO;
 }
 
 /* ---- MHD callbacks ---- */
@@ -618,67 +395,49 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     http_server *h = cls;
     struct req *r = *req_cls;
     if (!r) {
-        r = req_create(h, conn, url, method);
+        r = req_create(h, conn, method);
         if (!r) return MHD_NO;
         *req_cls = r;
+        const char *v2_version = NULL;
+        r->route = route_of(url, r->arena, &r->v2_model, &v2_version);
         if (r->route == RT_NOT_FOUND)
-            return respond_error(r, 404, "not_found", NULL, NULL, "no route %s %s", method, url);
-        bool get_like = !strcmp(g_routes[r->route].method, "GET") && !strcmp(method, "HEAD");
-        if (strcmp(method, g_routes[r->route].method) != 0 && !get_like)
-            return respond_error(r, 405, "method_not_allowed", MHD_HTTP_HEADER_ALLOW, g_routes[r->route].allow,
-                                 "%s does not allow %s (allowed: %s)", g_routes[r->route].path, method,
-                                 g_routes[r->route].allow);
-        if (!g_routes[r->route].open && !auth_ok(h, conn))
-            return respond_error(r, 401, "unauthorized", MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"vitd\"",
-                                 "missing or wrong API key (Authorization: Bearer <key>)");
+            return http_respond_error(r, 404, "not_found", NULL, NULL, "no route %s %s", method, url);
+        const http_route *rt = &http_routes[r->route];
+        bool get_like = !strcmp(rt->method, "GET") && !strcmp(method, "HEAD");
+        if (strcmp(method, rt->method) != 0 && !get_like)
+            return http_respond_error(r, 405, "method_not_allowed", MHD_HTTP_HEADER_ALLOW, rt->allow,
+                                      "%s does not allow %s (allowed: %s)", url, method, rt->allow);
+        if (!rt->open && !auth_ok(h, conn))
+            return http_respond_error(r, 401, "unauthorized", MHD_HTTP_HEADER_WWW_AUTHENTICATE,
+                                      "Bearer realm=\"vitd\"", "missing or wrong API key (Authorization: Bearer <key>)");
         switch (r->route) {
-        case RT_HEALTH: return respond_text(r, 200, "application/json", "{\"status\":\"ok\"}\n");
+        case RT_HEALTH: return http_respond_text(r, 200, "application/json", "{\"status\":\"ok\"}\n");
         case RT_READY:
             if (atomic_load(&h->draining))
-                return respond_text(r, 503, "application/json", "{\"status\":\"draining\"}\n");
+                return http_respond_text(r, 503, "application/json", "{\"status\":\"draining\"}\n");
             if (!atomic_load(&h->ready))
-                return respond_text(r, 503, "application/json", "{\"status\":\"starting\"}\n");
-            return respond_text(r, 200, "application/json", "{\"status\":\"ready\"}\n");
+                return http_respond_text(r, 503, "application/json", "{\"status\":\"starting\"}\n");
+            return http_respond_text(r, 200, "application/json", "{\"status\":\"ready\"}\n");
         case RT_METRICS: return handle_metrics(r);
         case RT_MODEL: return handle_model(r);
-        case RT_ENCODE: return encode_begin(r);
+        case RT_V2_INFER:
+            if (!v2_model_known(r, v2_version)) return MHD_YES;
+            return images_begin(r);
+        case RT_ENCODE:
+        case RT_VLLM_EMBEDS:
+        case RT_CHAT: return images_begin(r);
+        case RT_V2_SERVER:
+        case RT_V2_LIVE:
+        case RT_V2_READY:
+        case RT_V2_MODEL:
+        case RT_V2_MODEL_READY: return v2_get(r, v2_version);
         case RT_NOT_FOUND: break;
         }
         return MHD_NO;
     }
     switch (r->phase) {
-    case PH_BODY:
-        if (*upload_data_size > 0) {
-            size_t n = *upload_data_size;
-            r->bytes_in += n;
-            *upload_data_size = 0;
-            if (r->bytes_in > h->o.cfg->max_body_bytes) {
-                /* a chunked upload grew past the limit: MHD cannot answer mid-upload, so close */
-                r->status = 413;
-                r->error_code = "too_large";
-                log_req(VITD_LOG_WARN, r->id,
-                        "body over max_body_bytes %zu while streaming; closing the connection",
-                        h->o.cfg->max_body_bytes);
-                return MHD_NO;
-            }
-            if (!r->body_failed) {
-                vitd_err err = {0};
-                vitd_status s = body_feed(r->body, upload_data, n, &err);
-                if (s != VITD_OK) {
-                    r->body_failed = true;
-                    r->pending = s;
-                    snprintf(r->pending_msg, sizeof r->pending_msg, "%s", err.msg);
-                }
-            }
-            return MHD_YES;
-        }
-        if (r->body_failed) {
-            body_end(r->body);
-            r->body = NULL;
-            return respond_status(r, r->pending, r->pending_msg);
-        }
-        return encode_start(r);
-    case PH_DONE: return encode_answer(r);
+    case PH_BODY: return images_upload(r, upload_data, upload_data_size);
+    case PH_DONE: return images_answer(r);
     case PH_ASYNC:   /* not called while suspended */
     case PH_ANSWERED:
     case PH_NEW: return MHD_YES;
@@ -707,10 +466,10 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         status = toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? 408 : 499;
         error = toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? "connection_timeout" : "client_closed";
     }
-    const char *route = r->route == RT_NOT_FOUND ? "other" : g_routes[r->route].path;
+    const char *route = r->route == RT_NOT_FOUND ? "other" : http_routes[r->route].path;
     double queue_s = -1, prep_s = -1, encode_s = -1, total_s = t_end - r->t_start;
     uint64_t tokens = 0;
-    if (r->route == RT_ENCODE && r->n_images > 0) {
+    if (r->route < RT_IMAGE_ROUTES && r->n_images > 0) {
         const vitd_vision_config *vc = vitd_model_config(h->o.model);
         tokens = r->n_patches / ((size_t)vc->spatial_merge_size * vc->spatial_merge_size);
         if (r->t_prep_done > 0) prep_s = r->t_prep_done - r->t_body;
@@ -731,7 +490,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
                         .queue_ms = queue_s > 0 ? queue_s * 1e3 : 0, .prep_ms = prep_s > 0 ? prep_s * 1e3 : 0,
                         .encode_ms = encode_s > 0 ? encode_s * 1e3 : 0, .total_ms = total_s * 1e3};
     log_request_line(&a);
-    req_unref(r);
+    http_req_unref(r);
 }
 
 static void mhd_logger(void *cls, const char *fmt, va_list ap) {
@@ -798,7 +557,9 @@ vitd_status http_start(const http_opts *o, http_server **out, vitd_err *err) {
     while (plen > 1 && path[plen - 1] == '/') plen--;
     size_t b = plen;
     while (b > 0 && path[b - 1] != '/') b--;
-    snprintf(h->model_name, sizeof h->model_name, "%.*s", (int)(plen - b), path + b);
+    if (c->model_name[0]) snprintf(h->model_name, sizeof h->model_name, "%.255s", c->model_name);
+    else snprintf(h->model_name, sizeof h->model_name, "%.*s", (int)(plen - b), path + b);
+    content_id_model(o->model, h->model_fp);
 
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (v6) flags |= MHD_USE_IPv6;

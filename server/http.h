@@ -1,24 +1,32 @@
 /* http.h — the libmicrohttpd daemon of `vitd serve`: routes, `struct req` and its lifetime, suspend/resume,
- * completion cleanup (STYLE.md "Memory: one owner per buffer").
+ * completion cleanup (STYLE.md "Memory: one owner per buffer"). Internals: http_req.h; http.c (daemon, routes,
+ * GET handlers), http_images.c (the pipeline of the image routes).
  *
  * Routes:
  *   POST /v1/encode   images in (raw, multipart, JSON base64; server/body.h), embeddings out (JSON or safetensors;
  *                     server/reply.h)
+ *   POST /v1/vllm/image_embeds   the same bodies; vLLM `image_embeds` chat content parts out (handover/vllm.h)
+ *   POST /v1/chat/completions    vLLM EPD encoder instance: one image in, a cache file written, ec_transfer_params
+ *                     out (handover/epd.h); 404 unless ec_cache_dir is set
  *   GET  /health      200 {"status":"ok"} while the process runs
  *   GET  /ready       200 once http_set_ready(true) (model loaded, warm-up done); 503 while starting or draining
  *   GET  /metrics     Prometheus text (server/metrics.h)
- *   GET  /v1/model    model config, backend, attention dtype, limits, version
+ *   GET  /v1/model    model config, backend, attention dtype, limits, hand-overs, version
+ *   KServe v2         GET /v2, /v2/health/live, /v2/health/ready, /v2/models/<name>[/versions/1][/ready],
+ *                     POST /v2/models/<name>[/versions/1]/infer (handover/kserve.h)
  * Unknown paths get 404, other methods 405 with Allow. Every answer carries X-Request-Id (the client's when it is
- * 1..64 characters of [A-Za-z0-9._:-], else generated); every error body is reply_error_json(). With an API key,
- * every route except /health and /ready needs `Authorization: Bearer <key>` (401 + WWW-Authenticate otherwise).
+ * 1..64 characters of [A-Za-z0-9._:-], else generated); every error body is reply_error_json(), or on KServe v2
+ * routes {"error": "<message>"}. With an API key, every route except the probes (/health, /ready,
+ * /v2/health/live, /v2/health/ready) needs `Authorization: Bearer <key>` (401 + WWW-Authenticate otherwise).
  *
- * An encode request: the body streams into body_feed() (413 at once when Content-Length is over max_body_bytes;
+ * An image request: the body streams into body_feed() (413 at once when Content-Length is over max_body_bytes;
  * a chunked body that grows past it has its connection closed); when complete, each image's header is probed and
  * planned (too many pixels, bad header, aspect ratio: answered at once with the image index), its patches are
  * booked in the scheduler (503 + Retry-After when the queue is full), the connection is suspended and the prep pool
  * gets a second reference to the request. The last prep task submits the job to the scheduler; the scheduler's
- * done() (or a failing prep task) records the outcome and resumes the connection; the resumed handler renders the
- * answer. libmicrohttpd threads never wait for the encoder.
+ * done() (or a failing prep task) records the outcome and resumes the connection — or, for a request that writes
+ * vLLM cache files, hands them to the io pool, whose last task does; the resumed handler renders the answer.
+ * libmicrohttpd threads never wait for the encoder or the disk.
  *
  * Draining (http_drain_begin): /ready turns 503, encode requests that arrive from then on get 503 + Retry-After
  * and every answer says Connection: close; requests already started are served. http_wait_idle() waits for them.
@@ -33,6 +41,7 @@
 #include <stddef.h>
 
 #include "config.h"
+#include "ec_cache.h"
 #include "metrics.h"
 #include "prep_pool.h"
 #include "scheduler.h"
@@ -51,6 +60,8 @@ typedef struct {
     size_t max_image_patches;            /* largest single image accepted (the encoder's batch plan) */
     sched *sched;                        /* not owned */
     prep_pool *prep;                     /* not owned */
+    prep_pool *io;                       /* cache-file writes (not owned); NULL when ec is NULL */
+    ec_cache *ec;                        /* vLLM EC-transfer cache files (not owned); NULL = off */
     metrics_vitd *metrics;               /* not owned; NULL = no metrics */
 } http_opts;
 

@@ -425,7 +425,49 @@ metrics_vitd *metrics_vitd_create(void) {
     m->tokens_s = metrics_series_get(m->tokens_total, NULL);
     m->inflight_s = metrics_series_get(m->inflight_requests, NULL);
     m->ready_s = metrics_series_get(m->ready, NULL);
+
+    static const char *const kinds[METRICS_N_KINDS] = {"encode", "vllm_inline", "vllm_ec_cache", "epd",
+                                                        "kserve_json", "kserve_binary"};
+    static const double write_s[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5};
+    m->handover_images = metrics_counter(r, "vitd_handover_images_total", "Images answered, by hand-over kind.",
+                                         "kind", NULL);
+    m->handover_bytes = metrics_counter(r, "vitd_handover_bytes_total", "Answer bytes, by hand-over kind.", "kind",
+                                        NULL);
+    for (int i = 0; i < METRICS_N_KINDS; i++) {
+        m->kind_images[i] = metrics_series_get(m->handover_images, kinds[i], NULL);
+        m->kind_bytes[i] = metrics_series_get(m->handover_bytes, kinds[i], NULL);
+    }
+    m->ec_bytes = metrics_gauge(r, "vitd_ec_cache_bytes", "Bytes of the EC cache files this process knows of.",
+                                NULL);
+    m->ec_files = metrics_gauge(r, "vitd_ec_cache_files", "EC cache files this process knows of.", NULL);
+    m->ec_writes = metrics_counter(r, "vitd_ec_cache_writes_total", "EC cache files written, by result.", "result",
+                                   NULL);
+    m->ec_evictions = metrics_counter(r, "vitd_ec_cache_evictions_total",
+                                      "EC cache files removed by retention, by bound.", "reason", NULL);
+    m->ec_write_seconds = metrics_histogram(r, "vitd_ec_cache_write_seconds",
+                                            "Time to write one EC cache file (sync and rename included).", write_s,
+                                            (int)(sizeof write_s / sizeof write_s[0]), NULL);
+    m->ec_registered = metrics_gauge(r, "vitd_ec_proxy_registered",
+                                     "1 while the EPD proxy has accepted this encode instance.", NULL);
+    m->ec_announces = metrics_counter(r, "vitd_ec_proxy_announces_total",
+                                      "Registrations sent to the EPD proxy, by result.", "result", NULL);
+    m->ec_bytes_s = metrics_series_get(m->ec_bytes, NULL);
+    m->ec_files_s = metrics_series_get(m->ec_files, NULL);
+    m->ec_write_ok_s = metrics_series_get(m->ec_writes, "ok", NULL);
+    m->ec_write_err_s = metrics_series_get(m->ec_writes, "error", NULL);
+    m->ec_evict_bytes_s = metrics_series_get(m->ec_evictions, "bytes", NULL);
+    m->ec_evict_age_s = metrics_series_get(m->ec_evictions, "age", NULL);
+    m->ec_write_seconds_s = metrics_series_get(m->ec_write_seconds, NULL);
+    m->ec_registered_s = metrics_series_get(m->ec_registered, NULL);
+    m->ec_announce_ok_s = metrics_series_get(m->ec_announces, "ok", NULL);
+    m->ec_announce_err_s = metrics_series_get(m->ec_announces, "error", NULL);
     return m;
+}
+
+void metrics_vitd_handover(metrics_vitd *m, int kind, int images, uint64_t bytes) {
+    if (kind < 0 || kind >= METRICS_N_KINDS) return;
+    metrics_add(m->kind_images[kind], images);
+    metrics_add(m->kind_bytes[kind], (double)bytes);
 }
 
 void metrics_vitd_free(metrics_vitd *m) {

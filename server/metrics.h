@@ -98,12 +98,30 @@ enum { METRICS_ATTN_FP32, METRICS_ATTN_BF16, METRICS_ATTN_FP8, METRICS_N_ATTN };
  *   vitd_batches_total{attn}                   counter   encoder batches by attention path fp32 | bf16 | fp8
  *   vitd_inflight_requests                     gauge     requests received and not yet answered
  *   vitd_ready                                 gauge     1 when /ready answers 200
- *   vitd_build_info{version,backend,attn_dtype} gauge    1 */
+ *   vitd_build_info{version,backend,attn_dtype} gauge    1
+ * Hand-over to LLM engines (server/handover/):
+ *   vitd_handover_images_total{kind}           counter   images answered, by kind: encode (/v1/encode), vllm_inline,
+ *                                                        vllm_ec_cache, epd (chat completions), kserve_json,
+ *                                                        kserve_binary (all pre-created)
+ *   vitd_handover_bytes_total{kind}            counter   answer bytes, by the same kinds
+ *   vitd_ec_cache_bytes, vitd_ec_cache_files   gauge     cache files known (ec_cache.h) and their bytes
+ *   vitd_ec_cache_writes_total{result}         counter   cache files written: ok | error
+ *   vitd_ec_cache_evictions_total{reason}      counter   cache files removed by retention: bytes | age
+ *   vitd_ec_cache_write_seconds                histogram time to write one cache file (sync and rename included)
+ *   vitd_ec_proxy_registered                   gauge     1 while the EPD proxy has accepted this instance
+ *   vitd_ec_proxy_announces_total{result}      counter   registrations sent to the EPD proxy: ok | error */
+enum { METRICS_KIND_ENCODE, METRICS_KIND_VLLM_INLINE, METRICS_KIND_VLLM_EC, METRICS_KIND_EPD,
+       METRICS_KIND_KSERVE_JSON, METRICS_KIND_KSERVE_BINARY, METRICS_N_KINDS };
 typedef struct {
     metrics_registry *reg;
     metrics_family *requests_total, *request_duration, *batch_images, *batch_tokens, *queue_tokens,
         *queue_requests, *images_total, *tokens_total, *errors_total, *batches_total, *inflight_requests, *ready,
         *build_info;
+    metrics_family *handover_images, *handover_bytes, *ec_bytes, *ec_files, *ec_writes, *ec_evictions,
+        *ec_write_seconds, *ec_registered, *ec_announces;
+    metrics_series *kind_images[METRICS_N_KINDS], *kind_bytes[METRICS_N_KINDS];
+    metrics_series *ec_bytes_s, *ec_files_s, *ec_write_ok_s, *ec_write_err_s, *ec_evict_bytes_s, *ec_evict_age_s,
+        *ec_write_seconds_s, *ec_registered_s, *ec_announce_ok_s, *ec_announce_err_s;
     metrics_series *stage[METRICS_N_STAGES];   /* vitd_request_duration_seconds{stage=...} */
     metrics_series *batches[METRICS_N_ATTN];   /* vitd_batches_total{attn=...} */
     metrics_series *batch_images_s, *batch_tokens_s, *queue_tokens_s, *queue_requests_s, *images_s, *tokens_s,
@@ -124,6 +142,8 @@ void metrics_vitd_error(metrics_vitd *m, const char *code);
 /* One encoder batch: vitd_batches_total{attn} += 1 (attn = "fp32" | "bf16" | "fp8"), batch histograms, and the
  * images and tokens (patches) counters. */
 void metrics_vitd_batch(metrics_vitd *m, const char *attn, int images, uint64_t tokens);
+/* One answer handed over: kind is METRICS_KIND_*; images and answer bytes are added to its counters. */
+void metrics_vitd_handover(metrics_vitd *m, int kind, int images, uint64_t bytes);
 /* Sets vitd_build_info{version,backend,attn_dtype} 1 (call after the encoder is created; a later call with other
  * values sets the previous series to 0). */
 void metrics_vitd_set_build(metrics_vitd *m, const char *version, const char *backend, const char *attn_dtype);

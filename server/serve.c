@@ -1,7 +1,8 @@
 /* serve.c — `vitd serve`: builds the service in dependency order, runs it, and takes it down in reverse.
  *
- *   config (file < env < flags) -> log -> metrics -> model -> encoder -> prep pool -> batcher -> HTTP daemon
- *   -> warm-up batch through the batcher -> /ready 200 -> wait for SIGTERM/SIGINT -> drain -> free everything.
+ *   config (file < env < flags) -> log -> metrics -> model -> encoder -> prep pool -> [ec cache + io pool] ->
+ *   batcher -> HTTP daemon -> warm-up batch through the batcher -> /ready 200 -> [EPD proxy registration] ->
+ *   wait for SIGTERM/SIGINT -> drain (the proxy registration is withdrawn first) -> free everything.
  *
  * Signals: the SIGTERM/SIGINT handler only writes the signal number into a self-pipe (libraries such as OpenBLAS
  * start threads before main, so the signals cannot be blocked everywhere for a signalfd); the main thread reads
@@ -22,6 +23,8 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "ec_cache.h"
+#include "epd.h"
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
@@ -226,6 +229,24 @@ static void log_config(const vitd_config *cfg) {
     free(line);
 }
 
+/* The URL the EPD proxy reaches this instance at: ec_advertise_url, else http://host:port (IPv6 in brackets).
+ * false (logged) when host is a wildcard address and nothing else says where this instance is. */
+static bool advertise_url(const vitd_config *cfg, int port, char *out, size_t n) {
+    if (cfg->ec_advertise_url[0]) {
+        snprintf(out, n, "%s", cfg->ec_advertise_url);
+        return true;
+    }
+    const char *h = cfg->host;
+    if (!strcmp(h, "0.0.0.0") || !strcmp(h, "::") || !strcmp(h, "[::]")) {
+        log_msg(VITD_LOG_ERROR, "ec_proxy_url is set and host is the wildcard %s: set ec_advertise_url to the URL "
+                "the proxy reaches this instance at", h);
+        return false;
+    }
+    if (strchr(h, ':')) snprintf(out, n, "http://[%s]:%d", h, port);
+    else snprintf(out, n, "http://%s:%d", h, port);
+    return true;
+}
+
 static int cpu_count(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     return n > 0 ? (int)n : 1;
@@ -239,7 +260,9 @@ int serve_main(int argc, char **argv) {
     metrics_vitd *metrics = NULL;
     vitd_model *model = NULL;
     vitd_encoder *enc = NULL;
-    prep_pool *prep = NULL;
+    prep_pool *prep = NULL, *io = NULL;
+    ec_cache *ec = NULL;
+    epd_announcer *announcer = NULL;
     sched *sc = NULL;
     http_server *http = NULL;
     serve_ctx ctx = {0};
@@ -278,6 +301,16 @@ int serve_main(int argc, char **argv) {
         goto done;
     }
 
+    if (cfg.ec_proxy_url[0] && (epd_check_url(cfg.ec_proxy_url, "ec_proxy_url", &err) != VITD_OK ||
+                                (cfg.ec_advertise_url[0] &&
+                                 epd_check_url(cfg.ec_advertise_url, "ec_advertise_url", &err) != VITD_OK))) {
+        log_msg(VITD_LOG_ERROR, "configuration: %s", err.msg);
+        rc = 2;
+        goto done;
+    }
+    if (cfg.ec_proxy_url[0] && !cfg.ec_cache_dir[0])
+        log_msg(VITD_LOG_WARN, "ec_proxy_url is set without ec_cache_dir: the proxy's encode requests will get 404");
+
     metrics = metrics_vitd_create();
     double t0 = vitd_now();
     if (vitd_model_load(cfg.model, &model, &err) != VITD_OK) {
@@ -306,6 +339,12 @@ int serve_main(int argc, char **argv) {
         rc = 2;
         goto done;
     }
+    const vitd_preproc_config *mpp = vitd_model_preproc(model);
+    if (pp.min_pixels != mpp->min_pixels || pp.max_pixels != mpp->max_pixels)
+        log_msg(VITD_LOG_WARN, "min_pixels/max_pixels (%zu/%zu) differ from the model's preprocessor_config "
+                "(%zu/%zu): an LLM engine taking vitd's embeddings must resize with the same bounds, or its "
+                "placeholder count will not match the rows handed over", pp.min_pixels, pp.max_pixels,
+                mpp->min_pixels, mpp->max_pixels);
     vitd_encoder_opts eo = vitd_encoder_opts_default();
     eo.backend = cfg.backend;
     eo.attn_dtype = cfg.attn_dtype;
@@ -347,6 +386,14 @@ int serve_main(int argc, char **argv) {
         log_msg(VITD_LOG_ERROR, "prep pool: %s", err.msg);
         goto done;
     }
+    if (cfg.ec_cache_dir[0]) {
+        if (ec_cache_open(cfg.ec_cache_dir, cfg.ec_cache_max_bytes, cfg.ec_cache_max_age_s, metrics, &ec, &err) !=
+                VITD_OK ||
+            prep_pool_create(n_prep < 4 ? n_prep : 4, &io, &err) != VITD_OK) {
+            log_msg(VITD_LOG_ERROR, "ec cache: %s", err.msg);
+            goto done;
+        }
+    }
     sched_config sc_cfg = {.batch_max_tokens = cfg.batch_max_tokens, .batch_max_images = cfg.batch_max_images,
                            .batch_delay_ms = cfg.batch_delay_ms, .queue_max_tokens = cfg.queue_max_tokens,
                            .row_width = preprocess_row_width(&pp), .out_hidden = vc->out_hidden_size,
@@ -366,7 +413,7 @@ int serve_main(int argc, char **argv) {
     http_opts ho = {.cfg = &cfg, .model = model, .backend = vitd_encoder_backend(enc), .attn_dtype = ctx.attn,
                     .encoder = enc,
                     .version = VITD_VERSION, .preproc = pp, .max_image_patches = max_image_patches,
-                    .sched = sc, .prep = prep, .metrics = metrics};
+                    .sched = sc, .prep = prep, .io = io, .ec = ec, .metrics = metrics};
     if (http_start(&ho, &http, &err) != VITD_OK) {
         log_msg(VITD_LOG_ERROR, "http: %s", err.msg);
         goto done;
@@ -386,12 +433,23 @@ int serve_main(int argc, char **argv) {
     }
     http_set_ready(http, true);
     log_msg(VITD_LOG_INFO, "ready");
+    if (cfg.ec_proxy_url[0]) {
+        char self[VITD_CONFIG_STR_MAX + 64];
+        if (!advertise_url(&cfg, http_port(http), self, sizeof self)) goto done;
+        if (epd_announcer_start(cfg.ec_proxy_url, self, cfg.ec_announce_interval_s, metrics, &announcer, &err) !=
+            VITD_OK) {
+            log_msg(VITD_LOG_ERROR, "EPD registration: %s", err.msg);
+            goto done;
+        }
+    }
 
     int sig = 0;
     while (!sig) sig = next_signal(sfd, -1);
     log_msg(VITD_LOG_INFO, "%s: draining live=%d timeout_ms=%d", strsignal(sig), http_live_requests(http),
             cfg.drain_timeout_ms);
     http_drain_begin(http);
+    epd_announcer_stop(announcer); /* the proxy stops routing here before the drain ends */
+    announcer = NULL;
     bool idle = drain_wait(http, sfd, cfg.drain_timeout_ms);
     if (!idle) {
         log_msg(VITD_LOG_WARN, "drain incomplete: cancelling %d live requests", http_live_requests(http));
@@ -400,16 +458,21 @@ int serve_main(int argc, char **argv) {
         prep = NULL;
         sched_free(sc);           /* the running batch finishes and is answered */
         sc = NULL;
+        prep_pool_free(io);       /* cache files of that batch are written and answered */
+        io = NULL;
         http_wait_idle(http, 2000); /* give MHD a moment to send those answers */
     }
     rc = 0;
 
 done:
     /* reverse order; every suspended connection is resumed before MHD stops (prep and batcher first) */
+    epd_announcer_stop(announcer);
     if (sc) sched_stop(sc, true);
     prep_pool_free(prep);
     sched_free(sc);
+    prep_pool_free(io);
     http_free(http);
+    ec_cache_free(ec);
     vitd_encoder_free(enc);
     vitd_model_free(model);
     metrics_vitd_free(metrics);

@@ -1,0 +1,151 @@
+/* http_req.h — internal to the HTTP layer (http.c: the daemon, routes, GET handlers and request lifetime;
+ * http_images.c: the pipeline every image route shares): the route table, the server and request objects, and
+ * the answer helpers. Nothing outside server/http*.c includes it.
+ *
+ * A request (`struct req`) is created at the first access-handler call and stored in MHD's req_cls. It owns an
+ * arena holding everything the request needs (body, image spans, pixel_values, outputs). It is reference
+ * counted: one reference for the connection (dropped by the completion callback, whatever the outcome) and, for
+ * an image request that went asynchronous, one for the work (prep pool -> scheduler -> io pool), dropped by
+ * whoever records the outcome and resumes the connection. Whoever drops the last reference frees the arena.
+ *
+ * Image-route phases (r->phase, touched only by the connection's MHD thread, except PH_ASYNC -> PH_DONE which
+ * the work side sets before MHD_resume_connection, whose locking orders it before the next handler call):
+ *   PH_BODY   upload streaming into body_feed(); an error is remembered and answered when the upload ends
+ *   PH_ASYNC  suspended: prep pool, scheduler, then (cache files) the io pool
+ *   PH_DONE   resumed: render the answer
+ * Other routes answer at the first call.
+ */
+#ifndef VITD_HTTP_REQ_H
+#define VITD_HTTP_REQ_H
+
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+
+#include "arena.h"
+#include "body.h"
+#include "epd.h"
+#include "http.h"
+#include "kserve.h"
+#include "vllm.h"
+
+/* The first four are the image routes: they run the encode pipeline (http_images.c). */
+typedef enum {
+    RT_ENCODE,        /* POST /v1/encode */
+    RT_VLLM_EMBEDS,   /* POST /v1/vllm/image_embeds */
+    RT_CHAT,          /* POST /v1/chat/completions (vLLM EPD encoder instance) */
+    RT_V2_INFER,      /* POST /v2/models/{model}[/versions/{v}]/infer */
+    RT_HEALTH,
+    RT_READY,
+    RT_METRICS,
+    RT_MODEL,
+    RT_V2_SERVER,     /* GET /v2 */
+    RT_V2_LIVE,
+    RT_V2_READY,
+    RT_V2_MODEL,      /* GET /v2/models/{model}[/versions/{v}] */
+    RT_V2_MODEL_READY,
+    RT_NOT_FOUND,
+} route_id;
+
+#define RT_IMAGE_ROUTES 4 /* route ids below this run the encode pipeline */
+
+typedef struct {
+    const char *path;     /* the route's template, also its metrics label */
+    const char *method;   /* the one method it serves (GET routes also take HEAD) */
+    const char *allow;
+    bool open;            /* reachable without the API key (probes) */
+    bool v2;              /* KServe v2: errors are {"error": "..."} */
+} http_route;
+
+extern const http_route http_routes[RT_NOT_FOUND + 1];
+
+typedef enum { PH_NEW, PH_BODY, PH_ASYNC, PH_DONE, PH_ANSWERED } req_phase;
+
+struct http_server {
+    http_opts o;
+    struct MHD_Daemon *daemon;
+    int port;
+    atomic_bool ready;
+    atomic_bool draining;
+    atomic_ullong next_id;
+    unsigned long long id_seed;
+    char model_name[256];
+    uint8_t model_fp[32];     /* content_id_model(): part of every derived uuid */
+    pthread_mutex_t mu;       /* guards live */
+    pthread_cond_t idle_cv;   /* live reached 0 */
+    int live;                 /* requests created and not freed */
+};
+
+struct req {
+    atomic_int refs;
+    http_server *srv;
+    arena *arena;
+    struct MHD_Connection *conn;
+    route_id route;
+    const char *method;       /* arena copy, for the access line */
+    req_phase phase;
+    char id[72];
+    char remote[64];
+    double t_start, t_body, t_prep_done, t_done;
+    uint64_t bytes_in, bytes_out;
+    int status;               /* HTTP status queued (0 = none yet) */
+    const char *error_code;   /* error.code of a failed answer, or NULL */
+    /* ---- image routes ---- */
+    body_state *body;
+    bool body_failed;         /* answer `pending` when the upload ends */
+    vitd_status pending;
+    char pending_msg[sizeof(((vitd_err *)0)->msg)];
+    body_result br;
+    int n_images;
+    vitd_grid *grids;         /* [n_images], arena */
+    float **pv, **emb, **ds;  /* [n_images] each, arena; ds NULL when deepstack is not returned */
+    char **uuids;             /* [n_images] hand-over ids (vLLM routes), arena; NULL elsewhere */
+    bool *uuid_derived;       /* [n_images] the id is vitd's, not the client's */
+    bool *uuid_derive;        /* [n_images] prep task i fills uuids[i] (content_id_image); NULL = none */
+    size_t n_patches;
+    int fd;                   /* the connection's socket, for the hang-up check while suspended */
+    atomic_int prep_left;     /* prep tasks not finished */
+    atomic_bool prep_failed;
+    pthread_mutex_t prep_mu;  /* guards prep_err, prep_err_index (and io_err, io_err_index) */
+    int prep_err_index;
+    vitd_err prep_err;
+    sched_job job;
+    atomic_int io_left;       /* cache-file tasks not finished */
+    int io_err_index;
+    vitd_err io_err;
+    /* route state */
+    vllm_options vllm;        /* RT_VLLM_EMBEDS */
+    epd_request chat;         /* RT_CHAT */
+    kserve_request *v2;       /* RT_V2_INFER (arena) */
+    const char *v2_model;     /* the model segment of a v2 path (arena) */
+    /* outcome, written by the work side before MHD_resume_connection */
+    vitd_status outcome;
+    vitd_err outcome_err;
+};
+
+/* ---- answers (http.c) ----
+ * Each queues one answer and marks the request answered; buf passes to MHD (freed after sending). */
+enum MHD_Result http_respond(struct req *r, int status, const char *ctype, char *buf, size_t len,
+                             const char *extra_name, const char *extra_value);
+/* Error answer: {"error": {code, message, request_id}}, or on KServe v2 routes {"error": message}. */
+enum MHD_Result http_respond_error(struct req *r, int status, const char *code, const char *extra_name,
+                                   const char *extra_value, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+/* Error answer for a vitd_status: HTTP code from reply's table, Retry-After on 503. */
+enum MHD_Result http_respond_status(struct req *r, vitd_status s, const char *msg);
+enum MHD_Result http_respond_text(struct req *r, int status, const char *ctype, const char *text);
+
+/* Drops one reference; the last one frees the arena and the request. */
+void http_req_unref(struct req *r);
+
+/* ---- the image pipeline (http_images.c) ---- */
+
+/* First call of an image route: drain check, Content-Length limit, options from the query, body parser. */
+enum MHD_Result images_begin(struct req *r);
+/* Later calls while the body streams in (and the final call when *size is 0). */
+enum MHD_Result images_upload(struct req *r, const char *data, size_t *size);
+/* The resumed handler: renders the outcome. */
+enum MHD_Result images_answer(struct req *r);
+
+#endif
