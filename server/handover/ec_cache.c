@@ -230,7 +230,10 @@ vitd_status ec_cache_put(ec_cache *c, const char *uuid, const handover_src *src,
     double t0 = vitd_now();
     char path[4200], val[96];
     vitd_status st = VITD_OK;
-    if (!content_id_uuid_ok(uuid, strlen(uuid), err)) return VITD_E_INVALID_ARG;
+    if (!content_id_uuid_ok(uuid, strlen(uuid), err)) {
+        st = VITD_E_INVALID_ARG;
+        goto done;
+    }
     snprintf(path, sizeof path, "%s/%s", c->dir, uuid);
     if (mkdir(path, 0755) != 0 && errno != EEXIST) {
         st = vitd_fail(err, VITD_E_IO, "ec cache: cannot create %s: %s", path, strerror(errno));

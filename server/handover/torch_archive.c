@@ -14,7 +14,9 @@
  *       GLOBAL 'collections OrderedDict' EMPTY_TUPLE REDUCE                                backward hooks
  *     TUPLE REDUCE STOP
  *
- * Integers use the shortest opcode that holds them (BININT1, BININT2, BININT, else LONG1), strings BINUNICODE.
+ * Integers use the shortest opcode that holds them (BININT1, BININT2, BININT: every one is below 2^31, as the
+ * 4 GiB bound keeps them), strings BINUNICODE (protocol 4's SHORT_BINUNICODE is not among what the weights-only
+ * unpickler takes).
  * ZIP: local header + data for each entry, then the central directory and its end record; every entry stored
  * (method 0), dated 1980-01-01, its CRC-32 from zlib. data/0's local header carries a padding extra field ("FB",
  * as torch's writer names it) so the elements start on a 64-byte boundary. */
@@ -34,7 +36,7 @@
 #define ZIP_VERSION 20          /* 2.0: stored entries, no ZIP64 */
 #define ZIP_DATE_1980 0x0021    /* DOS date 1980-01-01 */
 #define DATA_ALIGN 64
-#define PICKLE_MAX 512
+#define PICKLE_MAX 512         /* the worst case, 4 dimensions of 5-byte integers, is under 200 */
 
 enum { E_PKL, E_BYTEORDER, E_DATA, E_VERSION, N_ENTRIES };
 static const char *const k_names[N_ENTRIES] = {"archive/data.pkl", "archive/byteorder", "archive/data/0",
@@ -63,7 +65,7 @@ typedef struct {
 } pk;
 
 static void pk_bytes(pk *p, const void *s, size_t n) {
-    memcpy(p->b + p->n, s, n); /* PICKLE_MAX bounds the worst case: 4 dims, 9-byte integers */
+    memcpy(p->b + p->n, s, n);
     p->n += n;
 }
 
@@ -88,10 +90,10 @@ static void pk_str(pk *p, const char *s) {
     pk_bytes(p, s, n);
 }
 
-/* A non-negative integer: BININT1 'K' (< 2^8), BININT2 'M' (< 2^16), BININT 'J' (< 2^31), else LONG1 with the
- * two's-complement little-endian bytes (a zero top bit keeps it positive). */
+/* A non-negative integer below 2^31 (torch_archive_begin bounds every dimension and count): BININT1 'K'
+ * (< 2^8), BININT2 'M' (< 2^16), else BININT 'J' (signed 32-bit). */
 static void pk_int(pk *p, int64_t v) {
-    uint8_t t[9];
+    uint8_t t[4];
     if (v < 256) {
         pk_op(p, 'K');
         t[0] = (uint8_t)v;
@@ -100,19 +102,10 @@ static void pk_int(pk *p, int64_t v) {
         pk_op(p, 'M');
         put16(t, (unsigned)v);
         pk_bytes(p, t, 2);
-    } else if (v < ((int64_t)1 << 31)) {
+    } else {
         pk_op(p, 'J');
         put32(t, (uint32_t)v);
         pk_bytes(p, t, 4);
-    } else {
-        uint64_t u = (uint64_t)v;
-        int n = 0;
-        while (u >> (8 * n)) n++;
-        if ((u >> (8 * n - 1)) & 1) n++; /* room for a zero sign bit */
-        pk_op(p, '\x8a');
-        t[0] = (uint8_t)n;
-        for (int i = 0; i < n; i++) t[1 + i] = (uint8_t)(i < 8 ? u >> (8 * i) : 0);
-        pk_bytes(p, t, (size_t)n + 1);
     }
 }
 
@@ -181,7 +174,7 @@ vitd_status torch_archive_begin(torch_archive *ta, st_dtype dtype, int ndim, con
                          TORCH_ARCHIVE_MAX_DIMS);
     int64_t numel = 1;
     for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0 || (shape[i] > 0 && numel > INT64_MAX / shape[i]))
+        if (shape[i] < 0 || shape[i] > INT32_MAX || (shape[i] > 0 && numel > INT64_MAX / shape[i]))
             return vitd_fail(err, VITD_E_INVALID_ARG, "torch archive: bad dimension %d (%lld)", i,
                              (long long)shape[i]);
         numel *= shape[i];

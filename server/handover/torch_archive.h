@@ -42,9 +42,9 @@ typedef struct {
     st_dtype dtype;
 } torch_archive;
 
-/* Lays out an archive for a tensor of dtype (ST_BF16, ST_F16, ST_F32 or ST_I64) and shape (1..4 dims, each >= 0)
- * and allocates ta->buf. VITD_E_INVALID_ARG for another dtype or a bad shape, VITD_E_TOO_LARGE past 4 GiB,
- * VITD_E_NOMEM when the buffer cannot be had. On failure ta->buf is NULL. */
+/* Lays out an archive for a tensor of dtype (ST_BF16, ST_F16, ST_F32 or ST_I64) and shape (1..4 dimensions,
+ * each 0..2^31-1) and allocates ta->buf. VITD_E_INVALID_ARG for another dtype or a bad shape, VITD_E_TOO_LARGE
+ * past 4 GiB, VITD_E_NOMEM when the buffer cannot be had. On failure ta->buf is NULL. */
 vitd_status torch_archive_begin(torch_archive *ta, st_dtype dtype, int ndim, const int64_t *shape, vitd_err *err);
 /* Where the caller writes the tensor's data_len bytes. */
 static inline uint8_t *torch_archive_data(torch_archive *ta) { return ta->buf + ta->data_off; }
