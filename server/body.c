@@ -810,13 +810,15 @@ vitd_status body_begin(struct MHD_Connection *conn, const char *content_type, co
     return VITD_OK;
 }
 
-vitd_status body_begin_whole(const body_limits *lim, arena *a, body_state **out, vitd_err *err) {
+vitd_status body_begin_whole(const body_limits *lim, const encode_options *opts, arena *a, body_state **out,
+                             vitd_err *err) {
     *out = NULL;
     body_state *s = arena_calloc(a, 1, sizeof *s);
     if (!s) return vitd_fail(err, VITD_E_NOMEM, "out of request memory");
     s->kind = KIND_RAW;
     s->a = a;
     s->lim = *lim;
+    s->opts = *opts;
     *out = s;
     return VITD_OK;
 }

@@ -63,8 +63,10 @@ typedef struct body_state body_state;
 vitd_status body_begin(struct MHD_Connection *conn, const char *content_type, const body_limits *lim,
                        const encode_options *opts, arena *a, body_state **out, vitd_err *err);
 /* Starts a body that is taken whole, whatever its Content-Type: body_finish gives one span holding every byte
- * (the routes whose bodies are parsed by their own module: chat completions, KServe v2 infer). Same limits. */
-vitd_status body_begin_whole(const body_limits *lim, arena *a, body_state **out, vitd_err *err);
+ * (the routes whose bodies are parsed by their own module: chat completions, KServe v2 infer). Same limits;
+ * body_finish hands opts back as they are. */
+vitd_status body_begin_whole(const body_limits *lim, const encode_options *opts, arena *a, body_state **out,
+                             vitd_err *err);
 
 /* Options a route knows beyond encode_options (a uuid per image, a vLLM grid layout...). fn gets every multipart
  * text field and every JSON member that is neither an image nor an encode option: a string as it is, true/false,

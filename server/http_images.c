@@ -207,7 +207,7 @@ enum MHD_Result images_begin(struct req *r) {
     if (r->route == RT_CHAT && !is_json(ctype))
         return http_respond_status(r, VITD_E_UNSUPPORTED, "chat completions take Content-Type: application/json");
     if (r->route == RT_CHAT || r->route == RT_V2_INFER) {
-        s = body_begin_whole(&lim, r->arena, &r->body, &err);
+        s = body_begin_whole(&lim, &r->br.opts, r->arena, &r->body, &err);
     } else {
         s = body_begin(r->conn, ctype, &lim, &r->br.opts, r->arena, &r->body, &err);
         if (s == VITD_OK && r->route == RT_VLLM_EMBEDS) body_set_extra_options(r->body, vllm_apply_option, &r->vllm);

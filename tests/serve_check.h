@@ -50,7 +50,7 @@ typedef struct {
     pthread_cond_t cv;
 } server;
 
-static void *server_reader(void *arg) {
+static inline void *server_reader(void *arg) {
     server *s = arg;
     FILE *log = fopen(s->log_path, "w");
     char buf[8192], line[8192];
@@ -87,7 +87,7 @@ static void *server_reader(void *arg) {
 }
 
 /* Starts `VITD_EXE argv...` with stderr captured. */
-static bool server_spawn(server *s, const char *log_path, char *const argv[]) {
+static inline bool server_spawn(server *s, const char *log_path, char *const argv[]) {
     memset(s, 0, sizeof *s);
     snprintf(s->log_path, sizeof s->log_path, "%s", log_path);
     pthread_mutex_init(&s->mu, NULL);
@@ -112,7 +112,7 @@ static bool server_spawn(server *s, const char *log_path, char *const argv[]) {
 }
 
 /* Waits (bounded) until the server logged "ready" (or exited). */
-static bool server_wait_ready(server *s, double timeout_s) {
+static inline bool server_wait_ready(server *s, double timeout_s) {
     double until = vitd_now() + timeout_s;
     pthread_mutex_lock(&s->mu);
     while (!(s->ready && s->port > 0) && !s->eof && vitd_now() < until) {
@@ -127,7 +127,7 @@ static bool server_wait_ready(server *s, double timeout_s) {
 }
 
 /* Waits (bounded) for the process to exit; returns its exit code, or -1 (killed with SIGKILL after the bound). */
-static int server_wait_exit(server *s, double timeout_s) {
+static inline int server_wait_exit(server *s, double timeout_s) {
     double until = vitd_now() + timeout_s;
     pthread_mutex_lock(&s->mu);
     while (!s->eof && vitd_now() < until) {
@@ -162,7 +162,7 @@ static int server_wait_exit(server *s, double timeout_s) {
 }
 
 /* Runs VITD_EXE argv... to completion (stdout and stderr to log_path); returns its exit code or -1. */
-static int run_tool(char *const argv[], const char *log_path) {
+static inline int run_tool(char *const argv[], const char *log_path) {
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
@@ -188,13 +188,13 @@ typedef struct {
     size_t len;
 } resp;
 
-static void resp_free(resp *r) {
+static inline void resp_free(resp *r) {
     free(r->body);
     r->body = NULL;
 }
 
 /* Value of header `name` in r->head (case-insensitive), copied into out; NULL if absent. */
-static const char *resp_header(const resp *r, const char *name, char *out, size_t cap) {
+static inline const char *resp_header(const resp *r, const char *name, char *out, size_t cap) {
     size_t nl = strlen(name);
     const char *p = strstr(r->head, "\r\n");
     while (p && p[2]) {
@@ -215,7 +215,7 @@ static const char *resp_header(const resp *r, const char *name, char *out, size_
 }
 
 /* Reads one response (status line, headers, Content-Length body). head_only: no body (HEAD). */
-static bool read_response(int fd, resp *r, bool head_only) {
+static inline bool read_response(int fd, resp *r, bool head_only) {
     memset(r, 0, sizeof *r);
     size_t hl = 0;
     char *end = NULL;
@@ -253,7 +253,7 @@ static bool read_response(int fd, resp *r, bool head_only) {
 }
 
 /* One request on a fresh connection (Connection: close). headers: extra header lines, each ending in \r\n. */
-static bool http_do(int port, const char *method, const char *path, const char *headers, const void *body,
+static inline bool http_do(int port, const char *method, const char *path, const char *headers, const void *body,
                     size_t len, resp *r) {
     memset(r, 0, sizeof *r);
     int fd = loopback_connect(port, IO_TIMEOUT_S);
@@ -274,7 +274,7 @@ static bool http_do(int port, const char *method, const char *path, const char *
 
 static const char b64chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-static char *b64_encode(const uint8_t *p, size_t n) {
+static inline char *b64_encode(const uint8_t *p, size_t n) {
     char *o = xmalloc(4 * ((n + 2) / 3) + 1), *q = o;
     for (size_t i = 0; i < n; i += 3) {
         uint32_t v = (uint32_t)p[i] << 16 | (i + 1 < n ? (uint32_t)p[i + 1] << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
@@ -287,7 +287,7 @@ static char *b64_encode(const uint8_t *p, size_t n) {
     return o;
 }
 
-static size_t b64_decode(const char *s, uint8_t *out) {
+static inline size_t b64_decode(const char *s, uint8_t *out) {
     uint32_t acc = 0;
     int bits = 0;
     size_t n = 0;
@@ -311,7 +311,7 @@ typedef struct {
     size_t len;
 } image_file;
 
-static bool load_image(image_file *f, const char *name, const char *ctype) {
+static inline bool load_image(image_file *f, const char *name, const char *ctype) {
     char path[1024];
     snprintf(path, sizeof path, IMG_DIR "%s", name);
     f->name = name;
@@ -321,7 +321,7 @@ static bool load_image(image_file *f, const char *name, const char *ctype) {
 }
 
 /* A multipart/form-data body of n images (and optional text fields); *len gets its size. */
-static char *multipart(const image_file *const *imgs, int n, const char *field, const char *field_value,
+static inline char *multipart(const image_file *const *imgs, int n, const char *field, const char *field_value,
                        const char *boundary, size_t *len) {
     size_t cap = 4096;
     for (int i = 0; i < n; i++) cap += imgs[i]->len + 512;
@@ -348,7 +348,7 @@ static char *multipart(const image_file *const *imgs, int n, const char *field, 
 
 /* Checks a vitd error answer: status, JSON {"error": {code, message, request_id}}, the message containing
  * needle (when not NULL), request_id equal to X-Request-Id; prints it. */
-static void check_error(const resp *r, int status, const char *code, const char *needle, const char *what) {
+static inline void check_error(const resp *r, int status, const char *code, const char *needle, const char *what) {
     CHECK_MSG(r->status == status, "%s: status %d, expected %d; body %.300s", what, r->status, status,
               r->body ? r->body : "");
     char ctype[128], rid[128];
@@ -373,7 +373,7 @@ static void check_error(const resp *r, int status, const char *code, const char 
 /* ---- metrics ---- */
 
 /* Value of the series `series` (name{labels} exactly as rendered) in a Prometheus text; -1 if absent. */
-static double metric_value(const char *text, const char *series) {
+static inline double metric_value(const char *text, const char *series) {
     size_t n = strlen(series);
     for (const char *p = text; p && *p;) {
         if (strncmp(p, series, n) == 0 && p[n] == ' ') return strtod(p + n + 1, NULL);
@@ -384,7 +384,7 @@ static double metric_value(const char *text, const char *series) {
 }
 
 /* Every non-comment line is `name{labels} value` with a parseable number. */
-static bool metrics_parse_ok(const char *text, int *n_lines) {
+static inline bool metrics_parse_ok(const char *text, int *n_lines) {
     *n_lines = 0;
     for (const char *p = text; p && *p;) {
         const char *e = strchr(p, '\n');
@@ -409,8 +409,8 @@ static bool metrics_parse_ok(const char *text, int *n_lines) {
 
 /* ---- starting servers ---- */
 
-static char *arg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *arg(const char *fmt, ...) {
+static inline char *arg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static inline char *arg(const char *fmt, ...) {
     char buf[1024];
     va_list ap;
     va_start(ap, fmt);
@@ -419,12 +419,12 @@ static char *arg(const char *fmt, ...) {
     return xstrdup(buf);
 }
 
-static void free_args(char **a) {
+static inline void free_args(char **a) {
     for (int i = 0; a[i]; i++) free(a[i]);
 }
 
 /* Starts a server on the model with the common flags plus extra (NULL-terminated). */
-static bool start_server(server *s, const char *dir, const char *model, const char *name,
+static inline bool start_server(server *s, const char *dir, const char *model, const char *name,
                          const char *const *extra) {
     char *argv[64];
     int n = 0;
