@@ -149,7 +149,7 @@ static vitd_status scan(ec_cache *c, vitd_err *err) {
                         (double)st.st_mtim.tv_sec + 1e-9 * (double)st.st_mtim.tv_nsec);
     }
     closedir(d);
-    qsort(c->e, c->n, sizeof *c->e, by_mtime);
+    if (c->n > 1) qsort(c->e, c->n, sizeof *c->e, by_mtime);
     return VITD_OK;
 }
 
