@@ -622,7 +622,7 @@ vitd_status body_image_string(arena *a, int idx, const char *str, body_span *out
     return VITD_OK;
 }
 
-static const char *json_type_name(const cJSON *j) {
+const char *body_json_type(const cJSON *j) {
     if (cJSON_IsString(j)) return "a string";
     if (cJSON_IsNumber(j)) return "a number";
     if (cJSON_IsBool(j)) return "a boolean";
@@ -650,7 +650,7 @@ static vitd_status json_options(body_state *s, const cJSON *root, vitd_err *err)
             v = num;
         } else {
             return vitd_fail(err, VITD_E_INVALID_ARG, "\"%s\" must be %s, not %s", keys[i],
-                             !strcmp(keys[i], "deepstack") ? "true or false" : "a string", json_type_name(j));
+                             !strcmp(keys[i], "deepstack") ? "true or false" : "a string", body_json_type(j));
         }
         int r = body_apply_option(&s->opts, keys[i], v, err);
         if (r < 0) return (vitd_status)r;
@@ -699,7 +699,7 @@ static vitd_status json_finish(body_state *s, vitd_err *err) {
     }
     if (!cJSON_IsObject(root)) {
         st = vitd_fail(err, VITD_E_INVALID_ARG, "JSON body must be an object like {\"images\": [\"<base64>\"]}, "
-                       "not %s", json_type_name(root));
+                       "not %s", body_json_type(root));
         goto fail;
     }
     if ((st = json_options(s, root, err))) goto fail;
@@ -717,7 +717,7 @@ static vitd_status json_finish(body_state *s, vitd_err *err) {
     if (one) {
         if (!cJSON_IsString(one)) {
             st = vitd_fail(err, VITD_E_INVALID_ARG, "\"image\" must be a string (base64 or a data: URL), not %s",
-                           json_type_name(one));
+                           body_json_type(one));
             goto fail;
         }
         st = json_image(s, 0, one->valuestring, err);
@@ -725,7 +725,7 @@ static vitd_status json_finish(body_state *s, vitd_err *err) {
     }
     if (!cJSON_IsArray(images)) {
         st = vitd_fail(err, VITD_E_INVALID_ARG, "\"images\" must be an array of base64 strings, not %s",
-                       json_type_name(images));
+                       body_json_type(images));
         goto fail;
     }
     int n = cJSON_GetArraySize(images);
@@ -741,7 +741,7 @@ static vitd_status json_finish(body_state *s, vitd_err *err) {
     for (cJSON *e = images->child; e; e = e->next, i++) {
         if (!cJSON_IsString(e) || !e->valuestring) {
             st = vitd_fail(err, VITD_E_INVALID_ARG, "image %d: must be a string (base64 or a data: URL), not %s", i,
-                           json_type_name(e));
+                           body_json_type(e));
             goto fail;
         }
         if ((st = json_image(s, i, e->valuestring, err))) goto fail;

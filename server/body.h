@@ -108,6 +108,10 @@ int body_apply_option(encode_options *o, const char *key, const char *value, vit
  * refused, vitd never fetches anything. Errors are VITD_E_INVALID_ARG naming image idx and the problem. */
 vitd_status body_image_string(arena *a, int idx, const char *str, body_span *out, vitd_err *err);
 
+/* "a string", "a number", "a boolean", "null", "an array", "an object": a cJSON value's kind, for messages. */
+struct cJSON;
+const char *body_json_type(const struct cJSON *j);
+
 /* Base64 (RFC 4648) into dst (>= 3*len/4+3 bytes); returns the decoded length or -1 on invalid input. Accepts the
  * standard alphabet and the URL-safe one ('-' '_', RFC 4648 section 5), even mixed; ignores whitespace anywhere;
  * padding is optional, but when present it must complete the last group ("QQ==" or "QQ", not "QQ="), and only

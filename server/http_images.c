@@ -47,6 +47,17 @@ static void req_finish(struct req *r, vitd_status s, const vitd_err *err) {
 
 static struct req *req_of_job(sched_job *j) { return (struct req *)((char *)j - offsetof(struct req, job)); }
 
+/* Keeps the failure of the lowest image index among a request's tasks (prep or io): *index and *slot are the
+ * request's record of it, guarded by prep_mu. */
+static void note_failure(struct req *r, int *index, vitd_err *slot, int i, vitd_status s, const vitd_err *err) {
+    pthread_mutex_lock(&r->prep_mu);
+    if (*index < 0 || i < *index) {
+        *index = i;
+        vitd_fail(slot, s, "image %d: %s", i, err->msg);
+    }
+    pthread_mutex_unlock(&r->prep_mu);
+}
+
 /* Whether the request's embeddings go to vLLM cache files before it is answered. */
 static bool writes_cache(const struct req *r) {
     return r->route == RT_CHAT || (r->route == RT_VLLM_EMBEDS && r->vllm.transfer == VLLM_EC_CACHE);
@@ -67,14 +78,7 @@ static void io_task(void *arg, int i) {
         s = ec_cache_put(h->o.ec, r->uuids[i], &src, &r->grids[i], &err);
         log_request_end();
     }
-    if (s != VITD_OK) {
-        pthread_mutex_lock(&r->prep_mu);
-        if (r->io_err_index < 0 || i < r->io_err_index) {
-            r->io_err_index = i;
-            vitd_fail(&r->io_err, s, "image %d: %s", i, err.msg);
-        }
-        pthread_mutex_unlock(&r->prep_mu);
-    }
+    if (s != VITD_OK) note_failure(r, &r->io_err_index, &r->io_err, i, s, &err);
     if (atomic_fetch_sub(&r->io_left, 1) != 1) return;
     /* last task: the others' writes happened before (acq_rel on io_left) */
     if (r->io_err_index >= 0) req_finish(r, r->io_err.code, &r->io_err);
@@ -117,12 +121,7 @@ static void prep_task(void *arg, int i) {
             content_id_image(h->model_fp, h->o.preproc.min_pixels, h->o.preproc.max_pixels, sp.data, sp.len,
                              r->uuids[i]);
         if (s != VITD_OK) {
-            pthread_mutex_lock(&r->prep_mu);
-            if (r->prep_err_index < 0 || i < r->prep_err_index) {
-                r->prep_err_index = i;
-                vitd_fail(&r->prep_err, s, "image %d: %s", i, err.msg);
-            }
-            pthread_mutex_unlock(&r->prep_mu);
+            note_failure(r, &r->prep_err_index, &r->prep_err, i, s, &err);
             atomic_store(&r->prep_failed, true);
         }
     }

@@ -11,16 +11,6 @@
 #include "content_id.h"
 #include "util.h"
 
-static const char *type_name(const cJSON *j) {
-    if (cJSON_IsString(j)) return "a string";
-    if (cJSON_IsNumber(j)) return "a number";
-    if (cJSON_IsBool(j)) return "a boolean";
-    if (cJSON_IsNull(j)) return "null";
-    if (cJSON_IsArray(j)) return "an array";
-    if (cJSON_IsObject(j)) return "an object";
-    return "invalid";
-}
-
 /* The one image part: found when *part is still NULL, a 400 for a second one or a non-image part. */
 static vitd_status take_part(const cJSON *p, int m, int k, const cJSON **part, vitd_err *err) {
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(p, "type");
@@ -61,7 +51,7 @@ vitd_status epd_parse(const uint8_t *body, size_t len, arena *a, epd_request *ou
     vitd_status st = VITD_OK;
     const cJSON *part = NULL;
     if (!cJSON_IsObject(root)) {
-        st = vitd_fail(err, VITD_E_INVALID_ARG, "a chat completions body is an object, not %s", type_name(root));
+        st = vitd_fail(err, VITD_E_INVALID_ARG, "a chat completions body is an object, not %s", body_json_type(root));
         goto done;
     }
     if ((st = check_fields(root, err))) goto done;
@@ -84,7 +74,7 @@ vitd_status epd_parse(const uint8_t *body, size_t len, arena *a, epd_request *ou
         }
         if (!cJSON_IsArray(content)) {
             st = vitd_fail(err, VITD_E_INVALID_ARG, "messages[%d].content must be an array of parts, not %s", m,
-                           type_name(content));
+                           body_json_type(content));
             goto done;
         }
         int k = 0;
@@ -105,7 +95,7 @@ vitd_status epd_parse(const uint8_t *body, size_t len, arena *a, epd_request *ou
     const cJSON *uuid = cJSON_GetObjectItemCaseSensitive(part, "uuid");
     if (uuid && !cJSON_IsNull(uuid)) {
         if (!cJSON_IsString(uuid)) {
-            st = vitd_fail(err, VITD_E_INVALID_ARG, "uuid must be a string, not %s", type_name(uuid));
+            st = vitd_fail(err, VITD_E_INVALID_ARG, "uuid must be a string, not %s", body_json_type(uuid));
             goto done;
         }
         if (!content_id_uuid_ok(uuid->valuestring, strlen(uuid->valuestring), err)) {
