@@ -77,6 +77,8 @@ struct body_state {
     int n_images, cap_images;
 };
 
+const char body_value_too_long[] = "(a value longer than 256 bytes)";
+
 /* ---- small helpers ---- */
 
 /* Copies s into dst (cap bytes) for an error message: at most cap-1 bytes, non-printable bytes as '?', an ellipsis
@@ -404,12 +406,13 @@ static vitd_status mp_close_part(body_state *s, vitd_err *err) {
         return st;
     }
     if (!s->part_name[0] || (!is_option_key(s->part_name) && !s->extra)) return VITD_OK;
-    if (s->field_long)
+    if (s->field_long && is_option_key(s->part_name))
         return vitd_fail(err, VITD_E_INVALID_ARG, "%s: multipart field value longer than %d bytes", s->part_name,
                          FIELD_MAX);
     s->field[s->field_len] = '\0';
     int r = is_option_key(s->part_name) ? body_apply_option(&s->opts, s->part_name, s->field, err)
-                                        : s->extra(s->extra_user, s->part_name, s->field, err);
+                                        : s->extra(s->extra_user, s->part_name,
+                                                   s->field_long ? body_value_too_long : s->field, err);
     return r < 0 ? (vitd_status)r : VITD_OK;
 }
 

@@ -74,6 +74,8 @@ vitd_status body_begin_whole(const body_limits *lim, const encode_options *opts,
  * It returns 0 (applied), 1 (not its key: ignored) or a negative vitd_status (err names the key), which fails
  * the body. Query parameters do not pass through here: the caller applies them. Set before the first body_feed. */
 typedef int (*body_option_fn)(void *user, const char *key, const char *value, vitd_err *err);
+/* The value a multipart field longer than the 256 bytes kept reaches the hook as: compare the pointer. */
+extern const char body_value_too_long[];
 void body_set_extra_options(body_state *s, body_option_fn fn, void *user);
 
 /* Feeds the next chunk of the upload. */

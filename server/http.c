@@ -87,16 +87,22 @@ static bool auth_ok(const http_server *h, struct MHD_Connection *conn) {
 }
 
 /* The route of url. KServe v2 model paths, /v2/models/<model>[/versions/<v>][/ready|/infer], also give the
- * model segment (*model, arena) and the version (*version, arena, or NULL when absent). */
-static route_id route_of(const char *url, arena *a, const char **model, const char **version) {
+ * model (*model, arena: the served name when the path starts with it, else the segment up to '/') and the
+ * version (*version, arena, or NULL when absent). */
+static route_id route_of(const char *url, const char *served, arena *a, const char **model, const char **version) {
     static const route_id fixed[] = {RT_ENCODE, RT_VLLM_EMBEDS, RT_CHAT, RT_HEALTH, RT_READY, RT_METRICS, RT_MODEL,
                                      RT_V2_SERVER, RT_V2_LIVE, RT_V2_READY};
     for (size_t i = 0; i < sizeof fixed / sizeof fixed[0]; i++)
         if (strcmp(url, http_routes[fixed[i]].path) == 0) return fixed[i];
     static const char prefix[] = "/v2/models/";
     if (strncmp(url, prefix, sizeof prefix - 1) != 0) return RT_NOT_FOUND;
+    /* the served name may hold '/' (vLLM-style "Qwen/Qwen3-VL-8B-Instruct"): it is matched whole first */
     const char *m = url + sizeof prefix - 1, *slash = strchr(m, '/');
-    size_t ml = slash ? (size_t)(slash - m) : strlen(m);
+    size_t ml = slash ? (size_t)(slash - m) : strlen(m), sl = strlen(served);
+    if (sl && !strncmp(m, served, sl) && (m[sl] == '/' || !m[sl])) {
+        ml = sl;
+        slash = m[sl] ? m + sl : NULL;
+    }
     if (ml == 0) return RT_NOT_FOUND;
     *model = arena_strndup(a, m, ml);
     const char *rest = slash ? slash : "";
@@ -192,7 +198,7 @@ enum MHD_Result http_respond_error(struct req *r, int status, const char *code, 
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     size_t len = 0;
-    char *body = http_routes[r->route].v2 ? kserve_error(msg, &len) : reply_error_json(code, msg, r->id, &len);
+    char *body = r->v2_errors ? kserve_error(msg, &len) : reply_error_json(code, msg, r->id, &len);
     if (!body) return MHD_NO;
     r->error_code = code;
     return http_respond(r, status, "application/json", body, len, extra_name, extra_value);
@@ -399,7 +405,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         if (!r) return MHD_NO;
         *req_cls = r;
         const char *v2_version = NULL;
-        r->route = route_of(url, r->arena, &r->v2_model, &v2_version);
+        r->route = route_of(url, h->model_name, r->arena, &r->v2_model, &v2_version);
+        r->v2_errors = !strncmp(url, "/v2", 3) && (url[3] == '\0' || url[3] == '/');
         if (r->route == RT_NOT_FOUND)
             return http_respond_error(r, 404, "not_found", NULL, NULL, "no route %s %s", method, url);
         const http_route *rt = &http_routes[r->route];
@@ -544,6 +551,8 @@ vitd_status http_start(const http_opts *o, http_server **out, vitd_err *err) {
     h->o = *o;
     pthread_mutex_init(&h->mu, NULL);
     pthread_cond_init(&h->idle_cv, NULL);
+    pthread_rwlock_init(&h->work_lock, NULL);
+    atomic_init(&h->io_patches, 0);
     atomic_init(&h->ready, false);
     atomic_init(&h->draining, false);
     atomic_init(&h->next_id, 1);
@@ -589,6 +598,12 @@ void http_set_ready(http_server *h, bool ready) {
     if (h->o.metrics) metrics_set(h->o.metrics->ready_s, ready && !atomic_load(&h->draining) ? 1 : 0);
 }
 
+void http_close_work(http_server *h) {
+    pthread_rwlock_wrlock(&h->work_lock);
+    h->work_closed = true;
+    pthread_rwlock_unlock(&h->work_lock);
+}
+
 void http_drain_begin(http_server *h) {
     atomic_store(&h->draining, true);
     if (h->o.metrics) metrics_set(h->o.metrics->ready_s, 0);
@@ -627,5 +642,6 @@ void http_free(http_server *h) {
     http_stop(h);
     pthread_cond_destroy(&h->idle_cv);
     pthread_mutex_destroy(&h->mu);
+    pthread_rwlock_destroy(&h->work_lock);
     free(h);
 }

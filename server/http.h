@@ -76,6 +76,10 @@ void http_set_ready(http_server *h, bool ready);
 void http_drain_begin(http_server *h);
 /* Requests started and not yet completed (answer sent or connection gone). */
 int http_live_requests(http_server *h);
+/* From now on, a request whose body completes is answered 503 instead of being handed to the prep pool and the
+ * batcher: call before freeing them while the daemon still runs (a drain that timed out). Waits for requests
+ * that are handing work over right now. Idempotent. */
+void http_close_work(http_server *h);
 /* Waits until no request is live or timeout_ms passes; true when idle. */
 bool http_wait_idle(http_server *h, int timeout_ms);
 /* Stops the daemon: closes the listening socket and every connection. Every suspended connection must have been

@@ -53,7 +53,8 @@ static void note_failure(struct req *r, int *index, vitd_err *slot, int i, vitd_
     pthread_mutex_lock(&r->prep_mu);
     if (*index < 0 || i < *index) {
         *index = i;
-        vitd_fail(slot, s, "image %d: %s", i, err->msg);
+        if (!strncmp(err->msg, "image ", 6)) vitd_fail(slot, s, "%s", err->msg); /* it names the image already */
+        else vitd_fail(slot, s, "image %d: %s", i, err->msg);
     }
     pthread_mutex_unlock(&r->prep_mu);
 }
@@ -81,6 +82,7 @@ static void io_task(void *arg, int i) {
     if (s != VITD_OK) note_failure(r, &r->io_err_index, &r->io_err, i, s, &err);
     if (atomic_fetch_sub(&r->io_left, 1) != 1) return;
     /* last task: the others' writes happened before (acq_rel on io_left) */
+    atomic_fetch_sub(&h->io_patches, r->n_patches);
     if (r->io_err_index >= 0) req_finish(r, r->io_err.code, &r->io_err);
     else req_finish(r, VITD_OK, NULL);
 }
@@ -89,6 +91,7 @@ static void job_done(sched_job *j, vitd_status s, const vitd_err *err) {
     struct req *r = req_of_job(j);
     if (s == VITD_OK && writes_cache(r)) {
         atomic_store(&r->io_left, r->n_images);
+        atomic_fetch_add(&r->srv->io_patches, r->n_patches);
         prep_pool_submit(r->srv->o.io, io_task, r, r->n_images);
         return;
     }
@@ -235,6 +238,9 @@ static vitd_status parse_route(struct req *r, vitd_err *err) {
         if (r->vllm.transfer == VLLM_EC_CACHE && !h->o.ec)
             return vitd_fail(err, VITD_E_INVALID_ARG, "transfer=ec_cache needs ec_cache_dir (vLLM's shared storage) "
                              "set on the server");
+        if (r->vllm.transfer == VLLM_EC_CACHE && r->br.opts.dtype != ST_BF16)
+            return vitd_fail(err, VITD_E_INVALID_ARG, "transfer=ec_cache writes bfloat16 files (what vLLM's "
+                             "connector loads): dtype must be bfloat16");
         if (r->vllm.n_uuids && r->vllm.n_uuids != r->br.n_images)
             return vitd_fail(err, VITD_E_INVALID_ARG, "%d uuids for %d images: give one per image, or none",
                              r->vllm.n_uuids, r->br.n_images);
@@ -263,7 +269,7 @@ static vitd_status parse_route(struct req *r, vitd_err *err) {
                                  "%.32s", hv);
         }
         kserve_model km = {.model = h->model_name, .n_deepstack = vc->n_deepstack,
-                           .max_images = c->max_images_per_request, .default_dtype = r->br.opts.dtype};
+                           .max_images = c->max_images_per_request, .default_dtype = ST_F32};
         r->v2 = arena_calloc(r->arena, 1, sizeof *r->v2);
         if (!r->v2) return vitd_fail(err, VITD_E_NOMEM, "out of request memory");
         vitd_status s = kserve_parse(whole.data, whole.len, hl, &km, r->arena, r->v2, err);
@@ -307,7 +313,27 @@ static vitd_status set_uuids(struct req *r, vitd_err *err) {
 
 /* Parses the body, probes and plans every image, books queue capacity, allocates the request's buffers,
  * suspends and hands the work reference to the prep pool. Answers at once on any failure. */
+static enum MHD_Result images_start_locked(struct req *r);
+
+/* The body is complete. Work is handed on only while the server takes work (http_close_work): the check and the
+ * hand-over happen under the work lock, so the pools and the batcher cannot be freed in between. */
 static enum MHD_Result images_start(struct req *r) {
+    http_server *h = r->srv;
+    pthread_rwlock_rdlock(&h->work_lock);
+    enum MHD_Result res;
+    if (h->work_closed) {
+        body_end(r->body);
+        r->body = NULL;
+        res = http_respond_error(r, 503, "cancelled", MHD_HTTP_HEADER_RETRY_AFTER, RETRY_AFTER_S,
+                                 "the server is shutting down; retry on another replica");
+    } else {
+        res = images_start_locked(r);
+    }
+    pthread_rwlock_unlock(&h->work_lock);
+    return res;
+}
+
+static enum MHD_Result images_start_locked(struct req *r) {
     http_server *h = r->srv;
     const vitd_config *c = h->o.cfg;
     const vitd_vision_config *vc = vitd_model_config(h->o.model);
@@ -351,6 +377,14 @@ static enum MHD_Result images_start(struct req *r) {
                                       h->o.max_image_patches);
         total += p;
     }
+    /* cache files are written after encoding: past a backlog of one full batch, refuse rather than let requests
+     * that wait for the disk pile up in memory */
+    size_t io_backlog = atomic_load(&h->io_patches), io_max = c->batch_max_tokens > h->o.max_image_patches
+                                                                  ? c->batch_max_tokens
+                                                                  : h->o.max_image_patches;
+    if (writes_cache(r) && io_backlog > io_max)
+        return http_respond_status(r, VITD_E_BUSY, "vLLM cache files are written slower than images arrive "
+                                   "(a backlog of patches waits for the disk); retry shortly");
     s = sched_reserve(h->o.sched, total, &err);
     if (s != VITD_OK) return http_respond_status(r, s, err.msg);
     r->n_patches = total;

@@ -55,7 +55,7 @@ typedef struct {
     const char *method;   /* the one method it serves (GET routes also take HEAD) */
     const char *allow;
     bool open;            /* reachable without the API key (probes) */
-    bool v2;              /* KServe v2: errors are {"error": "..."} */
+    bool v2;              /* a KServe v2 route */
 } http_route;
 
 extern const http_route http_routes[RT_NOT_FOUND + 1];
@@ -72,6 +72,9 @@ struct http_server {
     unsigned long long id_seed;
     char model_name[256];
     uint8_t model_fp[32];     /* content_id_model(): part of every derived uuid */
+    atomic_size_t io_patches; /* patches of requests waiting for their cache files (http_images.c) */
+    pthread_rwlock_t work_lock; /* guards work_closed; held (read) while a request hands work to the pools */
+    bool work_closed;         /* http_close_work(): the pools and the batcher take no more work */
     pthread_mutex_t mu;       /* guards live */
     pthread_cond_t idle_cv;   /* live reached 0 */
     int live;                 /* requests created and not freed */
@@ -119,6 +122,7 @@ struct req {
     epd_request chat;         /* RT_CHAT */
     kserve_request *v2;       /* RT_V2_INFER (arena) */
     const char *v2_model;     /* the model segment of a v2 path (arena) */
+    bool v2_errors;           /* a /v2 path: errors in KServe's form, {"error": "..."} */
     /* outcome, written by the work side before MHD_resume_connection */
     vitd_status outcome;
     vitd_err outcome_err;

@@ -308,8 +308,12 @@ int serve_main(int argc, char **argv) {
         rc = 2;
         goto done;
     }
-    if (cfg.ec_proxy_url[0] && !cfg.ec_cache_dir[0])
-        log_msg(VITD_LOG_WARN, "ec_proxy_url is set without ec_cache_dir: the proxy's encode requests will get 404");
+    if (cfg.ec_proxy_url[0] && !cfg.ec_cache_dir[0]) {
+        log_msg(VITD_LOG_ERROR, "configuration: ec_proxy_url needs ec_cache_dir (an encoder instance hands its "
+                "embeddings over through the cache files; without them every request of the proxy would get 404)");
+        rc = 2;
+        goto done;
+    }
 
     metrics = metrics_vitd_create();
     double t0 = vitd_now();
@@ -448,11 +452,11 @@ int serve_main(int argc, char **argv) {
     log_msg(VITD_LOG_INFO, "%s: draining live=%d timeout_ms=%d", strsignal(sig), http_live_requests(http),
             cfg.drain_timeout_ms);
     http_drain_begin(http);
-    epd_announcer_stop(announcer); /* the proxy stops routing here before the drain ends */
-    announcer = NULL;
+    epd_announcer_leave(announcer); /* the proxy stops routing here while the drain goes on */
     bool idle = drain_wait(http, sfd, cfg.drain_timeout_ms);
     if (!idle) {
         log_msg(VITD_LOG_WARN, "drain incomplete: cancelling %d live requests", http_live_requests(http));
+        http_close_work(http);    /* uploads still arriving get 503, never a freed pool */
         sched_stop(sc, true);     /* queued jobs answer 503 now */
         prep_pool_free(prep);     /* running prep tasks finish; their submissions are refused and answered */
         prep = NULL;
@@ -467,6 +471,7 @@ int serve_main(int argc, char **argv) {
 done:
     /* reverse order; every suspended connection is resumed before MHD stops (prep and batcher first) */
     epd_announcer_stop(announcer);
+    if (http) http_close_work(http);
     if (sc) sched_stop(sc, true);
     prep_pool_free(prep);
     sched_free(sc);

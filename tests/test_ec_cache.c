@@ -136,20 +136,67 @@ static void test_bytes_bound(const char *dir) {
     ec_cache_free(c);
     CHECK_OK(ec_cache_open(dir, one * 5 / 2, 0, m, &c, &err), &err);
     const char *ids[] = {"b1", "b2", "b3", "b4", "b5"};
-    for (int i = 0; i < 5; i++) {
-        CHECK_OK(ec_cache_put(c, ids[i], &s, &g_grid, &err), &err);
-        char p[1024];
-        snprintf(p, sizeof p, "%s/%s/" EC_CACHE_FILE, dir, ids[i]);
-        age(p, 10 - i); /* distinct, increasing times whatever the clock's resolution */
-    }
+    for (int i = 0; i < 5; i++) CHECK_OK(ec_cache_put(c, ids[i], &s, &g_grid, &err), &err);
     size_t files = 0, bytes = 0;
     ec_cache_stats(c, &files, &bytes);
     CHECK_MSG(files == 2 && bytes <= one * 5 / 2, "%zu files, %zu bytes (bound %zu)", files, bytes, one * 5 / 2);
     CHECK(exists(dir, "b4") && exists(dir, "b5") && !exists(dir, "b3") && !dir_exists(dir, "b1"));
     CHECK(!exists(dir, "probe"));
     CHECK_MSG(metrics_value(m->ec_evict_bytes_s) == 4, "evictions %g", metrics_value(m->ec_evict_bytes_s));
+    /* another writer (a second cache on the same directory: another replica) rewrites b4: the first cache's
+     * eviction of its stale entry leaves the new file alone */
+    ec_cache *other = NULL;
+    CHECK_OK(ec_cache_open(dir, 0, 0, NULL, &other, &err), &err);
+    usleep(20 * 1000);
+    CHECK_OK(ec_cache_put(other, "b4", &s, &g_grid, &err), &err);
+    ec_cache_free(other);
+    CHECK_OK(ec_cache_put(c, "b6", &s, &g_grid, &err), &err); /* over the bound: b4's stale entry is the oldest */
+    CHECK_MSG(exists(dir, "b4") && exists(dir, "b6"), "the rewritten b4 was removed");
+    ec_cache_stats(c, &files, &bytes);
+    CHECK_MSG(files == 2 && exists(dir, "b4") && !exists(dir, "b5"), "after the refresh: %zu files", files);
     ec_cache_free(c);
     metrics_vitd_free(m);
+}
+
+/* Concurrent writers with a bound of about one file: puts never fail and the uuid written by one thread again and
+ * again is never removed by its own write. */
+typedef struct {
+    ec_cache *c;
+    int id, fails;
+    char dir[600];
+} writer;
+
+static void *writer_main(void *arg) {
+    writer *w = arg;
+    handover_src s = {.emb = g_emb, .ds = g_ds, .rows = ROWS, .D = D, .k = K};
+    for (int i = 0; i < 150; i++) {
+        char uuid[32];
+        if (w->id == 0) snprintf(uuid, sizeof uuid, "same");
+        else snprintf(uuid, sizeof uuid, "w%d-%d", w->id, i);
+        vitd_err err = {0};
+        if (ec_cache_put(w->c, uuid, &s, &g_grid, &err) != VITD_OK) {
+            if (!w->fails) printf("  writer %d: %s\n", w->id, err.msg);
+            w->fails++;
+        }
+    }
+    return NULL;
+}
+
+static void test_concurrent(const char *dir) {
+    printf("concurrent writers\n");
+    ec_cache *c = NULL;
+    vitd_err err = {0};
+    src_of(1.0f);
+    CHECK_OK(ec_cache_open(dir, 1, 0, NULL, &c, &err), &err); /* one byte: every write evicts the others */
+    writer w[3];
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++) {
+        w[i] = (writer){.c = c, .id = i};
+        pthread_create(&t[i], NULL, writer_main, &w[i]);
+    }
+    for (int i = 0; i < 3; i++) pthread_join(t[i], NULL);
+    CHECK_MSG(w[0].fails + w[1].fails + w[2].fails == 0, "%d failed puts", w[0].fails + w[1].fails + w[2].fails);
+    ec_cache_free(c);
 }
 
 static void test_age_and_scan(const char *dir) {
@@ -221,7 +268,9 @@ static void test_announce(void) {
     const char *good[] = {"http://127.0.0.1:9000", "http://[::1]:80/base/", "http://proxy.local"};
     for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
         CHECK_MSG(epd_check_url(good[i], "ec_proxy_url", &err) == VITD_OK, "%s: %s", good[i], err.msg);
-    const char *bad[] = {"https://proxy:443", "http://", "http://h:99x", "ftp://h", "proxy:8000", "http://[::1"};
+    char long6[400];
+    snprintf(long6, sizeof long6, "http://[%0300d]:80", 1);
+    const char *bad[] = {"https://proxy:443", "http://", "http://h:99x", "ftp://h", "proxy:8000", "http://[::1", long6};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         CHECK_MSG(epd_check_url(bad[i], "ec_proxy_url", &err) == VITD_E_INVALID_ARG &&
                       strstr(err.msg, "ec_proxy_url"), "%s accepted", bad[i]);
@@ -277,6 +326,9 @@ int main(void) {
     test_file(d1);
     test_bytes_bound(d2);
     test_age_and_scan(d3);
+    char d4[600];
+    snprintf(d4, sizeof d4, "%s/conc", dir);
+    test_concurrent(d4);
     test_announce();
     int rc = check_done("test_ec_cache");
     if (rc == 0) check_rm_tree(dir);

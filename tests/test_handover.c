@@ -452,6 +452,10 @@ static void test_kserve_parse(void) {
          "\"parameters\":{\"datatype\":\"INT8\"}}", false, "FP32, BF16, FP16"},
         {"{\"inputs\":[{\"name\":\"IMAGE\",\"datatype\":\"BYTES\",\"shape\":[1],\"data\":[\"http://x/y.png\"]}]}",
          false, "remote URLs"},
+        {"{\"inputs\":[{\"name\":\"IMAGE\",\"datatype\":\"BYTES\",\"shape\":[1e300],\"data\":[]}]}", false,
+         "non-negative integers"},
+        {"{\"inputs\":[{\"name\":\"IMAGE\",\"datatype\":\"BYTES\",\"shape\":[1],\"parameters\":"
+         "{\"binary_data_size\":0.5}}]}", true, "binary_data_size"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         vitd_status s = parse_v2(bad[i].json, NULL, 0, bad[i].header, a, &q, &err);
@@ -470,6 +474,11 @@ static void test_kserve_parse(void) {
     CHECK(parse_v2(json, bin, bl, true, a, &q, &err) == VITD_E_INVALID_ARG);
     CHECK_STR_CONTAINS(err.msg, "additional input data");
     CHECK(kserve_parse(bin, bl, (long long)bl + 1, &k_model, a, &q, &err) == VITD_E_INVALID_ARG);
+    /* a NUL after the JSON header is not whitespace */
+    static const char nul[] = "{\"inputs\":[{\"name\":\"IMAGE\",\"datatype\":\"BYTES\",\"shape\":[1],"
+                              "\"data\":[\"aGk=\"]}]}\0";
+    CHECK(kserve_parse((const uint8_t *)nul, sizeof nul, (long long)sizeof nul, &k_model, a, &q, &err) ==
+          VITD_E_INVALID_ARG);
     /* DEEPSTACK exists only with DeepStack layers */
     kserve_model flat = k_model;
     flat.n_deepstack = 0;

@@ -233,6 +233,19 @@ static void test_vllm_parts(suite *S) {
     resp_free(&r);
     free(m);
     free(m2);
+    char longv[400];
+    memset(longv, 'u', 300);
+    longv[300] = 0;
+    const char *fields[2] = {"uuid", "note"};
+    for (int f = 0; f < 2; f++) {
+        m = multipart(mp, 1, fields[f], longv, "BoUnDaRy7", &ml);
+        CHECK(post(S->port, "/v1/vllm/image_embeds", "Content-Type: multipart/form-data; boundary=BoUnDaRy7\r\n", m,
+                   ml, &r));
+        if (f == 0) check_error(&r, 400, "invalid_argument", "longer than 256", "multipart long uuid");
+        else CHECK_MSG(r.status == 200, "a long unknown multipart field: %d %.200s", r.status, r.body);
+        resp_free(&r);
+        free(m);
+    }
     /* derived ids: 64 hex digits, the same for the same bytes, another for other bytes */
     char ids[3][80] = {"", "", ""};
     int which[3] = {1, 1, 2};
@@ -260,6 +273,7 @@ static void test_vllm_parts(suite *S) {
         {"?grid_layout=3d", "image/png", NULL, "invalid_argument", "grid_layout"},
         {"?transfer=nccl", "image/png", NULL, "invalid_argument", "transfer"},
         {"?dtype=int8", "image/png", NULL, "invalid_argument", "dtype"},
+        {"?transfer=ec_cache&dtype=float32", "image/png", NULL, "invalid_argument", "bfloat16"},
         {"", "application/json", "{\"images\":[\"aGk=\"],\"uuids\":[\"x\",\"x\"]}", "invalid_argument", "2 uuids"},
         {"", "text/plain", "hello", "unsupported", "Content-Type"},
     };
@@ -593,7 +607,8 @@ static void test_auth_keyed_drain(suite *S) {
     char ec[400], a_ec[500];
     snprintf(ec, sizeof ec, "%s/ec2", S->dir);
     snprintf(a_ec, sizeof a_ec, "--ec-cache-dir=%s", ec);
-    const char *extra[] = {"--api-key=sekret", a_ec, "--ec-transfer-format=keyed", "--batch-delay-ms=1000", NULL};
+    const char *extra[] = {"--api-key=sekret", a_ec, "--ec-transfer-format=keyed", "--batch-delay-ms=1000",
+                           "--model-name=org/tiny-vl", "--output-dtype=bfloat16", NULL};
     if (!start_server(&s, S->dir, S->model, "auth", extra)) {
         CHECK_MSG(0, "auth server did not start");
         server_wait_exit(&s, 5);
@@ -604,7 +619,7 @@ static void test_auth_keyed_drain(suite *S) {
         int status;
     } routes[] = {
         {"POST", "/v1/vllm/image_embeds", 401}, {"POST", "/v1/chat/completions", 401},
-        {"POST", "/v2/models/model/infer", 401}, {"GET", "/v2", 401}, {"GET", "/v2/models/model", 401},
+        {"POST", "/v2/models/org/tiny-vl/infer", 401}, {"GET", "/v2", 401}, {"GET", "/v2/models/org/tiny-vl", 401},
         {"GET", "/v2/health/live", 200}, {"GET", "/v2/health/ready", 200},
     };
     resp r;
@@ -615,6 +630,27 @@ static void test_auth_keyed_drain(suite *S) {
         if (routes[i].status == 401 && !strncmp(routes[i].path, "/v2", 3)) check_v2_error(&r, 401, "API key", "v2 401");
         resp_free(&r);
     }
+    /* a served name with '/', and KServe's JSON floats stay FP32 whatever output_dtype says */
+    const char *key = "Authorization: Bearer sekret\r\n";
+    CHECK(http_do(s.port, "GET", "/v2/models/org/tiny-vl/versions/1/ready", key, NULL, 0, &r));
+    CHECK_MSG(r.status == 200 && strstr(r.body, "\"name\":\"org/tiny-vl\""), "ready: %d %.100s", r.status, r.body);
+    resp_free(&r);
+    CHECK(http_do(s.port, "GET", "/v2/nothing/here", key, NULL, 0, &r));
+    check_v2_error(&r, 404, "no route", "unknown v2 path");
+    resp_free(&r);
+    char *e1 = b64_encode(S->img[1].data, S->img[1].len);
+    strbuf jb = {0};
+    strbuf_printf(&jb, "{\"inputs\":[{\"name\":\"IMAGE\",\"datatype\":\"BYTES\",\"shape\":[1],\"data\":[\"%s\"]}],"
+                       "\"outputs\":[{\"name\":\"EMBEDS\"}]}", e1);
+    char *jbody = strbuf_finish(&jb);
+    char jh[128];
+    snprintf(jh, sizeof jh, "%sContent-Type: application/json\r\n", key);
+    CHECK(post(s.port, "/v2/models/org/tiny-vl/infer", jh, jbody, strlen(jbody), &r));
+    CHECK_MSG(r.status == 200 && strstr(r.body, "\"datatype\":\"FP32\""), "JSON infer with output_dtype bfloat16: "
+              "%d %.200s", r.status, r.body);
+    resp_free(&r);
+    free(jbody);
+    free(e1);
     /* with the key: a chat request answered in the keyed form, held by the batch delay while SIGTERM arrives */
     char *body = chat_body(&S->img[1], "keyed-1", NULL);
     int fd = loopback_connect(s.port, IO_TIMEOUT_S);
@@ -654,6 +690,45 @@ static void test_auth_keyed_drain(suite *S) {
     if (fd >= 0) close(fd);
     free(body);
     CHECK_EQ_INT(0, server_wait_exit(&s, 60));
+}
+
+/* ec_proxy_url without ec_cache_dir is refused at start; a drain that times out while an upload is still
+ * arriving answers it (or closes it) and exits 0, never touching freed pools. */
+static void test_start_and_drain_timeout(suite *S) {
+    printf("start-up check, drain timeout with an upload in flight\n");
+    char log[700];
+    snprintf(log, sizeof log, "%s/noproxydir.log", S->dir);
+    char *argv[] = {VITD_EXE, "serve", "--model", S->model, "--port=0", "--backend=cpu",
+                    "--ec-proxy-url=http://127.0.0.1:9", NULL};
+    int rc = run_tool(argv, log);
+    size_t n = 0;
+    char *text = (char *)check_read_file(log, &n);
+    CHECK_MSG(rc == 2 && text && strstr(text, "ec_proxy_url needs ec_cache_dir"), "exit %d", rc);
+    free(text);
+    server s;
+    const char *extra[] = {"--drain-timeout-ms=300", NULL};
+    if (!start_server(&s, S->dir, S->model, "dtimeout", extra)) {
+        CHECK_MSG(0, "server did not start");
+        server_wait_exit(&s, 5);
+        return;
+    }
+    int fd = loopback_connect(s.port, IO_TIMEOUT_S);
+    char head[256];
+    int hn = snprintf(head, sizeof head, "POST /v1/vllm/image_embeds HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                      "image/png\r\nContent-Length: %zu\r\n\r\n", S->img[1].len);
+    size_t half = S->img[1].len / 2;
+    CHECK(fd >= 0 && loopback_send_all(fd, head, (size_t)hn) && loopback_send_all(fd, S->img[1].data, half));
+    usleep(100 * 1000);
+    kill(s.pid, SIGTERM);
+    usleep(700 * 1000); /* past drain_timeout_ms: the pools are freed while the upload is unfinished */
+    loopback_send_all(fd, S->img[1].data + half, S->img[1].len - half);
+    resp a;
+    bool got = read_response(fd, &a, false);
+    printf("  the late upload: %s\n", got ? (a.status == 503 ? "503" : "answered") : "connection closed");
+    CHECK_MSG(!got || a.status == 503 || a.status == 200, "late upload answered %d", a.status);
+    if (got) resp_free(&a);
+    close(fd);
+    CHECK_EQ_INT(0, server_wait_exit(&s, 30));
 }
 
 int main(void) {
@@ -730,6 +805,7 @@ int main(void) {
               n ? S.px.path[proxy_slot(n - 1)] : "-");
     proxy_stop(&S.px);
     test_auth_keyed_drain(&S);
+    test_start_and_drain_timeout(&S);
 
     for (int i = 0; i < N_IMG; i++) free(S.img[i].data);
     int result = check_done("test_handover_http");

@@ -74,13 +74,16 @@ static void test_archives(void) {
     free(ta.buf);
     /* what it refuses */
     int64_t neg[1] = {-1}, huge[2] = {65536, 65536}, wide[1] = {(int64_t)1 << 31}, one[1] = {1};
+    int64_t big[2] = {65536, 16384}, zero_wide[4] = {0, 40000, 40000, 40000};
     CHECK_EQ_INT(VITD_E_INVALID_ARG, torch_archive_begin(&ta, ST_U8, 1, one, &err));
     CHECK_STR_CONTAINS(err.msg, "dtype");
     CHECK_EQ_INT(VITD_E_INVALID_ARG, torch_archive_begin(&ta, ST_F32, 0, one, &err));
     CHECK_EQ_INT(VITD_E_INVALID_ARG, torch_archive_begin(&ta, ST_F32, 5, huge, &err));
     CHECK_EQ_INT(VITD_E_INVALID_ARG, torch_archive_begin(&ta, ST_F32, 1, neg, &err));
     CHECK_EQ_INT(VITD_E_INVALID_ARG, torch_archive_begin(&ta, ST_BF16, 1, wide, &err));
-    CHECK_EQ_INT(VITD_E_TOO_LARGE, torch_archive_begin(&ta, ST_BF16, 2, huge, &err));
+    CHECK_EQ_INT(VITD_E_INVALID_ARG, torch_archive_begin(&ta, ST_BF16, 2, huge, &err));
+    CHECK_EQ_INT(VITD_E_INVALID_ARG, torch_archive_begin(&ta, ST_BF16, 4, zero_wide, &err)); /* strides overflow */
+    CHECK_EQ_INT(VITD_E_TOO_LARGE, torch_archive_begin(&ta, ST_F32, 2, big, &err));       /* 4 GiB of data */
     CHECK_STR_CONTAINS(err.msg, "ZIP64");
     CHECK(ta.buf == NULL);
     /* a corrupted byte is caught by the reader (so the reader's checks are live) */

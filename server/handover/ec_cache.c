@@ -29,6 +29,7 @@ typedef struct {
     char uuid[CONTENT_ID_UUID_MAX + 1];
     size_t bytes;
     double mtime;             /* wall-clock seconds */
+    ino_t ino;                /* with mtime: the file this entry describes (another writer may replace it) */
 } entry;
 
 struct ec_cache {
@@ -72,7 +73,11 @@ static void list_remove(ec_cache *c, size_t i) {
     c->n--;
 }
 
-static void list_append(ec_cache *c, const char *uuid, size_t bytes, double mtime) {
+static double mtime_of(const struct stat *st) {
+    return (double)st->st_mtim.tv_sec + 1e-9 * (double)st->st_mtim.tv_nsec;
+}
+
+static void list_append(ec_cache *c, const char *uuid, const struct stat *st) {
     if (c->n == c->cap) {
         c->cap = c->cap ? 2 * c->cap : 64;
         entry *ne = realloc(c->e, c->cap * sizeof *ne);
@@ -81,15 +86,34 @@ static void list_append(ec_cache *c, const char *uuid, size_t bytes, double mtim
     }
     entry *x = &c->e[c->n++];
     snprintf(x->uuid, sizeof x->uuid, "%s", uuid);
-    x->bytes = bytes;
-    x->mtime = mtime;
-    c->total += bytes;
+    x->bytes = (size_t)st->st_size;
+    x->mtime = mtime_of(st);
+    x->ino = st->st_ino;
+    c->total += x->bytes;
 }
 
-/* Removes the oldest file's entry, its file and (when empty) its directory. */
-static void evict_front(ec_cache *c, bool by_age) {
+/* Forgets uuid's entry, if any. */
+static void list_forget(ec_cache *c, const char *uuid) {
+    for (size_t i = 0; i < c->n; i++)
+        if (!strcmp(c->e[i].uuid, uuid)) {
+            list_remove(c, i);
+            return;
+        }
+}
+
+/* Removes entry i, its file and (when empty) its directory — unless the file on disk is no longer the one the
+ * entry describes (another replica rewrote it): then the entry is refreshed to that file and moves to the back,
+ * and nothing is removed. */
+static void evict_at(ec_cache *c, size_t i, bool by_age) {
     char path[4200];
-    ec_cache_path(c, c->e[0].uuid, path, sizeof path);
+    entry e = c->e[i];
+    ec_cache_path(c, e.uuid, path, sizeof path);
+    list_remove(c, i);
+    struct stat st;
+    if (lstat(path, &st) == 0 && S_ISREG(st.st_mode) && (st.st_ino != e.ino || mtime_of(&st) != e.mtime)) {
+        list_append(c, e.uuid, &st);
+        return;
+    }
     if (unlink(path) != 0 && errno != ENOENT)
         vitd_log(VITD_LOG_WARN, "ec cache: cannot remove %s: %s", path, strerror(errno));
     char *slash = strrchr(path, '/');
@@ -97,19 +121,22 @@ static void evict_front(ec_cache *c, bool by_age) {
         *slash = '\0';
         rmdir(path); /* fails harmlessly when a consumer or a temporary file still holds it */
     }
-    list_remove(c, 0);
     if (c->m) metrics_inc(by_age ? c->m->ec_evict_age_s : c->m->ec_evict_bytes_s);
 }
 
-/* Applies both bounds; keep (or NULL) is never removed. */
+/* Applies both bounds, oldest first; keep (or NULL: the file just written) is never removed. */
 static void apply_bounds(ec_cache *c, const char *keep) {
     double now = wall_now();
-    while (c->n > 0) {
-        bool old = c->max_age_s > 0 && now - c->e[0].mtime > c->max_age_s;
+    size_t i = 0, budget = 2 * c->n + 1; /* an entry is refreshed at most once, then removed */
+    while (i < c->n && budget-- > 0) {
+        bool old = c->max_age_s > 0 && now - c->e[i].mtime > c->max_age_s;
         bool big = c->max_bytes > 0 && c->total > c->max_bytes;
         if (!old && !big) break;
-        if (keep && !strcmp(c->e[0].uuid, keep)) break; /* the newest entry, so the only one left */
-        evict_front(c, old);
+        if (keep && !strcmp(c->e[i].uuid, keep)) {
+            i++;
+            continue;
+        }
+        evict_at(c, i, old);
     }
     publish(c);
 }
@@ -129,7 +156,7 @@ static vitd_status scan(ec_cache *c, vitd_err *err) {
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         if (de->d_name[0] == '.' || !content_id_uuid_ok(de->d_name, strlen(de->d_name), NULL)) continue;
-        int sfd = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int sfd = openat(dirfd(d), de->d_name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         DIR *sd = sfd >= 0 ? fdopendir(sfd) : NULL;
         if (!sd) {
             if (sfd >= 0) close(sfd);
@@ -144,9 +171,7 @@ static vitd_status scan(ec_cache *c, vitd_err *err) {
         }
         bool found = fstatat(sfd, EC_CACHE_FILE, &st, 0) == 0 && S_ISREG(st.st_mode);
         closedir(sd); /* closes sfd */
-        if (found)
-            list_append(c, de->d_name, (size_t)st.st_size,
-                        (double)st.st_mtim.tv_sec + 1e-9 * (double)st.st_mtim.tv_nsec);
+        if (found) list_append(c, de->d_name, &st);
     }
     closedir(d);
     if (c->n > 1) qsort(c->e, c->n, sizeof *c->e, by_mtime);
@@ -225,24 +250,21 @@ static vitd_status fill_rows(void *user, int64_t first, int64_t count, float *ou
     return VITD_OK;
 }
 
-vitd_status ec_cache_put(ec_cache *c, const char *uuid, const handover_src *src, const vitd_grid *grid,
-                         vitd_err *err) {
-    double t0 = vitd_now();
+/* Writes uuid's file: its directory (never through a symbolic link), then the tensor through a temporary file
+ * and rename (st_writer_save). */
+static vitd_status write_file(ec_cache *c, const char *uuid, const handover_src *src, const vitd_grid *grid,
+                              vitd_err *err) {
     char path[4200], val[96];
-    vitd_status st = VITD_OK;
-    if (!content_id_uuid_ok(uuid, strlen(uuid), err)) {
-        st = VITD_E_INVALID_ARG;
-        goto done;
-    }
     snprintf(path, sizeof path, "%s/%s", c->dir, uuid);
-    if (mkdir(path, 0755) != 0 && errno != EEXIST) {
-        st = vitd_fail(err, VITD_E_IO, "ec cache: cannot create %s: %s", path, strerror(errno));
-        goto done;
-    }
+    struct stat ds;
+    if (mkdir(path, 0755) != 0 && errno != EEXIST)
+        return vitd_fail(err, VITD_E_IO, "ec cache: cannot create %s: %s", path, strerror(errno));
+    if (lstat(path, &ds) != 0 || !S_ISDIR(ds.st_mode))
+        return vitd_fail(err, VITD_E_IO, "ec cache: %s is not a directory (a symbolic link is not followed)", path);
     ec_cache_path(c, uuid, path, sizeof path);
     st_writer *w = st_writer_create();
     int64_t shape[2] = {src->rows, (int64_t)src->D * (1 + src->k)};
-    st = st_writer_set_metadata(w, "producer", "vitd", err);
+    vitd_status st = st_writer_set_metadata(w, "producer", "vitd", err);
     snprintf(val, sizeof val, "[%d, %d, %d]", grid->t, grid->h, grid->w);
     if (!st) st = st_writer_set_metadata(w, "image_grid_thw", val, err);
     snprintf(val, sizeof val, "%d", src->k);
@@ -250,21 +272,34 @@ vitd_status ec_cache_put(ec_cache *c, const char *uuid, const handover_src *src,
     if (!st) st = st_writer_add_fill(w, EC_CACHE_TENSOR, ST_BF16, 2, shape, fill_rows, (void *)src, err);
     if (!st) st = st_writer_save(w, path, err);
     st_writer_free(w);
+    return st;
+}
+
+vitd_status ec_cache_put(ec_cache *c, const char *uuid, const handover_src *src, const vitd_grid *grid,
+                         vitd_err *err) {
+    double t0 = vitd_now();
+    vitd_status st = VITD_OK;
+    if (!content_id_uuid_ok(uuid, strlen(uuid), err)) {
+        st = VITD_E_INVALID_ARG;
+        goto done;
+    }
+    /* while it is written, no bound may remove this uuid's file or directory: forget its entry first */
+    pthread_mutex_lock(&c->mu);
+    list_forget(c, uuid);
+    pthread_mutex_unlock(&c->mu);
+    st = write_file(c, uuid, src, grid, err);
+    if (st == VITD_E_IO) /* another replica's retention may remove the directory between mkdir and the write */
+        st = write_file(c, uuid, src, grid, err);
     if (st) goto done;
+    char path[4200];
     struct stat sb;
-    size_t bytes = 0;
-    double mtime = wall_now();
-    if (stat(path, &sb) == 0) {
-        bytes = (size_t)sb.st_size;
-        mtime = (double)sb.st_mtim.tv_sec + 1e-9 * (double)sb.st_mtim.tv_nsec;
+    if (stat(ec_cache_path(c, uuid, path, sizeof path), &sb) != 0) {
+        st = vitd_fail(err, VITD_E_IO, "ec cache: %s vanished after it was written: %s", path, strerror(errno));
+        goto done;
     }
     pthread_mutex_lock(&c->mu);
-    for (size_t i = 0; i < c->n; i++)
-        if (!strcmp(c->e[i].uuid, uuid)) {
-            list_remove(c, i);
-            break;
-        }
-    list_append(c, uuid, bytes, mtime);
+    list_forget(c, uuid); /* a concurrent put of the same uuid */
+    list_append(c, uuid, &sb);
     apply_bounds(c, uuid);
     pthread_mutex_unlock(&c->mu);
 done:

@@ -56,7 +56,8 @@ vitd_status epd_parse(const uint8_t *body, size_t len, arena *a, epd_request *ou
     }
     if ((st = check_fields(root, err))) goto done;
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
-    if (cJSON_IsString(model)) snprintf(out->model, sizeof out->model, "%s", model->valuestring);
+    if (cJSON_IsString(model) && strlen(model->valuestring) < sizeof out->model) /* else the served name */
+        snprintf(out->model, sizeof out->model, "%s", model->valuestring);
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
     if (!cJSON_IsArray(msgs) || cJSON_GetArraySize(msgs) == 0) {
         st = vitd_fail(err, VITD_E_INVALID_ARG, "\"messages\" must be a non-empty array");

@@ -62,7 +62,10 @@ vitd_status epd_check_url(const char *url, const char *what, vitd_err *err);
  * metrics may be NULL. On success *out is owned by the caller (epd_announcer_stop). */
 vitd_status epd_announcer_start(const char *proxy_url, const char *self_url, int interval_s, metrics_vitd *m,
                                 epd_announcer **out, vitd_err *err);
-/* Stops announcing and DELETEs the registration (bounded to 5 s), then frees. Accepts NULL. */
+/* Tells the thread to stop announcing and DELETE the registration (one attempt of at most 5 s, plus name
+ * resolution), without waiting: the drain goes on meanwhile. Accepts NULL. */
+void epd_announcer_leave(epd_announcer *a);
+/* Leaves (if not yet), waits for the thread (its DELETE included) and frees. Accepts NULL. */
 void epd_announcer_stop(epd_announcer *a);
 
 #endif

@@ -1,6 +1,6 @@
 /* epd_announce.c — registration with vLLM's EPD proxy (epd.h): a thread that POSTs <proxy>/instances and, on
- * stop, DELETEs it, over a minimal HTTP/1.1 client (one request per connection, JSON body, status line read,
- * every step bounded by a deadline). Written here rather than taken from libcurl: it sends one small request
+ * when told to leave, DELETEs it, over a minimal HTTP/1.1 client (one request per connection, JSON body, status
+ * line read; connect, send and receive bounded by a deadline, name resolution by the resolver's own timeouts). Written here rather than taken from libcurl: it sends one small request
  * every half minute to a plain-http proxy, and libcurl would bring about twenty shared libraries into the image
  * for that. */
 #include "epd.h"
@@ -45,6 +45,8 @@ static vitd_status parse_url(const char *url, http_url *u, const char *what, vit
     if (h[0] == '[') {
         const char *close = memchr(h, ']', auth);
         if (!close) return vitd_fail(err, VITD_E_INVALID_ARG, "%s \"%.100s\": unclosed '['", what, url);
+        if ((size_t)(close - h - 1) >= sizeof u->host)
+            return vitd_fail(err, VITD_E_INVALID_ARG, "%s \"%.100s\": host too long", what, url);
         memcpy(u->host, h + 1, (size_t)(close - h - 1));
         if (close + 1 < h + auth) port = close[1] == ':' ? close + 2 : NULL;
         if (close + 1 < h + auth && !port)
@@ -195,6 +197,16 @@ static bool announce(epd_announcer *a, bool *was_ok, bool first) {
     return ok;
 }
 
+/* Withdraws the registration (one bounded attempt). */
+static void withdraw(epd_announcer *a) {
+    vitd_err err = {0};
+    int status = http_call(&a->proxy, "DELETE", "/instances", a->body, &err);
+    if (status == 200) vitd_log(VITD_LOG_INFO, "left the EPD proxy %s", a->proxy_text);
+    else if (status) vitd_log(VITD_LOG_WARN, "EPD proxy %s answered %d to the DELETE", a->proxy_text, status);
+    else vitd_log(VITD_LOG_WARN, "EPD proxy %s: DELETE failed: %s", a->proxy_text, err.msg);
+    if (a->m) metrics_set(a->m->ec_registered_s, 0);
+}
+
 static void *announce_main(void *arg) {
     epd_announcer *a = arg;
     bool ok = false, first = true;
@@ -211,6 +223,7 @@ static void *announce_main(void *arg) {
         }
     }
     pthread_mutex_unlock(&a->mu);
+    withdraw(a);
     return NULL;
 }
 
@@ -251,19 +264,18 @@ vitd_status epd_announcer_start(const char *proxy_url, const char *self_url, int
     return VITD_OK;
 }
 
-void epd_announcer_stop(epd_announcer *a) {
+void epd_announcer_leave(epd_announcer *a) {
     if (!a) return;
     pthread_mutex_lock(&a->mu);
     a->stop = true;
     pthread_cond_broadcast(&a->cv);
     pthread_mutex_unlock(&a->mu);
+}
+
+void epd_announcer_stop(epd_announcer *a) {
+    if (!a) return;
+    epd_announcer_leave(a);
     pthread_join(a->thread, NULL);
-    vitd_err err = {0};
-    int status = http_call(&a->proxy, "DELETE", "/instances", a->body, &err);
-    if (status == 200) vitd_log(VITD_LOG_INFO, "left the EPD proxy %s", a->proxy_text);
-    else if (status) vitd_log(VITD_LOG_WARN, "EPD proxy %s answered %d to the DELETE", a->proxy_text, status);
-    else vitd_log(VITD_LOG_WARN, "EPD proxy %s: DELETE failed: %s", a->proxy_text, err.msg);
-    if (a->m) metrics_set(a->m->ec_registered_s, 0);
     pthread_cond_destroy(&a->cv);
     pthread_mutex_destroy(&a->mu);
     free(a);

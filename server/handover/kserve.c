@@ -116,7 +116,8 @@ static vitd_status parse_input(const cJSON *in, const uint8_t *bin, size_t bin_l
     int dims = cJSON_GetArraySize(shape);
     double n = 1;
     for (const cJSON *d = cJSON_IsArray(shape) ? shape->child : NULL; d; d = d->next) {
-        if (!cJSON_IsNumber(d) || d->valuedouble < 0 || d->valuedouble != (double)(long long)d->valuedouble)
+        if (!cJSON_IsNumber(d) || !(d->valuedouble >= 0 && d->valuedouble <= 1e15) ||
+            d->valuedouble != (double)(long long)d->valuedouble)
             return vitd_fail(err, VITD_E_INVALID_ARG, INPUT_NAME ": shape must hold non-negative integers");
         n *= d->valuedouble;
     }
@@ -139,7 +140,8 @@ static vitd_status parse_input(const cJSON *in, const uint8_t *bin, size_t bin_l
         if (!has_header)
             return vitd_fail(err, VITD_E_INVALID_ARG, INPUT_NAME ": binary data needs the "
                              "Inference-Header-Content-Length header");
-        if (!cJSON_IsNumber(bsize) || bsize->valuedouble < 0 || bsize->valuedouble > (double)(bin_len - *bin_off))
+        if (!cJSON_IsNumber(bsize) || !(bsize->valuedouble >= 0) || bsize->valuedouble > (double)(bin_len - *bin_off) ||
+            bsize->valuedouble != (double)(size_t)bsize->valuedouble)
             return vitd_fail(err, VITD_E_INVALID_ARG, INPUT_NAME ": binary_data_size %.0f, but %zu bytes follow "
                              "the JSON", cJSON_IsNumber(bsize) ? bsize->valuedouble : -1.0, bin_len - *bin_off);
         size_t sz = (size_t)bsize->valuedouble;
@@ -240,7 +242,7 @@ vitd_status kserve_parse(const uint8_t *body, size_t len, long long header_len, 
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts((const char *)body, jl, &end, 0);
     size_t at = end ? (size_t)(end - (const char *)body) : 0;
-    while (root && at < jl && strchr(" \t\r\n", body[at])) at++;
+    while (root && at < jl && body[at] && strchr(" \t\r\n", body[at])) at++;
     vitd_status st = VITD_OK;
     if (!root || at != jl) {
         st = vitd_fail(err, VITD_E_INVALID_ARG, "failed to parse the request JSON (near byte %zu)", at);

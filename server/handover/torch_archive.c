@@ -172,12 +172,13 @@ vitd_status torch_archive_begin(torch_archive *ta, st_dtype dtype, int ndim, con
     if (ndim < 1 || ndim > TORCH_ARCHIVE_MAX_DIMS)
         return vitd_fail(err, VITD_E_INVALID_ARG, "torch archive: %d dimensions (1 to %d)", ndim,
                          TORCH_ARCHIVE_MAX_DIMS);
-    int64_t numel = 1;
+    int64_t numel = 1, span = 1; /* span: the product of the nonzero dimensions, which bounds every stride */
     for (int i = 0; i < ndim; i++) {
-        if (shape[i] < 0 || shape[i] > INT32_MAX || (shape[i] > 0 && numel > INT64_MAX / shape[i]))
-            return vitd_fail(err, VITD_E_INVALID_ARG, "torch archive: bad dimension %d (%lld)", i,
-                             (long long)shape[i]);
+        if (shape[i] < 0 || shape[i] > INT32_MAX || (shape[i] > 0 && span * shape[i] > INT32_MAX))
+            return vitd_fail(err, VITD_E_INVALID_ARG, "torch archive: bad dimension %d (%lld), or a shape of 2^31 "
+                             "elements or more", i, (long long)shape[i]);
         numel *= shape[i];
+        if (shape[i] > 0) span *= shape[i];
     }
     size_t es = st_dtype_size(dtype);
     if ((uint64_t)numel > (UINT64_C(1) << 32) / es)

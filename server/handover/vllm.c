@@ -39,6 +39,11 @@ static vitd_status add_uuid(vllm_options *o, const char *v, vitd_err *err) {
 
 int vllm_apply_option(void *user, const char *key, const char *value, vitd_err *err) {
     vllm_options *o = user;
+    bool mine = !strcmp(key, "uuid") || !strcmp(key, "uuids") || !strcmp(key, "grid_layout") ||
+                !strcmp(key, "transfer");
+    if (!mine) return 1;
+    if (value == body_value_too_long)
+        return vitd_fail(err, VITD_E_INVALID_ARG, "%s: a value longer than 256 bytes", key);
     if (!strcmp(key, "uuid") || !strcmp(key, "uuids")) {
         vitd_status s = add_uuid(o, value, err);
         return s ? (int)s : 0;
