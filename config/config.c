@@ -27,7 +27,7 @@
 
 static const char *const k_backend[] = {"cpu", "gpu", "auto", NULL};
 static const char *const k_attn[] = {"auto", "fp8", "bf16", NULL};
-static const char *const k_dtype[] = {"float32", "bfloat16", "float16", NULL};
+static const char *const k_dtype[] = {"auto", "float32", "bfloat16", "float16", NULL};
 static const char *const k_level[] = {"debug", "info", "warn", "error", NULL};
 static const char *const k_format[] = {"text", "json", NULL};
 static const char *const k_ec_format[] = {"items", "keyed", NULL};
@@ -115,8 +115,11 @@ static const config_option k_options[] = {
     {"drain_timeout_ms", "VITD_DRAIN_TIMEOUT_MS", CONFIG_INT, "30000", 0, 3600000, NULL, "ms", false,
      "On SIGTERM: stop accepting, finish queued work for at most this long, then exit.", OFF(drain_timeout_ms)},
     /* outputs */
-    {"output_dtype", "VITD_OUTPUT_DTYPE", CONFIG_ENUM, "float32", 0, 0, k_dtype, NULL, false,
-     "Default dtype of returned embeddings (a request may ask for another).", OFF(output_dtype)},
+    {"output_dtype", "VITD_OUTPUT_DTYPE", CONFIG_ENUM, "auto", 0, 0, k_dtype, NULL, false,
+     "Default dtype of returned embeddings (a request may ask for another): auto = binary answers (safetensors, "
+     "base64) in the engine's own dtype (bfloat16 on the GPU, float32 on the CPU: lossless either way), JSON "
+     "numbers in float32; or float32, bfloat16, float16 for every answer.",
+     OFF(output_dtype)},
     {"deepstack_default", "VITD_DEEPSTACK_DEFAULT", CONFIG_BOOL, "true", 0, 1, NULL, NULL, false,
      "Return the deepstack features unless the request says not to.", OFF(deepstack_default)},
     /* FP8 */

@@ -92,8 +92,11 @@
  *                                                   most this long, then exit.
  *
  * Outputs
- *   output_dtype            enum    float32         float32 | bfloat16 | float16: default dtype of returned
- *                                                   embeddings (a request may ask for another).
+ *   output_dtype            enum    auto            auto | float32 | bfloat16 | float16: default dtype of
+ *                                                   returned embeddings (a request may ask for another). auto:
+ *                                                   binary answers (safetensors, base64) in the engine's own
+ *                                                   dtype (bfloat16 on the GPU, float32 on the CPU: lossless
+ *                                                   either way), JSON numbers in float32.
  *   deepstack_default       bool    true            return the deepstack features unless the request says not.
  *
  * FP8 attention scales (GPU, attn_dtype fp8)
@@ -188,7 +191,7 @@ typedef struct vitd_config {
     int prep_threads;               /* 0 = cores */
     int drain_timeout_ms;
     /* outputs */
-    const char *output_dtype;       /* "float32" | "bfloat16" | "float16" */
+    const char *output_dtype;       /* "auto" | "float32" | "bfloat16" | "float16" */
     bool deepstack_default;
     /* FP8 */
     char fp8_scales[VITD_CONFIG_STR_MAX];

@@ -225,7 +225,18 @@ static vitd_status flat_gather(vitd_encoder *e, flat_batch *f, const vitd_batch 
     return VITD_OK;
 }
 
-/* Copies f's outputs into the caller's per-image buffers and frees the staging. */
+/* n floats into dst as they are, or rounded to bfloat16 (dst then holds uint16_t). */
+static void put_out(float *dst, const float *src, size_t n, int bf16) {
+    if (!bf16) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
+    uint16_t *h = (uint16_t *)(void *)dst;
+    for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(src[i]);
+}
+
+/* Copies f's outputs into the caller's per-image buffers (float32, or bfloat16 where image_bf16 says) and frees
+ * the staging. */
 static void flat_scatter(vitd_encoder *e, flat_batch *f, int ok) {
     const vitd_vision_config *c = vitd_model_config(e->model);
     const size_t D = (size_t)c->out_hidden_size, g = (size_t)c->spatial_merge_size * c->spatial_merge_size;
@@ -234,10 +245,13 @@ static void flat_scatter(vitd_encoder *e, flat_batch *f, int ok) {
     size_t tok = 0;
     for (int i = 0; ok && i < b->n_images; i++) {
         size_t n = vitd_grids_patches(&b->grids[i], 1) / g;
-        memcpy(b->image_embeddings[i], f->emb + tok * D, n * D * sizeof(float));
+        int bf16 = b->image_bf16 && b->image_bf16[i];
+        size_t es = bf16 ? 2 : 4;
+        put_out(b->image_embeddings[i], f->emb + tok * D, n * D, bf16);
         float *ds = f->ds && b->image_deepstack ? b->image_deepstack[i] : NULL;
         for (int k = 0; ds && k < c->n_deepstack; k++)
-            memcpy(ds + (size_t)k * n * D, f->ds + ((size_t)k * Nm + tok) * D, n * D * sizeof(float));
+            put_out((float *)(void *)((char *)ds + (size_t)k * n * D * es), f->ds + ((size_t)k * Nm + tok) * D,
+                    n * D, bf16);
         tok += n;
     }
     free(f->pv);
@@ -316,6 +330,7 @@ void vitd_encoder_free(vitd_encoder *e) {
 }
 
 const char *vitd_encoder_backend(const vitd_encoder *e) { return e->ops->name; }
+int vitd_encoder_native_bf16(const vitd_encoder *e) { return strcmp(e->ops->name, "gpu") == 0; }
 const char *vitd_encoder_attn_dtype(const vitd_encoder *e) { return e->ops->attn_dtype(e->impl); }
 
 const char *vitd_encoder_last_attn(const vitd_encoder *e) {

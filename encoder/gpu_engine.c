@@ -1226,8 +1226,9 @@ static void pix_range(void *arg, size_t begin, size_t end) {
     }
 }
 
-/* Output slot (0 final, 1+j deepstack j) bf16 -> f32 over elements [begin, end) of its [N/g, Dout] rows, into the
- * contiguous outputs or each image's own buffers (skipping images that want no deepstack). */
+/* Output slot (0 final, 1+j deepstack j) over elements [begin, end) of its [N/g, Dout] bf16 rows, into the
+ * contiguous outputs (as f32) or each image's own buffers (f32, or bf16 copied as it is where image_bf16 says;
+ * skipping images that want no deepstack). */
 typedef struct {
     const vitd_batch *b;
     const size_t *row0; /* in patches; tokens are row0 / g */
@@ -1249,7 +1250,12 @@ static void out_range(void *arg, size_t begin, size_t end) {
         const size_t t0 = j->row0[i] / j->g, t1 = j->row0[i + 1] / j->g;
         const size_t first = t0 * j->D, last = t1 * j->D, stop = end < last ? end : last;
         float *dst = layer < 0 ? b->image_embeddings[i] : b->image_deepstack[i];
-        if (dst) {
+        if (dst && b->image_bf16 && b->image_bf16[i]) {
+            /* the caller takes bfloat16: the engine's own values, copied as they are */
+            uint16_t *h = (uint16_t *)(void *)dst;
+            if (layer >= 0) h += (size_t)layer * (t1 - t0) * j->D;
+            memcpy(h + (begin - first), j->in + begin, (stop - begin) * sizeof(uint16_t));
+        } else if (dst) {
             if (layer >= 0) dst += (size_t)layer * (t1 - t0) * j->D;
             gpu_engine_host_to_f32(j->in + begin, dst + (begin - first), stop - begin);
         }

@@ -365,7 +365,8 @@ typedef struct {
     int ndim;
     int64_t shape[ST_MAX_DIMS];
     size_t nbytes;
-    uint8_t *data;  /* owned copy, or NULL when fill is set */
+    uint8_t *data;  /* owned copy, or NULL when fill or ref is set */
+    const void *ref; /* the caller's bytes, not copied (st_writer_add_ref) */
     st_fill_fn fill;
     void *user;
 } wtensor;
@@ -451,6 +452,17 @@ vitd_status st_writer_add(st_writer *w, const char *name, st_dtype dtype, int nd
     t->data = malloc(t->nbytes ? t->nbytes : 1);
     if (!t->data) return vitd_fail(err, VITD_E_NOMEM, "tensor %.160s: %zu bytes", name, t->nbytes);
     if (t->nbytes) memcpy(t->data, data, t->nbytes);
+    t->name = xstrdup(name);
+    w->n++;
+    return VITD_OK;
+}
+
+vitd_status st_writer_add_ref(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
+                              const void *data, vitd_err *err) {
+    wtensor *t;
+    vitd_status st = writer_append(w, name, dtype, ndim, shape, &t, err);
+    if (st != VITD_OK) return st;
+    t->ref = data;
     t->name = xstrdup(name);
     w->n++;
     return VITD_OK;
@@ -609,7 +621,7 @@ static vitd_status write_all(const st_writer *w, sink *s, vitd_err *err) {
     for (int i = 0; i < w->n; i++) {
         const wtensor *t = &w->t[i];
         if (!t->fill) {
-            if ((st = sink_write(s, t->data, t->nbytes, err)) != VITD_OK) goto fail;
+            if ((st = sink_write(s, t->ref ? t->ref : t->data, t->nbytes, err)) != VITD_OK) goto fail;
             continue;
         }
         if (!chunk) {
@@ -634,6 +646,18 @@ fail:
     free(chunk);
     free(hdr);
     return st;
+}
+
+vitd_status st_writer_to_segments(const st_writer *w, uint8_t **header, size_t *header_len, st_segment *seg,
+                                  vitd_err *err) {
+    for (int i = 0; i < w->n; i++)
+        if (w->t[i].fill)
+            return vitd_fail(err, VITD_E_INVALID_ARG, "tensor %.160s is generated while saving: no segment to hand out",
+                             w->t[i].name);
+    *header = build_header(w, header_len);
+    for (int i = 0; i < w->n; i++)
+        seg[i] = (st_segment){w->t[i].ref ? w->t[i].ref : w->t[i].data, w->t[i].nbytes};
+    return VITD_OK;
 }
 
 vitd_status st_writer_to_memory(const st_writer *w, uint8_t **buf, size_t *len, vitd_err *err) {

@@ -67,6 +67,10 @@ void st_writer_free(st_writer *w);
 /* Adds a tensor; data (nbytes = numel x dtype size) is copied. Names must be unique (VITD_E_INVALID_ARG). */
 vitd_status st_writer_add(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
                           const void *data, vitd_err *err);
+/* Adds a tensor whose nbytes of data stay the caller's (not copied): they must stay valid and unchanged until the
+ * last save or segment use. */
+vitd_status st_writer_add_ref(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
+                              const void *data, vitd_err *err);
 /* Adds a float32 source converted to dtype (F32, F16 or BF16, round-to-nearest-even). */
 vitd_status st_writer_add_f32(st_writer *w, const char *name, st_dtype dtype, int ndim, const int64_t *shape,
                               const float *data, vitd_err *err);
@@ -86,6 +90,16 @@ size_t st_writer_data_bytes(const st_writer *w);
 /* Writes atomically: a temporary file in the same directory, fsync, rename over path, fsync of the directory.
  * On failure path is untouched and the temporary file removed. */
 vitd_status st_writer_save(const st_writer *w, const char *path, vitd_err *err);
+/* The file as pieces, for writing it out without assembling it (a vectored send): *header (malloc'd; free())
+ * of *header_len bytes holds the length and the padded JSON, then seg[0..st_writer_count) the tensors' bytes in
+ * order (pointers into the writer's copies or the callers' referenced data). VITD_E_INVALID_ARG when a tensor is
+ * generated while saving (add_fill). */
+typedef struct {
+    const void *data;
+    size_t len;
+} st_segment;
+vitd_status st_writer_to_segments(const st_writer *w, uint8_t **header, size_t *header_len, st_segment *seg,
+                                  vitd_err *err);
 /* Serialises to one malloc'd buffer (*buf owned by the caller, free()). */
 vitd_status st_writer_to_memory(const st_writer *w, uint8_t **buf, size_t *len, vitd_err *err);
 

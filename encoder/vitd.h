@@ -178,7 +178,11 @@ vitd_encoder_opts vitd_encoder_opts_default(void);
  *   image_pixels[i]      [t*h*w, C*T*P*P] image i's own pixel values
  *   image_embeddings[i]  [t*h*w/4, out_hidden_size]
  *   image_deepstack      NULL to skip for all, else [i] -> [n_deepstack][t*h*w/4][out_hidden_size] or NULL to
- *                        skip for image i */
+ *                        skip for image i
+ *   image_bf16           NULL (every output float32), else [i] nonzero: image i's two output buffers hold
+ *                        bfloat16 (uint16_t) values of the same shapes, cast to float * here. The GPU backend's
+ *                        outputs are bfloat16, so it hands them over as they are (no float32 detour); the CPU
+ *                        backend rounds its float32 outputs to nearest-even. */
 typedef struct {
     int n_images;
     const vitd_grid *grids;
@@ -188,6 +192,7 @@ typedef struct {
     const float *const *image_pixels;
     float *const *image_embeddings;
     float *const *image_deepstack;
+    const unsigned char *image_bf16;
 } vitd_batch;
 
 /* Total patches N and merged tokens N/4 of a set of grids. */
@@ -223,6 +228,10 @@ void vitd_encoder_free(vitd_encoder *e);
  * or never faster), "fp8" (asked for), "auto" (each batch routed to the faster of bf16 and fp8 by its shape). */
 const char *vitd_encoder_backend(const vitd_encoder *e);
 const char *vitd_encoder_attn_dtype(const vitd_encoder *e);
+
+/* 1 when the backend's outputs are bfloat16 values (the GPU engine's), so asking for bfloat16 outputs
+ * (vitd_batch.image_bf16) loses nothing and skips a conversion; 0 when they are float32 (the CPU reference). */
+int vitd_encoder_native_bf16(const vitd_encoder *e);
 
 /* The attention path of the last successful batch: "fp32", "bf16" or "fp8" ("" before the first). Written by
  * vitd_encoder_run; safe to read from another thread. */

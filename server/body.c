@@ -264,6 +264,7 @@ int body_apply_option(encode_options *o, const char *key, const char *value, vit
         return 0;
     }
     if (!strcmp(key, "dtype")) {
+        o->dtype_auto = false;
         if (!strcasecmp(v, "float32") || !strcasecmp(v, "fp32")) o->dtype = ST_F32;
         else if (!strcasecmp(v, "bfloat16") || !strcasecmp(v, "bf16")) o->dtype = ST_BF16;
         else if (!strcasecmp(v, "float16") || !strcasecmp(v, "fp16")) o->dtype = ST_F16;

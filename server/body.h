@@ -41,8 +41,10 @@ typedef enum { LAYOUT_SEPARATE = 0, LAYOUT_CONCAT = 1 } body_layout;
 typedef struct {
     body_encoding encoding;   /* JSON answers: nested float arrays or base64 of little-endian values */
     bool deepstack;           /* include deepstack features (default from config, normally true) */
-    st_dtype dtype;           /* ST_F32 (default), ST_BF16 or ST_F16 */
+    st_dtype dtype;           /* ST_F32, ST_BF16 or ST_F16 */
     body_layout layout;       /* separate tensors, or one [tokens, D_out*(1+n_deepstack)] per image */
+    bool dtype_auto;          /* no dtype asked (output_dtype auto): binary answers take the engine's own dtype,
+                                 JSON numbers float32 (resolved when the answer is rendered); a dtype option clears it */
 } encode_options;
 
 typedef struct {

@@ -190,6 +190,24 @@ enum MHD_Result http_respond(struct req *r, int status, const char *ctype, char 
     return ok;
 }
 
+enum MHD_Result http_respond_iov(struct req *r, int status, const char *ctype, const struct MHD_IoVec *iov,
+                                 unsigned n, size_t total, MHD_ContentReaderFreeCallback free_cb, void *cls) {
+    struct MHD_Response *resp = MHD_create_response_from_iovec(iov, n, free_cb, cls);
+    if (!resp) {
+        free_cb(cls);
+        return MHD_NO;
+    }
+    if (ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    MHD_add_response_header(resp, "X-Request-Id", r->id);
+    if (atomic_load(&r->srv->draining)) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    r->status = status;
+    r->bytes_out = total;
+    r->phase = PH_ANSWERED;
+    enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
+    MHD_destroy_response(resp);
+    return ok;
+}
+
 enum MHD_Result http_respond_error(struct req *r, int status, const char *code, const char *extra_name,
                                    const char *extra_value, const char *fmt, ...) {
     char msg[512];

@@ -58,6 +58,8 @@ typedef struct {
     const char *version;                 /* vitd version string */
     vitd_preproc_config preproc;         /* effective processor settings (config min/max_pixels applied) */
     size_t max_image_patches;            /* largest single image accepted (the encoder's batch plan) */
+    bool out_bf16;                       /* the encoder's outputs are bfloat16 (vitd_encoder_native_bf16): requests
+                                            take them so, never widened to float32 on the way */
     sched *sched;                        /* not owned */
     prep_pool *prep;                     /* not owned */
     prep_pool *io;                       /* cache-file writes (not owned); NULL when ec is NULL */

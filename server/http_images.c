@@ -73,7 +73,7 @@ static void io_task(void *arg, int i) {
     int64_t rows = 0;
     vitd_status s = handover_rows(&r->grids[i], vc->spatial_merge_size, i, &rows, &err);
     if (s == VITD_OK) {
-        handover_src src = {.emb = r->emb[i], .ds = r->ds ? r->ds[i] : NULL, .rows = rows,
+        handover_src src = {.emb = r->emb[i], .ds = r->ds ? r->ds[i] : NULL, .bf16 = r->out_bf16, .rows = rows,
                             .D = vc->out_hidden_size, .k = r->ds ? vc->n_deepstack : 0, .image = i};
         log_request_begin(r->id);
         s = ec_cache_put(h->o.ec, r->uuids[i], &src, &r->grids[i], &err);
@@ -188,7 +188,7 @@ enum MHD_Result images_begin(struct req *r) {
                                       "body of %llu bytes exceeds max_body_bytes %zu", n, c->max_body_bytes);
     }
     encode_options opts = {.encoding = ENC_FLOAT, .deepstack = c->deepstack_default, .dtype = ST_F32,
-                           .layout = LAYOUT_SEPARATE};
+                           .layout = LAYOUT_SEPARATE, .dtype_auto = !strcmp(c->output_dtype, "auto")};
     if (!strcmp(c->output_dtype, "bfloat16")) opts.dtype = ST_BF16;
     else if (!strcmp(c->output_dtype, "float16")) opts.dtype = ST_F16;
     if (r->route == RT_VLLM_EMBEDS || r->route == RT_CHAT) {
@@ -390,11 +390,13 @@ static enum MHD_Result images_start_locked(struct req *r) {
     r->n_patches = total;
     size_t row = preprocess_row_width(&h->o.preproc), D = (size_t)vc->out_hidden_size;
     size_t merge = (size_t)vc->spatial_merge_size * (size_t)vc->spatial_merge_size;
+    r->out_bf16 = h->o.out_bf16;
+    size_t es = r->out_bf16 ? 2 : 4; /* the engine's own outputs, never widened on the way */
     for (int i = 0; i < n; i++) {
         size_t p = (size_t)r->grids[i].t * r->grids[i].h * r->grids[i].w, tokens = p / merge;
         r->pv[i] = arena_alloc(r->arena, p * row * sizeof(float));
-        r->emb[i] = arena_alloc(r->arena, tokens * D * sizeof(float));
-        if (want_ds) r->ds[i] = arena_alloc(r->arena, tokens * D * (size_t)vc->n_deepstack * sizeof(float));
+        r->emb[i] = arena_alloc(r->arena, tokens * D * es);
+        if (want_ds) r->ds[i] = arena_alloc(r->arena, tokens * D * (size_t)vc->n_deepstack * es);
         if (!r->pv[i] || !r->emb[i] || (want_ds && !r->ds[i])) {
             sched_unreserve(h->o.sched, total);
             return http_respond_status(r, VITD_E_NOMEM, "out of memory for the request's pixel and output buffers");
@@ -406,6 +408,7 @@ static enum MHD_Result images_start_locked(struct req *r) {
     j->pixel_values = r->pv;
     j->embeddings = r->emb;
     j->deepstack = want_ds ? r->ds : NULL;
+    j->out_bf16 = r->out_bf16;
     j->n_patches = total;
     j->deadline = r->t_start + c->request_timeout_ms * 1e-3;
     j->gone = job_gone;
@@ -470,19 +473,63 @@ static bool wants_safetensors(struct MHD_Connection *conn, const char **ctype) {
     return false;
 }
 
-/* /v1/encode: JSON or safetensors (reply.c); float16 is checked for overflow first. */
-static enum MHD_Result encode_answer(struct req *r, const reply_encode *re, int merge) {
+/* What a vectored answer keeps alive until MHD is done with it: the segments and a request reference (the
+ * outputs live in the request's arena). */
+typedef struct {
+    struct req *r;
+    reply_segments seg;
+    struct MHD_IoVec iov[];
+} held_answer;
+
+static void held_free(void *cls) {
+    held_answer *a = cls;
+    reply_segments_release(&a->seg);
+    http_req_unref(a->r);
+    free(a);
+}
+
+/* The safetensors answer sent from the outputs' own buffers when no conversion is needed; MHD_NO when it cannot
+ * be made that way (*tried false: the caller assembles one). */
+static enum MHD_Result send_segments(struct req *r, const reply_encode *re, const char *ctype, bool *tried) {
+    reply_segments seg;
+    *tried = false;
+    if (reply_encode_safetensors_segments(re, &seg) != 0) return MHD_NO;
+    held_answer *a = malloc(sizeof *a + (size_t)(seg.n_seg + 1) * sizeof(struct MHD_IoVec));
+    if (!a) {
+        reply_segments_release(&seg);
+        return MHD_NO;
+    }
+    *tried = true;
+    a->r = r;
+    a->seg = seg;
+    a->iov[0] = (struct MHD_IoVec){seg.header, seg.header_len};
+    for (int i = 0; i < seg.n_seg; i++) a->iov[1 + i] = (struct MHD_IoVec){seg.seg[i].data, seg.seg[i].len};
+    atomic_fetch_add(&r->refs, 1); /* the answer's reference: held_free drops it */
+    metrics_vitd *m = r->srv->o.metrics;
+    if (m) metrics_vitd_handover(m, METRICS_KIND_ENCODE, re->n_images, seg.total);
+    return http_respond_iov(r, 200, ctype, a->iov, (unsigned)seg.n_seg + 1, seg.total, held_free, a);
+}
+
+/* /v1/encode: JSON or safetensors (reply.c); float16 is checked for overflow first. An unasked dtype (output_dtype
+ * auto) is the engine's own for binary answers (safetensors, base64), float32 for JSON numbers. */
+static enum MHD_Result encode_answer(struct req *r, reply_encode *re, int merge) {
     vitd_err err = {0};
+    const char *ctype = NULL;
+    bool st_answer = wants_safetensors(r->conn, &ctype);
+    if (re->opts.dtype_auto)
+        re->opts.dtype = (st_answer || re->opts.encoding == ENC_BASE64) && r->out_bf16 ? ST_BF16 : ST_F32;
     for (int i = 0; re->opts.dtype == ST_F16 && i < re->n_images; i++) {
         handover_src src;
         vitd_status s = handover_src_of(re, i, merge, &src, &err);
         if (!s) s = handover_check_f16(&src, &err);
         if (s) return http_respond_status(r, s, err.msg);
     }
-    const char *ctype = NULL;
     size_t len = 0;
     metrics_vitd *m = r->srv->o.metrics;
-    if (wants_safetensors(r->conn, &ctype)) {
+    if (st_answer) {
+        bool tried = false;
+        enum MHD_Result res = send_segments(r, re, ctype, &tried);
+        if (tried) return res;
         uint8_t *buf = reply_encode_safetensors(re, &len);
         if (!buf) return http_respond_status(r, VITD_E_NOMEM, "out of memory rendering the safetensors answer");
         if (m) metrics_vitd_handover(m, METRICS_KIND_ENCODE, re->n_images, len);
@@ -506,6 +553,7 @@ enum MHD_Result images_answer(struct req *r) {
         imgs[i].grid = r->grids[i];
         imgs[i].embeddings = r->emb[i];
         imgs[i].deepstack = r->ds ? r->ds[i] : NULL;
+        imgs[i].bf16 = r->out_bf16;
     }
     reply_encode re = {.id = r->id, .model = h->model_name, .out_hidden = vc->out_hidden_size,
                        .n_deepstack = r->ds ? vc->n_deepstack : 0, .deepstack_layers = vc->deepstack_indexes,

@@ -102,7 +102,9 @@ struct req {
     body_result br;
     int n_images;
     vitd_grid *grids;         /* [n_images], arena */
-    float **pv, **emb, **ds;  /* [n_images] each, arena; ds NULL when deepstack is not returned */
+    float **pv, **emb, **ds;  /* [n_images] each, arena; ds NULL when deepstack is not returned; emb and ds hold
+                                 bfloat16 (uint16_t) values when out_bf16 */
+    bool out_bf16;            /* outputs in the engine's bfloat16 (http_opts.out_bf16) */
     char **uuids;             /* [n_images] hand-over ids (vLLM routes), arena; NULL elsewhere */
     bool *uuid_derived;       /* [n_images] the id is vitd's, not the client's */
     bool *uuid_derive;        /* [n_images] prep task i fills uuids[i] (content_id_image); NULL = none */
@@ -132,6 +134,10 @@ struct req {
  * Each queues one answer and marks the request answered; buf passes to MHD (freed after sending). */
 enum MHD_Result http_respond(struct req *r, int status, const char *ctype, char *buf, size_t len,
                              const char *extra_name, const char *extra_value);
+/* A vectored answer of n pieces (total bytes), sent from memory the caller keeps: free_cb(cls) runs once MHD is
+ * done with it (or at once when the answer cannot be made), so cls typically holds a request reference. */
+enum MHD_Result http_respond_iov(struct req *r, int status, const char *ctype, const struct MHD_IoVec *iov,
+                                 unsigned n, size_t total, MHD_ContentReaderFreeCallback free_cb, void *cls);
 /* Error answer: {"error": {code, message, request_id}}, or on KServe v2 routes {"error": message}. */
 enum MHD_Result http_respond_error(struct req *r, int status, const char *code, const char *extra_name,
                                    const char *extra_value, const char *fmt, ...)

@@ -346,27 +346,44 @@ static inline float round_to(float x, st_dtype dt) {
     return x;
 }
 
+const float *reply_row_f32(const void *base, bool bf16, size_t off, size_t n, float *scratch) {
+    if (!bf16) return (const float *)base + off;
+    const uint16_t *h = (const uint16_t *)base + off;
+    for (size_t j = 0; j < n; j++) scratch[j] = bf16_to_f32(h[j]);
+    return scratch;
+}
+
 /* One image's tensors as the answer lays them out. */
 typedef struct {
     int64_t tokens;
     int D;            /* out_hidden */
     int nd;           /* deepstack layers included (0 when dropped) */
-    const float *emb; /* [tokens, D] */
-    const float *ds;  /* [nd][tokens][D] */
+    const void *emb;  /* [tokens, D] */
+    const void *ds;   /* [nd][tokens][D] */
+    bool bf16;        /* emb and ds hold bfloat16 values */
 } img_view;
 
 static img_view view_of(const reply_encode *r, int i) {
     const reply_image *im = &r->images[i];
     img_view v = {(int64_t)im->grid.t * im->grid.h * im->grid.w / 4, r->out_hidden, 0, im->embeddings,
-                  im->deepstack};
+                  im->deepstack, im->bf16};
     if (r->opts.deepstack && im->deepstack && r->n_deepstack > 0) v.nd = r->n_deepstack;
     return v;
 }
 
-/* Row t of tensor seg (0 = embeddings, 1.. = deepstack layer seg-1). */
-static inline const float *row_of(const img_view *v, int seg, int64_t t) {
-    if (seg == 0) return v->emb + t * v->D;
-    return v->ds + ((int64_t)(seg - 1) * v->tokens + t) * v->D;
+/* Element offset of row t of tensor seg (0 = embeddings, 1.. = deepstack layer seg-1) in its buffer. */
+static inline size_t row_off(const img_view *v, int seg, int64_t t) {
+    return (size_t)((seg == 0 ? t : (int64_t)(seg - 1) * v->tokens + t) * v->D);
+}
+
+/* Row t of tensor seg as float32 (scratch: D floats, used for bfloat16 sources). */
+static inline const float *row_of(const img_view *v, int seg, int64_t t, float *scratch) {
+    return reply_row_f32(seg == 0 ? v->emb : v->ds, v->bf16, row_off(v, seg, t), (size_t)v->D, scratch);
+}
+
+/* Row t of tensor seg as its stored bytes (bfloat16 or float32). */
+static inline const uint8_t *row_raw(const img_view *v, int seg, int64_t t) {
+    return (const uint8_t *)(seg == 0 ? v->emb : v->ds) + row_off(v, seg, t) * (v->bf16 ? 2 : 4);
 }
 
 /* Streaming base64 into a jbuf (carry of up to two bytes between calls). */
@@ -412,23 +429,29 @@ static void b64w_end(b64w *w) {
     w->nc = 0;
 }
 
-/* Writes segments [seg0, seg1) of every row, concatenated per row, as nested arrays or one base64 string. */
+/* Writes segments [seg0, seg1) of every row, concatenated per row, as nested arrays or one base64 string.
+ * scratch holds D floats and D uint16 values. */
 static void put_tensor(jbuf *b, const img_view *v, int seg0, int seg1, const encode_options *o, void *scratch) {
     int64_t width = (int64_t)v->D * (seg1 - seg0);
+    float *fs = scratch;
+    uint16_t *hs = (uint16_t *)(fs + v->D);
     if (o->encoding == ENC_BASE64) {
         b64w w = {b, {0, 0}, 0};
         size_t es = o->dtype == ST_F32 ? 4 : 2;
         jb_put(b, "\"", 1);
         for (int64_t t = 0; t < v->tokens; t++) {
             for (int s = seg0; s < seg1; s++) {
-                const float *x = row_of(v, s, t);
+                if ((o->dtype == ST_BF16) == v->bf16 && o->dtype != ST_F16) { /* stored as asked: as it is */
+                    b64w_put(&w, row_raw(v, s, t), (size_t)v->D * es);
+                    continue;
+                }
+                const float *x = row_of(v, s, t, fs);
                 if (o->dtype == ST_F32) {
                     b64w_put(&w, (const uint8_t *)x, (size_t)v->D * es);
                     continue;
                 }
-                uint16_t *h = scratch;
-                for (int j = 0; j < v->D; j++) h[j] = o->dtype == ST_BF16 ? f32_to_bf16(x[j]) : f32_to_f16(x[j]);
-                b64w_put(&w, (const uint8_t *)h, (size_t)v->D * es);
+                for (int j = 0; j < v->D; j++) hs[j] = o->dtype == ST_BF16 ? f32_to_bf16(x[j]) : f32_to_f16(x[j]);
+                b64w_put(&w, (const uint8_t *)hs, (size_t)v->D * es);
             }
         }
         b64w_end(&w);
@@ -442,7 +465,7 @@ static void put_tensor(jbuf *b, const img_view *v, int seg0, int seg1, const enc
         char *p0 = p;
         *p++ = '[';
         for (int s = seg0; s < seg1; s++) {
-            const float *x = row_of(v, s, t);
+            const float *x = row_of(v, s, t, fs);
             if (o->dtype == ST_F32) {
                 for (int j = 0; j < v->D; j++) {
                     p += fmt_f32(p, x[j]);
@@ -470,7 +493,7 @@ static const char *dtype_name(st_dtype d) {
 char *reply_encode_json(const reply_encode *r, size_t *len) {
     jbuf b = {0};
     const encode_options *o = &r->opts;
-    void *scratch = malloc((size_t)(r->out_hidden > 0 ? r->out_hidden : 1) * 2);
+    void *scratch = malloc((size_t)(r->out_hidden > 0 ? r->out_hidden : 1) * 6);
     if (!scratch) return NULL;
     jb_puts(&b, "{\"id\":");
     jb_str(&b, r->id);
@@ -549,12 +572,70 @@ static vitd_status st_fill_rows(void *user, int64_t first, int64_t count, float 
         int64_t t = first / width, c = first % width;
         int seg = s->seg0 + (int)(c / D);
         int64_t j = c % D, run = D - j < count ? D - j : count;
-        memcpy(out, row_of(&s->v, seg, t) + j, (size_t)run * sizeof(float));
+        const size_t off = row_off(&s->v, seg, t) + (size_t)j;
+        if (s->v.bf16) {
+            const uint16_t *h = (const uint16_t *)(seg == 0 ? s->v.emb : s->v.ds) + off;
+            for (int64_t q = 0; q < run; q++) out[q] = bf16_to_f32(h[q]);
+        } else {
+            memcpy(out, (const float *)(seg == 0 ? s->v.emb : s->v.ds) + off, (size_t)run * sizeof(float));
+        }
         out += run;
         first += run;
         count -= run;
     }
     return VITD_OK;
+}
+
+int reply_encode_safetensors_segments(const reply_encode *r, reply_segments *out) {
+    memset(out, 0, sizeof *out);
+    if (r->opts.layout != LAYOUT_SEPARATE) return 1;
+    for (int i = 0; i < r->n_images; i++)
+        if ((r->images[i].bf16 ? ST_BF16 : ST_F32) != r->opts.dtype) return 1;
+    vitd_err err;
+    st_writer *w = st_writer_create();
+    int max_seg = r->n_images * (2 + (r->n_deepstack > 0 ? r->n_deepstack : 0));
+    out->seg = calloc((size_t)(max_seg > 0 ? max_seg : 1), sizeof *out->seg);
+    if (!out->seg) goto fail;
+    if (st_writer_set_metadata(w, "id", r->id ? r->id : "", &err)) goto fail;
+    if (st_writer_set_metadata(w, "model", r->model ? r->model : "", &err)) goto fail;
+    if (st_writer_set_metadata(w, "dtype", dtype_name(r->opts.dtype), &err)) goto fail;
+    if (st_writer_set_metadata(w, "layout", "separate", &err)) goto fail;
+    size_t es = st_dtype_size(r->opts.dtype);
+    for (int i = 0; i < r->n_images; i++) {
+        img_view v = view_of(r, i);
+        char name[96];
+        int64_t shape[2] = {v.tokens, v.D}, three = 3;
+        snprintf(name, sizeof name, "image.%d.embeddings", i);
+        if (st_writer_add_ref(w, name, r->opts.dtype, 2, shape, v.emb, &err)) goto fail;
+        for (int l = 0; l < v.nd; l++) {
+            int layer = r->deepstack_layers ? r->deepstack_layers[l] : l;
+            snprintf(name, sizeof name, "image.%d.deepstack.%d", i, layer);
+            const uint8_t *d = (const uint8_t *)v.ds + (size_t)l * (size_t)v.tokens * (size_t)v.D * es;
+            if (st_writer_add_ref(w, name, r->opts.dtype, 2, shape, d, &err)) goto fail;
+        }
+        const vitd_grid *g = &r->images[i].grid;
+        int64_t thw[3] = {g->t, g->h, g->w};
+        snprintf(name, sizeof name, "image.%d.grid_thw", i);
+        if (st_writer_add(w, name, ST_I64, 1, &three, thw, &err)) goto fail;
+    }
+    if (st_writer_to_segments(w, &out->header, &out->header_len, out->seg, &err)) goto fail;
+    out->w = w;
+    out->n_seg = st_writer_count(w);
+    out->total = out->header_len + st_writer_data_bytes(w);
+    return 0;
+fail:
+    free(out->seg);
+    st_writer_free(w);
+    memset(out, 0, sizeof *out);
+    return -1;
+}
+
+void reply_segments_release(reply_segments *s) {
+    if (!s) return;
+    free(s->header);
+    free(s->seg);
+    st_writer_free(s->w);
+    memset(s, 0, sizeof *s);
 }
 
 uint8_t *reply_encode_safetensors(const reply_encode *r, size_t *len) {

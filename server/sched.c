@@ -33,6 +33,7 @@ typedef struct {
     vitd_grid *grids;
     const float **pix;
     float **emb, **ds;
+    unsigned char *bf16;        /* per image: its job takes bfloat16 outputs */
     vitd_batch b;
     size_t patches;
     double t_start;
@@ -197,10 +198,11 @@ static void flight_batch(sched *s, flight *f) {
         f->pix[i] = sl->job->pixel_values[sl->image];
         f->emb[i] = sl->job->embeddings[sl->image];
         f->ds[i] = sl->job->deepstack && s->cfg.n_deepstack > 0 ? sl->job->deepstack[sl->image] : NULL;
+        f->bf16[i] = sl->job->out_bf16;
         want_ds |= f->ds[i] != NULL;
     }
     f->b = (vitd_batch){.n_images = f->n, .grids = f->grids, .image_pixels = f->pix, .image_embeddings = f->emb,
-                        .image_deepstack = want_ds ? f->ds : NULL};
+                        .image_deepstack = want_ds ? f->ds : NULL, .image_bf16 = f->bf16};
 }
 
 /* Retires a finished batch (status st, err on failure): counts it, and completes every job of it that no queue
@@ -371,6 +373,7 @@ vitd_status sched_create(const sched_config *cfg, sched **out, vitd_err *err) {
         f->pix = xcalloc(mi, sizeof *f->pix);
         f->emb = xcalloc(mi, sizeof *f->emb);
         f->ds = xcalloc(mi, sizeof *f->ds);
+        f->bf16 = xcalloc(mi, sizeof *f->bf16);
     }
     int rc = pthread_create(&s->thread, NULL, sched_thread, s);
     if (rc != 0) {
@@ -499,6 +502,7 @@ void sched_free(sched *s) {
         free(f->pix);
         free(f->emb);
         free(f->ds);
+        free(f->bf16);
     }
     free(s);
 }

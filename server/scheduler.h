@@ -81,6 +81,7 @@ struct sched_job {
     float *const *pixel_values;        /* [n_images] -> [t*h*w, row_width] float32 */
     float *const *embeddings;          /* [n_images] -> [t*h*w / merge, out_hidden] float32 */
     float *const *deepstack;           /* NULL (not wanted) or [n_images] -> [n_deepstack][tokens][out_hidden] */
+    bool out_bf16;                     /* the output buffers hold bfloat16 (uint16_t) values (vitd_batch.image_bf16) */
     size_t n_patches;                  /* sum of t*h*w; booked with sched_reserve() */
     double deadline;                   /* vitd_now() time after which it fails with VITD_E_TIMEOUT; 0 = none */
     bool (*gone)(sched_job *j);        /* true when nobody waits for the answer any more; NULL = never */

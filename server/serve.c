@@ -417,6 +417,7 @@ int serve_main(int argc, char **argv) {
     http_opts ho = {.cfg = &cfg, .model = model, .backend = vitd_encoder_backend(enc), .attn_dtype = ctx.attn,
                     .encoder = enc,
                     .version = VITD_VERSION, .preproc = pp, .max_image_patches = max_image_patches,
+                    .out_bf16 = vitd_encoder_native_bf16(enc) != 0,
                     .sched = sc, .prep = prep, .io = io, .ec = ec, .metrics = metrics};
     if (http_start(&ho, &http, &err) != VITD_OK) {
         log_msg(VITD_LOG_ERROR, "http: %s", err.msg);

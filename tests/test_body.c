@@ -15,7 +15,7 @@
 #include "check.h"
 #include "reply.h"
 
-static const encode_options default_opts = {ENC_FLOAT, true, ST_F32, LAYOUT_SEPARATE};
+static const encode_options default_opts = {ENC_FLOAT, true, ST_F32, LAYOUT_SEPARATE, false};
 
 static uint64_t fnv64(const uint8_t *p, size_t n) {
     uint64_t h = 1469598103934665603ull;

@@ -75,7 +75,7 @@ static void test_defaults(void) {
     CHECK(d.fp8_save_margin == 1.5);
     CHECK_EQ_INT(16, d.fp8_history);
     CHECK(d.warmup && d.deepstack_default && d.access_log);
-    CHECK(strcmp(d.output_dtype, "float32") == 0);
+    CHECK(strcmp(d.output_dtype, "auto") == 0);
     CHECK(d.api_key[0] == '\0');
 
     /* Every table entry: env name is VITD_<NAME>, its default text parses, and lookup by dashed name works. */

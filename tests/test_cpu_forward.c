@@ -445,6 +445,33 @@ static void check_checkpoint_wrapper(void) {
               memcmp(a.last, b.last, N * 64 * sizeof(float)) == 0,
               "cpu_model_create (checkpoint) differs from cpu_model_create_from (same weights)");
     printf("  checkpoint wrapper: %zu patches, outputs equal to the callback model\n", N);
+    /* the encoder's per-image form with bfloat16 outputs for image 0 (vitd_batch.image_bf16): the float32
+     * outputs rounded to nearest-even; image 1 stays float32, equal to the contiguous run */
+    vitd_encoder_opts eo = vitd_encoder_opts_default();
+    eo.backend = "cpu";
+    eo.threads = 2;
+    eo.max_batch_tokens = N;
+    vitd_encoder *enc = NULL;
+    CHECK_OK(vitd_encoder_create(model, &eo, &enc, &err), &err);
+    size_t n0 = grid_tokens(grids, 1) / 4, n1 = Nm - n0;
+    uint16_t *e0 = calloc(n0 * 48, 2), *d0 = calloc(2 * n0 * 48, 2);
+    float *e1 = calloc(n1 * 48, 4), *d1 = calloc(2 * n1 * 48, 4);
+    const float *pix[2] = {pv, pv + grid_tokens(grids, 1) * 1536};
+    float *embs[2] = {(float *)(void *)e0, e1}, *dss[2] = {(float *)(void *)d0, d1};
+    const unsigned char bf16[2] = {1, 0};
+    vitd_batch pb = {.n_images = 2, .grids = grids, .image_pixels = pix, .image_embeddings = embs,
+                     .image_deepstack = dss, .image_bf16 = bf16};
+    if (enc) CHECK_OK(vitd_encoder_run(enc, &pb, &err), &err);
+    int bad = 0;
+    for (size_t k = 0; k < n0 * 48; k++) bad += e0[k] != f32_to_bf16(b.emb[k]);
+    for (int l = 0; l < 2; l++)
+        for (size_t k = 0; k < n0 * 48; k++) bad += d0[l * n0 * 48 + k] != f32_to_bf16(b.ds[(l * Nm) * 48 + k]);
+    bad += memcmp(e1, b.emb + n0 * 48, n1 * 48 * sizeof(float)) != 0;
+    for (int l = 0; l < 2; l++) bad += memcmp(d1 + l * n1 * 48, b.ds + (l * Nm + n0) * 48, n1 * 48 * 4) != 0;
+    CHECK_MSG(bad == 0, "per-image outputs with image_bf16: %d differ from the contiguous run", bad);
+    printf("  per-image form, bfloat16 outputs for one image: rounded float32 outputs, the other image equal\n");
+    vitd_encoder_free(enc);
+    free(e0), free(d0), free(e1), free(d1);
     outputs_free(&a), outputs_free(&b);
     free(pv);
 done:

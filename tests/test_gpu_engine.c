@@ -111,6 +111,35 @@ static void check_pipeline(gpu_engine *ge, const images *im, const outputs *bat,
     }
     printf("  pipelined per-image: A == contiguous batch; B (reversed, %d in flight) worst cosine %.7f\n", 2, worst);
     CHECK_MSG(worst >= 0.9995, "reversed batch vs batch: worst cosine %.7f", worst);
+    /* C: A again with bfloat16 outputs (image_bf16): the engine's own values, which the float32 outputs of the
+     * contiguous batch hold widened, so rounding those back gives them bit for bit */
+    unsigned char bf[8];
+    uint16_t *hemb[8], *hds[8];
+    float *pe[8], *pd[8];
+    for (int i = 0; i < n; i++) {
+        const size_t nt = (im->off[i + 1] - im->off[i]) / 4;
+        bf[i] = 1;
+        hemb[i] = malloc(nt * D * 2);
+        hds[i] = malloc((size_t)(nds ? nds : 1) * nt * D * 2);
+        pe[i] = (float *)(void *)hemb[i];
+        pd[i] = (float *)(void *)hds[i];
+    }
+    vitd_batch c = {.n_images = n, .grids = im->grids, .image_pixels = pix, .image_embeddings = pe,
+                    .image_deepstack = nds ? pd : NULL, .image_bf16 = bf};
+    CHECK_OK(gpu_engine_submit(ge, &c, &err), &err);
+    CHECK_OK(gpu_engine_wait(ge, &err), &err);
+    size_t bad = 0;
+    for (int i = 0; i < n; i++) {
+        const size_t nt = (im->off[i + 1] - im->off[i]) / 4, t0 = im->off[i] / 4;
+        for (size_t e = 0; e < nt * D; e++) bad += hemb[i][e] != f32_to_bf16(bat->emb[t0 * D + e]);
+        for (int j = 0; j < nds; j++)
+            for (size_t e = 0; e < nt * D; e++)
+                bad += hds[i][(size_t)j * nt * D + e] != f32_to_bf16(bat->ds[((size_t)j * nm_all + t0) * D + e]);
+        free(hemb[i]);
+        free(hds[i]);
+    }
+    printf("  bfloat16 outputs (image_bf16): %zu values differ from the float32 outputs' bfloat16\n", bad);
+    CHECK_MSG(bad == 0, "bfloat16 outputs differ in %zu values", bad);
     for (int i = 0; i < n; i++)
         for (int k = 0; k < 2; k++) {
             free(emb[k][i]);

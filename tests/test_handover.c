@@ -46,7 +46,7 @@ static void fixture_init(fixture *f, int n_images) {
         f->ds[i] = xmalloc(n * K * sizeof(float));
         for (size_t j = 0; j < n; j++) f->emb[i][j] = (float)check_rng_normal(&rng);
         for (size_t j = 0; j < n * K; j++) f->ds[i][j] = (float)check_rng_normal(&rng) * (j % 13 == 0 ? 300 : 1);
-        f->img[i] = (reply_image){f->grid[i], f->emb[i], f->ds[i]};
+        f->img[i] = (reply_image){f->grid[i], f->emb[i], f->ds[i], false};
     }
     static const int layers[K] = {5, 11};
     f->re = (reply_encode){.id = "req-1", .model = "tiny", .out_hidden = D, .n_deepstack = K,
@@ -103,6 +103,33 @@ static void test_write(void) {
                           st_dtype_name(dts[d]), bad);
                 free(buf);
             }
+    }
+    /* bfloat16 storage (the GPU engine's outputs) writes exactly what float32 storage of the same values does */
+    {
+        handover_src s32, s16;
+        CHECK_OK(handover_src_of(&f.re, 0, 2, &s32, &err), &err);
+        size_t n = (size_t)f.rows[0] * D;
+        uint16_t *he = xmalloc(n * 2), *hd = xmalloc(n * K * 2);
+        for (size_t j = 0; j < n; j++) f.emb[0][j] = bf16_to_f32(he[j] = f32_to_bf16(f.emb[0][j]));
+        for (size_t j = 0; j < n * K; j++) f.ds[0][j] = bf16_to_f32(hd[j] = f32_to_bf16(f.ds[0][j]));
+        s16 = s32;
+        s16.emb = he;
+        s16.ds = hd;
+        s16.bf16 = true;
+        const st_dtype dts[3] = {ST_F32, ST_BF16, ST_F16};
+        int differ = 0;
+        for (int d = 0; d < 3; d++) {
+            size_t nb = handover_bytes(&s32, 0, 1 + K, dts[d]);
+            uint8_t *a = xmalloc(nb), *b = xmalloc(nb);
+            CHECK_OK(handover_write(&s32, 0, 1 + K, dts[d], a, &err), &err);
+            CHECK_OK(handover_write(&s16, 0, 1 + K, dts[d], b, &err), &err);
+            differ += memcmp(a, b, nb) != 0;
+            free(a);
+            free(b);
+        }
+        CHECK_MSG(differ == 0, "bfloat16 storage writes differently in %d dtypes", differ);
+        free(he);
+        free(hd);
     }
     /* float16's edge: 65504 is kept, 65520 would round to infinity */
     handover_src s;

@@ -181,7 +181,7 @@ static void fixture_init(fixture *f, unsigned long long seed) {
         f->ds[i] = malloc((size_t)(n * f->nd) * sizeof(float));
         for (int64_t k = 0; k < n; k++) f->emb[i][k] = (float)check_rng_normal(&rng);
         for (int64_t k = 0; k < n * f->nd; k++) f->ds[i][k] = (float)(check_rng_normal(&rng) * 3.0);
-        f->ri[i] = (reply_image){f->grids[i], f->emb[i], f->ds[i]};
+        f->ri[i] = (reply_image){f->grids[i], f->emb[i], f->ds[i], false};
     }
     f->emb[0][1] = 3.0e30f;
     f->emb[0][2] = -1.5e-30f;
@@ -316,19 +316,19 @@ static void test_json_answers(void) {
     fixture_init(&f, 7);
     f.emb[2][0] = NAN;
     f.ds[1][3] = INFINITY;
-    check_json_answer(&f, (encode_options){ENC_FLOAT, true, ST_F32, LAYOUT_SEPARATE}, "float f32 separate");
-    check_json_answer(&f, (encode_options){ENC_FLOAT, false, ST_F32, LAYOUT_SEPARATE}, "float f32 no deepstack");
-    check_json_answer(&f, (encode_options){ENC_FLOAT, true, ST_F32, LAYOUT_CONCAT}, "float f32 concat");
-    check_json_answer(&f, (encode_options){ENC_FLOAT, false, ST_F32, LAYOUT_CONCAT}, "float f32 concat no ds");
-    check_json_answer(&f, (encode_options){ENC_FLOAT, true, ST_BF16, LAYOUT_SEPARATE}, "float bf16 separate");
-    check_json_answer(&f, (encode_options){ENC_FLOAT, true, ST_F16, LAYOUT_CONCAT}, "float f16 concat");
-    check_json_answer(&f, (encode_options){ENC_BASE64, true, ST_F32, LAYOUT_SEPARATE}, "base64 f32 separate");
-    check_json_answer(&f, (encode_options){ENC_BASE64, true, ST_BF16, LAYOUT_SEPARATE}, "base64 bf16 separate");
-    check_json_answer(&f, (encode_options){ENC_BASE64, true, ST_F16, LAYOUT_CONCAT}, "base64 f16 concat");
-    check_json_answer(&f, (encode_options){ENC_BASE64, false, ST_F32, LAYOUT_CONCAT}, "base64 f32 concat no ds");
+    check_json_answer(&f, (encode_options){ENC_FLOAT, true, ST_F32, LAYOUT_SEPARATE, false}, "float f32 separate");
+    check_json_answer(&f, (encode_options){ENC_FLOAT, false, ST_F32, LAYOUT_SEPARATE, false}, "float f32 no deepstack");
+    check_json_answer(&f, (encode_options){ENC_FLOAT, true, ST_F32, LAYOUT_CONCAT, false}, "float f32 concat");
+    check_json_answer(&f, (encode_options){ENC_FLOAT, false, ST_F32, LAYOUT_CONCAT, false}, "float f32 concat no ds");
+    check_json_answer(&f, (encode_options){ENC_FLOAT, true, ST_BF16, LAYOUT_SEPARATE, false}, "float bf16 separate");
+    check_json_answer(&f, (encode_options){ENC_FLOAT, true, ST_F16, LAYOUT_CONCAT, false}, "float f16 concat");
+    check_json_answer(&f, (encode_options){ENC_BASE64, true, ST_F32, LAYOUT_SEPARATE, false}, "base64 f32 separate");
+    check_json_answer(&f, (encode_options){ENC_BASE64, true, ST_BF16, LAYOUT_SEPARATE, false}, "base64 bf16 separate");
+    check_json_answer(&f, (encode_options){ENC_BASE64, true, ST_F16, LAYOUT_CONCAT, false}, "base64 f16 concat");
+    check_json_answer(&f, (encode_options){ENC_BASE64, false, ST_F32, LAYOUT_CONCAT, false}, "base64 f32 concat no ds");
 
     /* concat places the embeddings first, then each deepstack layer, on the last axis: spot-check by hand */
-    f.r.opts = (encode_options){ENC_FLOAT, true, ST_F32, LAYOUT_CONCAT};
+    f.r.opts = (encode_options){ENC_FLOAT, true, ST_F32, LAYOUT_CONCAT, false};
     char *js = reply_encode_json(&f.r, NULL);
     cJSON *root = cJSON_Parse(js);
     const cJSON *item1 = cJSON_GetArrayItem(cJSON_GetObjectItem(root, "data"), 1);
@@ -404,13 +404,13 @@ static void check_st_answer(fixture *f, encode_options o, const char *what) {
 static void test_safetensors_answers(void) {
     fixture f;
     fixture_init(&f, 99);
-    check_st_answer(&f, (encode_options){ENC_FLOAT, true, ST_F32, LAYOUT_SEPARATE}, "f32 separate");
-    check_st_answer(&f, (encode_options){ENC_FLOAT, true, ST_BF16, LAYOUT_SEPARATE}, "bf16 separate");
-    check_st_answer(&f, (encode_options){ENC_FLOAT, true, ST_F16, LAYOUT_SEPARATE}, "f16 separate");
-    check_st_answer(&f, (encode_options){ENC_FLOAT, false, ST_F32, LAYOUT_SEPARATE}, "f32 no deepstack");
-    check_st_answer(&f, (encode_options){ENC_FLOAT, true, ST_F32, LAYOUT_CONCAT}, "f32 concat");
-    check_st_answer(&f, (encode_options){ENC_FLOAT, true, ST_BF16, LAYOUT_CONCAT}, "bf16 concat");
-    check_st_answer(&f, (encode_options){ENC_FLOAT, false, ST_F16, LAYOUT_CONCAT}, "f16 concat no deepstack");
+    check_st_answer(&f, (encode_options){ENC_FLOAT, true, ST_F32, LAYOUT_SEPARATE, false}, "f32 separate");
+    check_st_answer(&f, (encode_options){ENC_FLOAT, true, ST_BF16, LAYOUT_SEPARATE, false}, "bf16 separate");
+    check_st_answer(&f, (encode_options){ENC_FLOAT, true, ST_F16, LAYOUT_SEPARATE, false}, "f16 separate");
+    check_st_answer(&f, (encode_options){ENC_FLOAT, false, ST_F32, LAYOUT_SEPARATE, false}, "f32 no deepstack");
+    check_st_answer(&f, (encode_options){ENC_FLOAT, true, ST_F32, LAYOUT_CONCAT, false}, "f32 concat");
+    check_st_answer(&f, (encode_options){ENC_FLOAT, true, ST_BF16, LAYOUT_CONCAT, false}, "bf16 concat");
+    check_st_answer(&f, (encode_options){ENC_FLOAT, false, ST_F16, LAYOUT_CONCAT, false}, "f16 concat no deepstack");
     fixture_free(&f);
 }
 
@@ -422,7 +422,7 @@ static void bench_json(void) {
     unsigned long long rng = 3;
     for (size_t k = 0; k < (size_t)NI * T * D; k++) emb[k] = (float)(check_rng_normal(&rng) * 0.02);
     reply_image ri[NI];
-    for (int i = 0; i < NI; i++) ri[i] = (reply_image){{1, 32, 32}, emb + (size_t)i * T * D, NULL};
+    for (int i = 0; i < NI; i++) ri[i] = (reply_image){{1, 32, 32}, emb + (size_t)i * T * D, NULL, false};
     reply_encode r = {.id = "bench", .model = "bench", .out_hidden = D, .n_images = NI, .images = ri,
                       .opts = {ENC_FLOAT, true, ST_F32, LAYOUT_SEPARATE}};
     for (int pass = 0; pass < 2; pass++) {
@@ -443,11 +443,88 @@ static void bench_json(void) {
     free(emb);
 }
 
+/* The same answers from outputs stored as bfloat16 (the GPU engine's) as from float32 outputs holding the same
+ * values, byte for byte, in every encoding, dtype and layout; and the vectored safetensors answer (sent from the
+ * outputs' own buffers) byte-identical to the assembled one, for both storages. */
+static void test_bf16_storage(void) {
+    printf("answers from bfloat16 storage\n");
+    fixture f;
+    fixture_init(&f, 77);
+    uint16_t *hemb[3], *hds[3];
+    reply_image hb[3];
+    for (int i = 0; i < 3; i++) {
+        int64_t n = tokens_of(&f.grids[i]) * f.D;
+        hemb[i] = malloc((size_t)n * 2);
+        hds[i] = malloc((size_t)(n * f.nd) * 2);
+        for (int64_t k = 0; k < n; k++) {
+            hemb[i][k] = f32_to_bf16(f.emb[i][k]);
+            f.emb[i][k] = bf16_to_f32(hemb[i][k]); /* the float32 twin holds the same values */
+        }
+        for (int64_t k = 0; k < n * f.nd; k++) {
+            hds[i][k] = f32_to_bf16(f.ds[i][k]);
+            f.ds[i][k] = bf16_to_f32(hds[i][k]);
+        }
+        hb[i] = (reply_image){f.grids[i], hemb[i], hds[i], true};
+    }
+    reply_encode rb = f.r;
+    rb.images = hb;
+    const body_encoding encs[2] = {ENC_FLOAT, ENC_BASE64};
+    const st_dtype dts[3] = {ST_F32, ST_BF16, ST_F16};
+    int differ = 0, cases = 0;
+    for (int e = 0; e < 2; e++)
+        for (int d = 0; d < 3; d++)
+            for (int l = 0; l < 2; l++)
+                for (int ds = 0; ds < 2; ds++) {
+                    encode_options o = {encs[e], ds != 0, dts[d], l ? LAYOUT_CONCAT : LAYOUT_SEPARATE, false};
+                    f.r.opts = rb.opts = o;
+                    size_t la = 0, lb = 0;
+                    char *a = reply_encode_json(&f.r, &la), *b = reply_encode_json(&rb, &lb);
+                    differ += !a || !b || la != lb || memcmp(a, b, la);
+                    free(a);
+                    free(b);
+                    uint8_t *sa = reply_encode_safetensors(&f.r, &la), *sb = reply_encode_safetensors(&rb, &lb);
+                    differ += !sa || !sb || la != lb || memcmp(sa, sb, la);
+                    /* the vectored form, where the storage is the answer's dtype */
+                    for (int src = 0; src < 2; src++) {
+                        reply_segments seg;
+                        const reply_encode *rr = src ? &rb : &f.r;
+                        int rc = reply_encode_safetensors_segments(rr, &seg);
+                        bool direct = !l && dts[d] == (src ? ST_BF16 : ST_F32);
+                        CHECK_MSG(rc == (direct ? 0 : 1), "segments: rc %d for layout %d dtype %d storage %d", rc, l,
+                                  d, src);
+                        if (rc != 0) continue;
+                        uint8_t *joined = malloc(seg.total);
+                        size_t at = 0;
+                        memcpy(joined, seg.header, seg.header_len);
+                        at = seg.header_len;
+                        for (int k = 0; k < seg.n_seg; k++) {
+                            memcpy(joined + at, seg.seg[k].data, seg.seg[k].len);
+                            at += seg.seg[k].len;
+                        }
+                        CHECK_MSG(at == seg.total && at == la && !memcmp(joined, sa, la),
+                                  "vectored answer differs from the assembled one (storage %s)", src ? "bf16" : "f32");
+                        free(joined);
+                        reply_segments_release(&seg);
+                    }
+                    free(sa);
+                    free(sb);
+                    cases++;
+                }
+    printf("  %d option sets: JSON and safetensors from bf16 storage, %d differ\n", cases, differ);
+    CHECK_EQ_INT(0, differ);
+    for (int i = 0; i < 3; i++) {
+        free(hemb[i]);
+        free(hds[i]);
+    }
+    fixture_free(&f);
+}
+
 int main(void) {
     test_http_status();
     test_error_json();
     test_format_f32();
     test_json_answers();
+    test_bf16_storage();
     test_safetensors_answers();
     bench_json();
     return check_done("test_reply");

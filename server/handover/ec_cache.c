@@ -241,8 +241,9 @@ static vitd_status fill_rows(void *user, int64_t first, int64_t count, float *ou
     while (count > 0) {
         int64_t t = first / width, col = first % width, seg = col / D, j = col % D;
         int64_t run = D - j < count ? D - j : count;
-        const float *row = seg == 0 ? s->emb + t * D : s->ds + ((seg - 1) * s->rows + t) * D;
-        memcpy(out, row + j, (size_t)run * sizeof(float));
+        size_t off = (size_t)((seg == 0 ? t : (seg - 1) * s->rows + t) * D + j);
+        const float *x = reply_row_f32(seg == 0 ? s->emb : s->ds, s->bf16, off, (size_t)run, out);
+        if (x != out) memcpy(out, x, (size_t)run * sizeof(float));
         out += run;
         first += run;
         count -= run;

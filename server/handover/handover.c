@@ -2,6 +2,7 @@
 #include "handover.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "util.h"
@@ -18,14 +19,21 @@ vitd_status handover_rows(const vitd_grid *g, int merge, int image, int64_t *row
 vitd_status handover_src_of(const reply_encode *re, int i, int merge, handover_src *out, vitd_err *err) {
     const reply_image *im = &re->images[i];
     int k = im->deepstack ? re->n_deepstack : 0;
-    *out = (handover_src){.emb = im->embeddings, .ds = im->deepstack, .D = re->out_hidden, .k = k, .image = i};
+    *out = (handover_src){.emb = im->embeddings, .ds = im->deepstack, .bf16 = im->bf16, .D = re->out_hidden, .k = k,
+                          .image = i};
     return handover_rows(&im->grid, merge, i, &out->rows, err);
 }
 
-/* Row t of segment seg: the embeddings, or DeepStack layer seg - 1. */
-static const float *seg_row(const handover_src *s, int seg, int64_t t) {
-    if (seg == 0) return s->emb + (size_t)t * (size_t)s->D;
-    return s->ds + ((size_t)(seg - 1) * (size_t)s->rows + (size_t)t) * (size_t)s->D;
+/* Row t of segment seg (the embeddings, or DeepStack layer seg - 1) as float32; scratch holds D floats. */
+static const float *seg_row(const handover_src *s, int seg, int64_t t, float *scratch) {
+    size_t off = (seg == 0 ? (size_t)t : (size_t)(seg - 1) * (size_t)s->rows + (size_t)t) * (size_t)s->D;
+    return reply_row_f32(seg == 0 ? s->emb : s->ds, s->bf16, off, (size_t)s->D, scratch);
+}
+
+/* Row t of segment seg as its stored bfloat16 values (s->bf16 only). */
+static const uint16_t *seg_row_bf16(const handover_src *s, int seg, int64_t t) {
+    size_t off = (seg == 0 ? (size_t)t : (size_t)(seg - 1) * (size_t)s->rows + (size_t)t) * (size_t)s->D;
+    return (const uint16_t *)(seg == 0 ? s->emb : s->ds) + off;
 }
 
 /* The float16 overflow message, shared by the writer and the check. */
@@ -35,13 +43,20 @@ static vitd_status f16_overflow(const handover_src *s, float x, int64_t t, vitd_
 }
 
 vitd_status handover_check_f16(const handover_src *s, vitd_err *err) {
-    for (int seg = 0; seg <= s->k; seg++)
-        for (int64_t t = 0; t < s->rows; t++) {
-            const float *x = seg_row(s, seg, t);
+    float *scratch = malloc((size_t)s->D * sizeof(float));
+    if (!scratch) return vitd_fail(err, VITD_E_NOMEM, "out of memory checking float16 range");
+    vitd_status st = VITD_OK;
+    for (int seg = 0; seg <= s->k && !st; seg++)
+        for (int64_t t = 0; t < s->rows && !st; t++) {
+            const float *x = seg_row(s, seg, t, scratch);
             for (int j = 0; j < s->D; j++)
-                if (fabsf(x[j]) >= 65520.0f && isfinite(x[j])) return f16_overflow(s, x[j], t, err);
+                if (fabsf(x[j]) >= 65520.0f && isfinite(x[j])) {
+                    st = f16_overflow(s, x[j], t, err);
+                    break;
+                }
         }
-    return VITD_OK;
+    free(scratch);
+    return st;
 }
 
 vitd_status handover_write(const handover_src *s, int seg0, int seg1, st_dtype dtype, void *dst, vitd_err *err) {
@@ -52,9 +67,17 @@ vitd_status handover_write(const handover_src *s, int seg0, int seg1, st_dtype d
                          st_dtype_name(dtype));
     size_t D = (size_t)s->D;
     uint8_t *o = dst;
-    for (int64_t t = 0; t < s->rows; t++) {
-        for (int seg = seg0; seg < seg1; seg++) {
-            const float *x = seg_row(s, seg, t);
+    float *scratch = malloc(D * sizeof(float));
+    if (!scratch) return vitd_fail(err, VITD_E_NOMEM, "out of memory writing image %d", s->image);
+    vitd_status st = VITD_OK;
+    for (int64_t t = 0; t < s->rows && !st; t++) {
+        for (int seg = seg0; seg < seg1 && !st; seg++) {
+            if (dtype == ST_BF16 && s->bf16) { /* the engine's own values, as they are */
+                memcpy(o, seg_row_bf16(s, seg, t), D * 2);
+                o += D * 2;
+                continue;
+            }
+            const float *x = seg_row(s, seg, t, scratch);
             if (dtype == ST_F32) {
                 memcpy(o, x, D * 4);
                 o += D * 4;
@@ -66,15 +89,16 @@ vitd_status handover_write(const handover_src *s, int seg0, int seg1, st_dtype d
                     memcpy(o + 2 * j, &h, 2); /* little-endian host (reply.c checks) */
                 }
             } else {
-                for (size_t j = 0; j < D; j++) {
+                for (size_t j = 0; j < D && !st; j++) {
                     uint16_t h = f32_to_f16(x[j]);
                     memcpy(o + 2 * j, &h, 2);
                     if ((h & 0x7c00u) == 0x7c00u && (h & 0x3ffu) == 0 && isfinite(x[j]))
-                        return f16_overflow(s, x[j], t, err);
+                        st = f16_overflow(s, x[j], t, err);
                 }
             }
             o += D * 2;
         }
     }
-    return VITD_OK;
+    free(scratch);
+    return st;
 }

@@ -11,6 +11,7 @@
 #ifndef VITD_HANDOVER_H
 #define VITD_HANDOVER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "reply.h"
@@ -23,15 +24,17 @@ vitd_status handover_rows(const vitd_grid *g, int merge, int image, int64_t *row
 
 /* One image's output as consumed by the hand-over writers. */
 typedef struct {
-    const float *emb;     /* [rows, D] */
-    const float *ds;      /* [k][rows][D], or NULL when k == 0 */
+    const void *emb;      /* [rows, D] */
+    const void *ds;       /* [k][rows][D], or NULL when k == 0 */
+    bool bf16;            /* emb and ds hold bfloat16 (uint16_t) values, else float32 */
     int64_t rows;
     int D, k;
     int image;            /* index in the request, for messages */
 } handover_src;
 
 /* Writes segments [seg0, seg1) of every row (see above), concatenated per row, into dst as dtype (ST_F32, ST_BF16
- * or ST_F16, little-endian, round-to-nearest-even): rows x D x (seg1 - seg0) elements. Float16 refuses a value
+ * or ST_F16, little-endian, round-to-nearest-even; a bfloat16 source asked as bfloat16 is copied as it is):
+ * rows x D x (seg1 - seg0) elements. Float16 refuses a value
  * beyond its range (|x| >= 65520 rounds to infinity) with VITD_E_INVALID_ARG naming the image, row and value,
  * never writing an infinity; dst is then partly written. */
 vitd_status handover_write(const handover_src *s, int seg0, int seg1, st_dtype dtype, void *dst, vitd_err *err);

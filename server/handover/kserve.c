@@ -293,10 +293,21 @@ static void seg_range(kserve_output o, int k, int *s0, int *s1) {
     *s1 = o == KS_EMBEDS ? 1 : 1 + k;
 }
 
+static vitd_status put_json_values(strbuf *b, kserve_output o, const handover_src *src, int n, const reply_encode *re,
+                                   float *scratch);
+
 /* Writes output o's values as a flat JSON array into b (float outputs are F32 here). */
 static vitd_status put_json_data(strbuf *b, kserve_output o, const handover_src *src, int n, const reply_encode *re,
                                  vitd_err *err) {
-    (void)err;
+    float *scratch = malloc((size_t)(re->out_hidden > 0 ? re->out_hidden : 1) * sizeof(float));
+    if (!scratch) return vitd_fail(err, VITD_E_NOMEM, "out of memory rendering the answer");
+    vitd_status st = put_json_values(b, o, src, n, re, scratch);
+    free(scratch);
+    return st;
+}
+
+static vitd_status put_json_values(strbuf *b, kserve_output o, const handover_src *src, int n, const reply_encode *re,
+                                   float *scratch) {
     strbuf_puts(b, "[");
     bool first = true;
     for (int i = 0; i < n; i++) {
@@ -319,8 +330,8 @@ static vitd_status put_json_data(strbuf *b, kserve_output o, const handover_src 
             if (!w) return VITD_OK; /* strbuf_finish reports it */
             char *p = w;
             for (int s = s0; s < s1; s++) {
-                const float *x = s == 0 ? src[i].emb + (size_t)t * D
-                                        : src[i].ds + ((size_t)(s - 1) * (size_t)src[i].rows + (size_t)t) * D;
+                size_t off = (s == 0 ? (size_t)t : (size_t)(s - 1) * (size_t)src[i].rows + (size_t)t) * D;
+                const float *x = reply_row_f32(s == 0 ? src[i].emb : src[i].ds, src[i].bf16, off, D, scratch);
                 for (size_t j = 0; j < D; j++) {
                     if (!first) *p++ = ',';
                     first = false;
