@@ -120,6 +120,11 @@ static const config_option k_options[] = {
      "base64) in the engine's own dtype (bfloat16 on the GPU, float32 on the CPU: lossless either way), JSON "
      "numbers in float32; or float32, bfloat16, float16 for every answer.",
      OFF(output_dtype)},
+    {"output_cache_bytes", "VITD_OUTPUT_CACHE_BYTES", CONFIG_SIZE, "1GiB", 0, 1024 * GIB, NULL, "bytes", false,
+     "Encoder outputs kept by image content (every route shares them): an image sent again is answered without "
+     "decoding or encoding, and concurrent requests for one image share its encode; least recently used evicted "
+     "first; 0 = off.",
+     OFF(output_cache_bytes)},
     {"deepstack_default", "VITD_DEEPSTACK_DEFAULT", CONFIG_BOOL, "true", 0, 1, NULL, NULL, false,
      "Return the deepstack features unless the request says not to.", OFF(deepstack_default)},
     /* FP8 */

@@ -97,6 +97,11 @@
  *                                                   binary answers (safetensors, base64) in the engine's own
  *                                                   dtype (bfloat16 on the GPU, float32 on the CPU: lossless
  *                                                   either way), JSON numbers in float32.
+ *   output_cache_bytes      size    1 GiB  [0,1 TiB] encoder outputs kept by image content (SHA-256 of the bytes,
+ *                                                   the model and the resize bounds), shared by every route: an
+ *                                                   image sent again is answered without decoding or encoding, and
+ *                                                   concurrent requests for an image being encoded wait for that
+ *                                                   encode; LRU by bytes; 0 = off (server/output_cache.h).
  *   deepstack_default       bool    true            return the deepstack features unless the request says not.
  *
  * FP8 attention scales (GPU, attn_dtype fp8)
@@ -192,6 +197,7 @@ typedef struct vitd_config {
     int drain_timeout_ms;
     /* outputs */
     const char *output_dtype;       /* "auto" | "float32" | "bfloat16" | "float16" */
+    size_t output_cache_bytes;      /* 0 = no output cache */
     bool deepstack_default;
     /* FP8 */
     char fp8_scales[VITD_CONFIG_STR_MAX];

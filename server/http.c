@@ -161,6 +161,7 @@ void http_req_unref(struct req *r) {
     if (atomic_fetch_sub(&r->refs, 1) != 1) return;
     http_server *h = r->srv;
     VITD_ASSERT(r->body == NULL);
+    work_release(r);
     arena_free(r->arena);
     pthread_mutex_destroy(&r->prep_mu);
     free(r);

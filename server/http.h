@@ -43,6 +43,7 @@
 #include "config.h"
 #include "ec_cache.h"
 #include "metrics.h"
+#include "output_cache.h"
 #include "prep_pool.h"
 #include "scheduler.h"
 #include "vitd.h"
@@ -64,6 +65,7 @@ typedef struct {
     prep_pool *prep;                     /* not owned */
     prep_pool *io;                       /* cache-file writes (not owned); NULL when ec is NULL */
     ec_cache *ec;                        /* vLLM EC-transfer cache files (not owned); NULL = off */
+    output_cache *cache;                 /* encoder outputs by content (not owned); NULL = off */
     metrics_vitd *metrics;               /* not owned; NULL = no metrics */
 } http_opts;
 

@@ -3,12 +3,9 @@
  *
  *   begin    drain and size checks, options from the query, a body parser for the route
  *   upload   chunks into body_feed(); the last call parses the body into image spans (body.c, or the route's
- *            own parser: epd_parse, kserve_parse), probes and plans every image, books queue capacity, allocates
- *            the request's pixel and output buffers, suspends the connection and hands a reference to the prep
- *            pool
- *   work     prep tasks decode and preprocess (and derive content ids); the last submits the job; the batcher's
- *            done() resumes the connection, or first hands the images to the io pool when the route writes vLLM
- *            cache files (ec_cache_put per image), whose last task resumes it
+ *            own parser: epd_parse, kserve_parse), probes and plans every image, and hands it to the work
+ *            (work_begin)
+ *   work     http_work.c: the output cache, prep tasks, the batcher's job, vLLM cache files, completion
  *   answer   the resumed handler renders the route's answer (reply.c, vllm.c, epd.c, kserve.c)
  * libmicrohttpd threads never wait for the encoder or the disk. */
 #include "http_req.h"
@@ -31,118 +28,6 @@
 #define RETRY_AFTER_S "1"
 
 static double now_s(void) { return vitd_now(); }
-
-/* ---- work side (prep pool, scheduler and io pool threads) ---- */
-
-/* Records the outcome and hands the connection back to MHD; drops the work reference. */
-static void req_finish(struct req *r, vitd_status s, const vitd_err *err) {
-    r->outcome = s;
-    if (s != VITD_OK && err) r->outcome_err = *err;
-    else if (s != VITD_OK) vitd_fail(&r->outcome_err, s, "%s", vitd_status_name(s));
-    r->t_done = now_s();
-    r->phase = PH_DONE;
-    MHD_resume_connection(r->conn);
-    http_req_unref(r);
-}
-
-static struct req *req_of_job(sched_job *j) { return (struct req *)((char *)j - offsetof(struct req, job)); }
-
-/* Keeps the failure of the lowest image index among a request's tasks (prep or io): *index and *slot are the
- * request's record of it, guarded by prep_mu. */
-static void note_failure(struct req *r, int *index, vitd_err *slot, int i, vitd_status s, const vitd_err *err) {
-    pthread_mutex_lock(&r->prep_mu);
-    if (*index < 0 || i < *index) {
-        *index = i;
-        if (!strncmp(err->msg, "image ", 6)) vitd_fail(slot, s, "%s", err->msg); /* it names the image already */
-        else vitd_fail(slot, s, "image %d: %s", i, err->msg);
-    }
-    pthread_mutex_unlock(&r->prep_mu);
-}
-
-/* Whether the request's embeddings go to vLLM cache files before it is answered. */
-static bool writes_cache(const struct req *r) {
-    return r->route == RT_CHAT || (r->route == RT_VLLM_EMBEDS && r->vllm.transfer == VLLM_EC_CACHE);
-}
-
-/* One io task: image i's cache file. The last task answers, with the failure of the lowest image index. */
-static void io_task(void *arg, int i) {
-    struct req *r = arg;
-    http_server *h = r->srv;
-    const vitd_vision_config *vc = vitd_model_config(h->o.model);
-    vitd_err err = {0};
-    int64_t rows = 0;
-    vitd_status s = handover_rows(&r->grids[i], vc->spatial_merge_size, i, &rows, &err);
-    if (s == VITD_OK) {
-        handover_src src = {.emb = r->emb[i], .ds = r->ds ? r->ds[i] : NULL, .bf16 = r->out_bf16, .rows = rows,
-                            .D = vc->out_hidden_size, .k = r->ds ? vc->n_deepstack : 0, .image = i};
-        log_request_begin(r->id);
-        s = ec_cache_put(h->o.ec, r->uuids[i], &src, &r->grids[i], &err);
-        log_request_end();
-    }
-    if (s != VITD_OK) note_failure(r, &r->io_err_index, &r->io_err, i, s, &err);
-    if (atomic_fetch_sub(&r->io_left, 1) != 1) return;
-    /* last task: the others' writes happened before (acq_rel on io_left) */
-    atomic_fetch_sub(&h->io_patches, r->n_patches);
-    if (r->io_err_index >= 0) req_finish(r, r->io_err.code, &r->io_err);
-    else req_finish(r, VITD_OK, NULL);
-}
-
-static void job_done(sched_job *j, vitd_status s, const vitd_err *err) {
-    struct req *r = req_of_job(j);
-    if (s == VITD_OK && writes_cache(r)) {
-        atomic_store(&r->io_left, r->n_images);
-        atomic_fetch_add(&r->srv->io_patches, r->n_patches);
-        prep_pool_submit(r->srv->o.io, io_task, r, r->n_images);
-        return;
-    }
-    req_finish(r, s, err);
-}
-
-/* The client hung up (MHD does not watch suspended connections): peer closed or reset the socket. */
-static bool job_gone(sched_job *j) {
-    struct req *r = req_of_job(j);
-    if (r->fd < 0) return false;
-    struct pollfd p = {.fd = r->fd, .events = POLLIN | POLLRDHUP};
-    if (poll(&p, 1, 0) <= 0) return false;
-    return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
-}
-
-/* One prep task: decode and preprocess image i into its arena buffer (and derive its content id when the route
- * needs one and the client gave none). Once an image has failed, the tasks not yet started skip their work. The
- * last task to finish submits the job, or answers with the failure of the lowest image index that failed. */
-static void prep_task(void *arg, int i) {
-    struct req *r = arg;
-    http_server *h = r->srv;
-    if (!atomic_load(&r->prep_failed)) {
-        vitd_err err = {0};
-        body_span sp = r->br.images[i];
-        log_request_begin(r->id);
-        vitd_status s = prep_image(sp.data, sp.len, h->o.cfg->max_image_pixels, &h->o.preproc, &r->grids[i],
-                                   r->pv[i], &err);
-        log_request_end();
-        if (s == VITD_OK && r->uuid_derive && r->uuid_derive[i])
-            content_id_image(h->model_fp, h->o.preproc.min_pixels, h->o.preproc.max_pixels, sp.data, sp.len,
-                             r->uuids[i]);
-        if (s != VITD_OK) {
-            note_failure(r, &r->prep_err_index, &r->prep_err, i, s, &err);
-            atomic_store(&r->prep_failed, true);
-        }
-    }
-    if (atomic_fetch_sub(&r->prep_left, 1) != 1) return;
-    /* last task: every write above happened before this point (acq_rel on prep_left) */
-    r->t_prep_done = now_s();
-    if (atomic_load(&r->prep_failed)) {
-        sched_unreserve(h->o.sched, r->n_patches);
-        req_finish(r, r->prep_err.code, &r->prep_err);
-        return;
-    }
-    vitd_err err = {0};
-    vitd_status s = sched_submit(h->o.sched, &r->job, &err);
-    if (s != VITD_OK) {
-        if (s != VITD_E_CANCELLED) sched_unreserve(h->o.sched, r->n_patches); /* cancelled returns it itself */
-        req_finish(r, s, &err);
-    }
-}
 
 /* ---- MHD side: begin ---- */
 
@@ -302,11 +187,13 @@ static vitd_status set_uuids(struct req *r, vitd_err *err) {
         for (int i = 0; i < n; i++) r->uuids[i] = r->vllm.uuids[i];
         return VITD_OK;
     }
-    r->uuid_derive = r->uuid_derived; /* prep_task fills each one */
+    r->uuid_derive = arena_calloc(r->arena, (size_t)n, sizeof *r->uuid_derive); /* the prep task (or the cache
+                                                                                   lookup) fills each one */
+    if (!r->uuid_derive) return vitd_fail(err, VITD_E_NOMEM, "out of request memory for uuids");
     for (int i = 0; i < n; i++) {
         r->uuids[i] = arena_alloc(r->arena, CONTENT_ID_LEN + 1);
         if (!r->uuids[i]) return vitd_fail(err, VITD_E_NOMEM, "out of request memory for uuids");
-        r->uuid_derived[i] = true;
+        r->uuid_derived[i] = r->uuid_derive[i] = true;
     }
     return VITD_OK;
 }
@@ -336,7 +223,6 @@ static enum MHD_Result images_start(struct req *r) {
 static enum MHD_Result images_start_locked(struct req *r) {
     http_server *h = r->srv;
     const vitd_config *c = h->o.cfg;
-    const vitd_vision_config *vc = vitd_model_config(h->o.model);
     vitd_err err = {0};
     r->t_body = now_s();
     vitd_status s = body_finish(r->body, &r->br, &err);
@@ -349,12 +235,7 @@ static enum MHD_Result images_start_locked(struct req *r) {
     r->n_images = n;
     if ((s = set_uuids(r, &err))) return http_respond_status(r, s, err.msg);
     r->grids = arena_calloc(r->arena, (size_t)n, sizeof *r->grids);
-    r->pv = arena_calloc(r->arena, (size_t)n, sizeof *r->pv);
-    r->emb = arena_calloc(r->arena, (size_t)n, sizeof *r->emb);
-    bool want_ds = r->br.opts.deepstack && vc->n_deepstack > 0;
-    r->ds = want_ds ? arena_calloc(r->arena, (size_t)n, sizeof *r->ds) : NULL;
-    if (!r->grids || !r->pv || !r->emb || (want_ds && !r->ds))
-        return http_respond_status(r, VITD_E_NOMEM, "out of memory for the request's image table");
+    if (!r->grids) return http_respond_status(r, VITD_E_NOMEM, "out of memory for the request's image table");
     size_t total = 0;
     for (int i = 0; i < n; i++) {
         body_span sp = r->br.images[i];
@@ -382,45 +263,11 @@ static enum MHD_Result images_start_locked(struct req *r) {
     size_t io_backlog = atomic_load(&h->io_patches), io_max = c->batch_max_tokens > h->o.max_image_patches
                                                                   ? c->batch_max_tokens
                                                                   : h->o.max_image_patches;
-    if (writes_cache(r) && io_backlog > io_max)
+    if (work_writes_cache(r) && io_backlog > io_max)
         return http_respond_status(r, VITD_E_BUSY, "vLLM cache files are written slower than images arrive "
                                    "(a backlog of patches waits for the disk); retry shortly");
-    s = sched_reserve(h->o.sched, total, &err);
-    if (s != VITD_OK) return http_respond_status(r, s, err.msg);
     r->n_patches = total;
-    size_t row = preprocess_row_width(&h->o.preproc), D = (size_t)vc->out_hidden_size;
-    size_t merge = (size_t)vc->spatial_merge_size * (size_t)vc->spatial_merge_size;
-    r->out_bf16 = h->o.out_bf16;
-    size_t es = r->out_bf16 ? 2 : 4; /* the engine's own outputs, never widened on the way */
-    for (int i = 0; i < n; i++) {
-        size_t p = (size_t)r->grids[i].t * r->grids[i].h * r->grids[i].w, tokens = p / merge;
-        r->pv[i] = arena_alloc(r->arena, p * row * sizeof(float));
-        r->emb[i] = arena_alloc(r->arena, tokens * D * es);
-        if (want_ds) r->ds[i] = arena_alloc(r->arena, tokens * D * (size_t)vc->n_deepstack * es);
-        if (!r->pv[i] || !r->emb[i] || (want_ds && !r->ds[i])) {
-            sched_unreserve(h->o.sched, total);
-            return http_respond_status(r, VITD_E_NOMEM, "out of memory for the request's pixel and output buffers");
-        }
-    }
-    sched_job *j = &r->job;
-    j->n_images = n;
-    j->grids = r->grids;
-    j->pixel_values = r->pv;
-    j->embeddings = r->emb;
-    j->deepstack = want_ds ? r->ds : NULL;
-    j->out_bf16 = r->out_bf16;
-    j->n_patches = total;
-    j->deadline = r->t_start + c->request_timeout_ms * 1e-3;
-    j->gone = job_gone;
-    j->done = job_done;
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(r->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    r->fd = ci ? ci->connect_fd : -1;
-    atomic_store(&r->prep_left, n);
-    atomic_fetch_add(&r->refs, 1); /* the work reference */
-    r->phase = PH_ASYNC;
-    MHD_suspend_connection(r->conn);
-    prep_pool_submit(h->o.prep, prep_task, r, n);
-    return MHD_YES;
+    return work_begin(r);
 }
 
 enum MHD_Result images_upload(struct req *r, const char *data, size_t *size) {

@@ -28,6 +28,7 @@
 #include "epd.h"
 #include "http.h"
 #include "kserve.h"
+#include "output_cache.h"
 #include "vllm.h"
 
 /* The first four are the image routes: they run the encode pipeline (http_images.c). */
@@ -115,7 +116,20 @@ struct req {
     pthread_mutex_t prep_mu;  /* guards prep_err, prep_err_index (and io_err, io_err_index) */
     int prep_err_index;
     vitd_err prep_err;
-    sched_job job;
+    sched_job job;            /* the round's job, over the work images (jgrids, jpv, jemb, jds) */
+    /* ---- the work (http_work.c) ---- */
+    unsigned char *state;     /* [n_images] hit, lead, wait, solo or retry (http_work.c) */
+    oc_entry **entries;       /* [n_images] the output-cache entry an image reads or fills, or NULL */
+    int *work;                /* [n_images] the images decoded and encoded in this round */
+    int n_work;
+    int round;                /* 0; 1 while waiting images whose leader failed encode themselves */
+    size_t work_patches;      /* booked for this round */
+    bool want_ds;             /* the request's own images keep DeepStack outputs */
+    vitd_grid *jgrids;        /* [n_images] the job's arrays, over the work images */
+    float **jpv, **jemb, **jds;
+    int parts;                /* guarded by prep_mu: the setup, the round's job, each waiting image */
+    bool job_failed;          /* guarded by prep_mu: a booking or the job failed (job_err) */
+    vitd_err job_err;
     atomic_int io_left;       /* cache-file tasks not finished */
     int io_err_index;
     vitd_err io_err;
@@ -148,6 +162,16 @@ enum MHD_Result http_respond_text(struct req *r, int status, const char *ctype, 
 
 /* Drops one reference; the last one frees the arena and the request. */
 void http_req_unref(struct req *r);
+
+/* ---- the work behind an image request (http_work.c) ---- */
+
+/* The images are planned (grids, n_patches): looks them up in the output cache, hands the rest to the prep pool
+ * and the batcher (suspending the connection), or answers at once when every image is a hit. */
+enum MHD_Result work_begin(struct req *r);
+/* Whether the request's embeddings go to vLLM cache files before it is answered. */
+bool work_writes_cache(const struct req *r);
+/* Lets go of the request's output-cache entries (http_req_unref, before the arena goes). */
+void work_release(struct req *r);
 
 /* ---- the image pipeline (http_images.c) ---- */
 

@@ -461,6 +461,19 @@ metrics_vitd *metrics_vitd_create(void) {
     m->ec_registered_s = metrics_series_get(m->ec_registered, NULL);
     m->ec_announce_ok_s = metrics_series_get(m->ec_announces, "ok", NULL);
     m->ec_announce_err_s = metrics_series_get(m->ec_announces, "error", NULL);
+    m->oc_requests = metrics_counter(r, "vitd_output_cache_requests_total",
+                                     "Output cache lookups of images: hit, miss, wait (joined an encode in flight).",
+                                     "result", NULL);
+    m->oc_evictions = metrics_counter(r, "vitd_output_cache_evictions_total",
+                                      "Output cache entries evicted for the byte bound.", NULL);
+    m->oc_bytes = metrics_gauge(r, "vitd_output_cache_bytes", "Bytes of outputs the output cache holds.", NULL);
+    m->oc_entries = metrics_gauge(r, "vitd_output_cache_entries", "Images the output cache holds.", NULL);
+    m->oc_hit_s = metrics_series_get(m->oc_requests, "hit", NULL);
+    m->oc_miss_s = metrics_series_get(m->oc_requests, "miss", NULL);
+    m->oc_wait_s = metrics_series_get(m->oc_requests, "wait", NULL);
+    m->oc_evictions_s = metrics_series_get(m->oc_evictions, NULL);
+    m->oc_bytes_s = metrics_series_get(m->oc_bytes, NULL);
+    m->oc_entries_s = metrics_series_get(m->oc_entries, NULL);
     return m;
 }
 

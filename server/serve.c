@@ -28,6 +28,7 @@
 #include "http.h"
 #include "log.h"
 #include "metrics.h"
+#include "output_cache.h"
 #include "prep_pool.h"
 #include "preprocess.h"
 #include "scheduler.h"
@@ -262,6 +263,7 @@ int serve_main(int argc, char **argv) {
     vitd_encoder *enc = NULL;
     prep_pool *prep = NULL, *io = NULL;
     ec_cache *ec = NULL;
+    output_cache *oc = NULL;
     epd_announcer *announcer = NULL;
     sched *sc = NULL;
     http_server *http = NULL;
@@ -398,6 +400,7 @@ int serve_main(int argc, char **argv) {
             goto done;
         }
     }
+    oc = output_cache_create(cfg.output_cache_bytes, metrics);
     sched_config sc_cfg = {.batch_max_tokens = cfg.batch_max_tokens, .batch_max_images = cfg.batch_max_images,
                            .batch_delay_ms = cfg.batch_delay_ms, .queue_max_tokens = cfg.queue_max_tokens,
                            .row_width = preprocess_row_width(&pp), .out_hidden = vc->out_hidden_size,
@@ -418,7 +421,7 @@ int serve_main(int argc, char **argv) {
                     .encoder = enc,
                     .version = VITD_VERSION, .preproc = pp, .max_image_patches = max_image_patches,
                     .out_bf16 = vitd_encoder_native_bf16(enc) != 0,
-                    .sched = sc, .prep = prep, .io = io, .ec = ec, .metrics = metrics};
+                    .sched = sc, .prep = prep, .io = io, .ec = ec, .cache = oc, .metrics = metrics};
     if (http_start(&ho, &http, &err) != VITD_OK) {
         log_msg(VITD_LOG_ERROR, "http: %s", err.msg);
         goto done;
@@ -478,6 +481,7 @@ done:
     sched_free(sc);
     prep_pool_free(io);
     http_free(http);
+    output_cache_free(oc);
     ec_cache_free(ec);
     vitd_encoder_free(enc);
     vitd_model_free(model);

@@ -75,21 +75,30 @@ void content_id_model(const vitd_model *m, uint8_t out[32]) {
     sha_end(c, out);
 }
 
-void content_id_image(const uint8_t model_fp[32], size_t min_pixels, size_t max_pixels, const uint8_t *bytes,
-                      size_t len, char out[CONTENT_ID_LEN + 1]) {
+void content_id_key(const uint8_t model_fp[32], size_t min_pixels, size_t max_pixels, const uint8_t *bytes,
+                    size_t len, uint8_t out[32]) {
     EVP_MD_CTX *c = sha_begin();
     sha_putf(c, "vitd-content-id/1\n");
     sha_put(c, model_fp, 32);
     sha_putf(c, "%zu %zu\n", min_pixels, max_pixels);
     sha_put(c, bytes, len);
-    uint8_t h[32];
-    sha_end(c, h);
+    sha_end(c, out);
+}
+
+void content_id_hex(const uint8_t key[32], char out[CONTENT_ID_LEN + 1]) {
     static const char hex[] = "0123456789abcdef";
     for (int i = 0; i < 32; i++) {
-        out[2 * i] = hex[h[i] >> 4];
-        out[2 * i + 1] = hex[h[i] & 15];
+        out[2 * i] = hex[key[i] >> 4];
+        out[2 * i + 1] = hex[key[i] & 15];
     }
     out[CONTENT_ID_LEN] = '\0';
+}
+
+void content_id_image(const uint8_t model_fp[32], size_t min_pixels, size_t max_pixels, const uint8_t *bytes,
+                      size_t len, char out[CONTENT_ID_LEN + 1]) {
+    uint8_t h[32];
+    content_id_key(model_fp, min_pixels, max_pixels, bytes, len, h);
+    content_id_hex(h, out);
 }
 
 bool content_id_uuid_ok(const char *s, size_t n, vitd_err *err) {

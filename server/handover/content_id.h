@@ -30,6 +30,10 @@ void content_id_model(const vitd_model *m, uint8_t out[32]);
 /* The derived id of one image (see above) into out (CONTENT_ID_LEN + 1 bytes, NUL-terminated). */
 void content_id_image(const uint8_t model_fp[32], size_t min_pixels, size_t max_pixels, const uint8_t *bytes,
                       size_t len, char out[CONTENT_ID_LEN + 1]);
+/* The same digest as 32 bytes (the output cache's key), and its hex form (the derived id). */
+void content_id_key(const uint8_t model_fp[32], size_t min_pixels, size_t max_pixels, const uint8_t *bytes,
+                    size_t len, uint8_t out[32]);
+void content_id_hex(const uint8_t key[32], char out[CONTENT_ID_LEN + 1]);
 /* Whether s may name an image: 1..CONTENT_ID_UUID_MAX characters of [A-Za-z0-9._:+=-], not starting with '.'
  * (so it is one harmless path component). On false, err names the rule and the first bad character. */
 bool content_id_uuid_ok(const char *s, size_t n, vitd_err *err);
