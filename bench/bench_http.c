@@ -9,7 +9,10 @@
  *    raw bodies (safetensors answers) for --seconds or --requests per thread, whichever ends first, after a
  *    warm-up request per thread. Lines: `http conc=4 requests=... images=... seconds=... req_s=... img_s=...
  *    p50_ms=... p99_ms=... errors=0 vs_encoder=0.93 vs_single=1.1` where vs_encoder = img_s / encoder batch img_s
- *    and vs_single = img_s / encoder one-image-at-a-time img_s.
+ *    and vs_single = img_s / encoder one-image-at-a-time img_s; then `stages conc=4 receive_ms=... total_ms=...`,
+ *    the server's mean time per request in each stage over that load (vitd_request_duration_seconds).
+ *    The server's output cache answers repeated images without encoding them: pass `-- --output-cache-bytes=0`
+ *    to measure the encoder path, leave it on to measure cached answers.
  *
  * Usage: bench_http [--model DIR] [--vitd PATH] [--port N] [--backend cpu|gpu|auto] [--images a.png,b.jpg,...]
  *                   [--conc 1,4,16,64] [--seconds 5] [--requests 1000] [--reps 5] [--target PATH?QUERY]
@@ -133,7 +136,7 @@ static double bench_encoder(const char *model_dir, const char *backend, int reps
     for (int r = -1; r < prep_reps; r++) {
         double t0 = vitd_now();
         for (int i = 0; i < g_n_img; i++)
-            if (prep_image(g_img[i].data, g_img[i].len, 0, pp, &grids[i], pv + off[i] * row, &err) != VITD_OK) {
+            if (prep_image(g_img[i].data, g_img[i].len, 0, pp, &grids[i], pv + off[i] * row, NULL, &err) != VITD_OK) {
                 fprintf(stderr, "bench_http: %s: %s\n", g_img[i].path, err.msg);
                 goto done;
             }
@@ -282,6 +285,36 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
+/* ---- the server's own account of where the time goes ---- */
+
+static const char *const k_stages[] = {"receive", "decode", "preprocess", "queue", "encode", "resume", "answer",
+                                       "send", "total"};
+enum { N_STAGES = sizeof k_stages / sizeof k_stages[0] };
+
+/* Sums and counts of vitd_request_duration_seconds{stage} from /metrics; false when they cannot be had. */
+static bool fetch_stages(int port, double *sum, double *cnt) {
+    int fd = loopback_connect(port, 30);
+    if (fd < 0) return false;
+    const char *req = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    char *buf = NULL;
+    size_t cap = 0;
+    bool closing = false;
+    int status = loopback_send_all(fd, req, strlen(req)) ? read_response(fd, &buf, &cap, &closing) : 0;
+    close(fd);
+    bool ok = status == 200 && buf;
+    for (int i = 0; ok && i < N_STAGES; i++) {
+        char key[96];
+        snprintf(key, sizeof key, "vitd_request_duration_seconds_sum{stage=\"%s\"} ", k_stages[i]);
+        const char *p = strstr(buf, key);
+        sum[i] = p ? strtod(p + strlen(key), NULL) : 0;
+        snprintf(key, sizeof key, "vitd_request_duration_seconds_count{stage=\"%s\"} ", k_stages[i]);
+        p = strstr(buf, key);
+        cnt[i] = p ? strtod(p + strlen(key), NULL) : 0;
+    }
+    free(buf);
+    return ok;
+}
+
 /* Runs conc clients and prints one `http conc=...` line. The clock starts once every client has warmed up, so
  * the warm-up requests (conc of them, queued together) are not counted in the elapsed time. */
 static void bench_load(int port, int conc, double seconds, int max_requests, double encoder_ips,
@@ -296,6 +329,8 @@ static void bench_load(int port, int conc, double seconds, int max_requests, dou
         pthread_create(&th[i], NULL, worker_main, &w[i]);
     }
     pthread_barrier_wait(&start);
+    double s0[N_STAGES], c0[N_STAGES], s1[N_STAGES], c1[N_STAGES];
+    bool stages = fetch_stages(port, s0, c0);
     double t0 = vitd_now();
     int n = 0, errors = 0, images = 0;
     for (int i = 0; i < conc; i++) {
@@ -315,6 +350,15 @@ static void bench_load(int port, int conc, double seconds, int max_requests, dou
     printf("http conc=%d requests=%d images=%d seconds=%.2f req_s=%.2f img_s=%.2f p50_ms=%.2f p99_ms=%.2f "
            "errors=%d vs_encoder=%.3f vs_single=%.3f\n", conc, n, images, elapsed, n / elapsed, ips, p50 * 1e3,
            p99 * 1e3, errors, encoder_ips > 0 ? ips / encoder_ips : 0, single_ips > 0 ? ips / single_ips : 0);
+    /* mean ms per request of each stage over this load (requests that reached it), from the server's histograms */
+    if (stages && fetch_stages(port, s1, c1)) {
+        printf("stages conc=%d", conc);
+        for (int i = 0; i < N_STAGES; i++) {
+            double dc = c1[i] - c0[i];
+            printf(" %s_ms=%.3f", k_stages[i], dc > 0 ? (s1[i] - s0[i]) / dc * 1e3 : 0.0);
+        }
+        printf("\n");
+    }
     fflush(stdout);
     for (int i = 0; i < conc; i++) free(w[i].lat);
     free(all);

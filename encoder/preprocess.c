@@ -286,16 +286,17 @@ static void resize_horizontal(const uint8_t *src, uint32_t rows, uint32_t in_w, 
     }
 }
 
-/* Height pass: in_h x cols RGB -> out_h x cols RGB. Output row y sums whole input rows; the row is cut into
+/* Height pass: in_h x cols RGB -> out_h x cols RGB, output rows [y0, y1). Output row y sums whole input rows; the row is cut into
  * VCHUNK-byte pieces accumulated in a local int32 array, so the inner loops have a fixed trip count (the compiler
  * vectorises them at -O2) and stay in L1. Integer sums are exact, so the order of the taps does not matter. */
 #define VCHUNK 256
-static void resize_vertical(const uint8_t *src, uint32_t cols, uint8_t *dst, uint32_t out_h, const axis_table *t) {
+static void resize_vertical(const uint8_t *src, uint32_t cols, uint8_t *dst, uint32_t y0, uint32_t y1,
+                            const axis_table *t) {
     const int32_t bias = t->prec > 0 ? (int32_t)1 << (t->prec - 1) : 0;
     const int prec = t->prec;
     const size_t n = (size_t)cols * 3;
     int32_t acc[VCHUNK];
-    for (uint32_t y = 0; y < out_h; y++) {
+    for (uint32_t y = y0; y < y1; y++) {
         const int16_t *w = t->w + (size_t)y * (size_t)t->ksize;
         const uint8_t *first = src + (size_t)t->xmin[y] * n;
         const int64_t taps = t->xsize[y];
@@ -318,10 +319,37 @@ static void resize_vertical(const uint8_t *src, uint32_t cols, uint8_t *dst, uin
     }
 }
 
-vitd_status preprocess_resize_bicubic(const uint8_t *src, uint32_t in_h, uint32_t in_w, uint8_t *dst,
-                                      uint32_t out_h, uint32_t out_w, vitd_err *err) {
+/* What the ranged passes share: the tables, the buffers, the sizes. */
+typedef struct {
+    const uint8_t *src;
+    uint8_t *mid, *dst;        /* mid: the width pass's output (dst when there is no height pass) */
+    uint32_t in_h, in_w, out_h, out_w;
+    axis_table th, tv;
+} resize_job;
+
+static void h_range(void *arg, size_t y0, size_t y1) {
+    const resize_job *j = arg;
+    resize_horizontal(j->src + y0 * j->in_w * 3, (uint32_t)(y1 - y0), j->in_w, j->mid + y0 * j->out_w * 3, j->out_w,
+                      &j->th);
+}
+
+static void v_range(void *arg, size_t y0, size_t y1) {
+    const resize_job *j = arg;
+    resize_vertical(j->mid, j->out_w, j->dst, (uint32_t)y0, (uint32_t)y1, &j->tv);
+}
+
+/* Runs fn over [0, n): through par in pieces of grain, or in one call. */
+static void run_range(const preprocess_parallel *par, size_t n, size_t grain, preprocess_range_fn fn, void *arg) {
+    if (par && par->run && n > grain) par->run(par->ctx, n, grain, fn, arg);
+    else fn(arg, 0, n);
+}
+
+/* The resize of preprocess_resize_bicubic, its row passes split through par (NULL: one thread). Each output byte
+ * is computed alone from the same inputs either way, so the result does not depend on the split. */
+static vitd_status resize_par(const uint8_t *src, uint32_t in_h, uint32_t in_w, uint8_t *dst, uint32_t out_h,
+                              uint32_t out_w, const preprocess_parallel *par, vitd_err *err) {
     vitd_status st = VITD_OK;
-    axis_table th = {0}, tv = {0};
+    resize_job j = {.src = src, .dst = dst, .in_h = in_h, .in_w = in_w, .out_h = out_h, .out_w = out_w};
     uint8_t *mid = NULL;
     if (!src || !dst || in_h == 0 || in_w == 0 || out_h == 0 || out_w == 0)
         return vitd_fail(err, VITD_E_INVALID_ARG, "preprocess: resize %ux%u -> %ux%u (width x height) needs "
@@ -331,10 +359,10 @@ vitd_status preprocess_resize_bicubic(const uint8_t *src, uint32_t in_h, uint32_
         memcpy(dst, src, (size_t)in_h * in_w * 3);
         return VITD_OK;
     }
-    const uint8_t *cur = src;
+    j.mid = (uint8_t *)src; /* the height pass reads the input itself when the width does not change */
     if (do_w) {
-        if ((st = axis_table_build(in_w, out_w, &th, err)) != VITD_OK) goto fail;
-        uint8_t *to = dst;
+        if ((st = axis_table_build(in_w, out_w, &j.th, err)) != VITD_OK) goto fail;
+        j.mid = dst;
         if (do_h) {
             mid = malloc((size_t)in_h * out_w * 3);
             if (!mid) {
@@ -342,32 +370,38 @@ vitd_status preprocess_resize_bicubic(const uint8_t *src, uint32_t in_h, uint32_
                                in_h);
                 goto fail;
             }
-            to = mid;
+            j.mid = mid;
         }
-        resize_horizontal(src, in_h, in_w, to, out_w, &th);
-        cur = to;
+        run_range(par, in_h, 64, h_range, &j);
     }
     if (do_h) {
-        if ((st = axis_table_build(in_h, out_h, &tv, err)) != VITD_OK) goto fail;
-        resize_vertical(cur, out_w, dst, out_h, &tv);
+        if ((st = axis_table_build(in_h, out_h, &j.tv, err)) != VITD_OK) goto fail;
+        run_range(par, out_h, 64, v_range, &j);
     }
 fail:
     free(mid);
-    axis_table_release(&tv);
-    axis_table_release(&th);
+    axis_table_release(&j.tv);
+    axis_table_release(&j.th);
     return st;
+}
+
+vitd_status preprocess_resize_bicubic(const uint8_t *src, uint32_t in_h, uint32_t in_w, uint8_t *dst,
+                                      uint32_t out_h, uint32_t out_w, vitd_err *err) {
+    return resize_par(src, in_h, in_w, dst, out_h, out_w, NULL, err);
 }
 
 /* ---- normalise + patchify (MODEL.md 2.6, 2.7) ---- */
 
-/* Writes pixel_values for the uint8 RGB image img (hb x wb, already at the target size): row
- * r = ((bh*(gw/m) + bw)*m + mh)*m + mw holds patch (bh*m+mh, bw*m+mw); within a row, column
+/* Writes pixel_values for the uint8 RGB image img (hb x wb, already at the target size), merge-block rows
+ * [bh0, bh1): row r = ((bh*(gw/m) + bw)*m + mh)*m + mw holds patch (bh*m+mh, bw*m+mw); within a row, column
  * ((c*T + t)*P + py)*P + px holds lut[c][pixel], the same for every t. */
 static void patchify(const uint8_t *img, uint32_t hb, uint32_t wb, const vitd_preproc_config *cfg,
-                     const float lut[3][256], float *out) {
+                     const float lut[3][256], float *out, size_t bh0, size_t bh1) {
     const size_t P = (size_t)cfg->patch_size, T = (size_t)cfg->temporal_patch_size, m = (size_t)cfg->merge_size;
-    const size_t gh = hb / P, gw = wb / P, pp = P * P, row_w = 3 * T * pp;
-    for (size_t bh = 0; bh < gh / m; bh++) {
+    const size_t gw = wb / P, pp = P * P, row_w = 3 * T * pp;
+    (void)hb;
+    out += bh0 * (gw / m) * m * m * row_w;
+    for (size_t bh = bh0; bh < bh1; bh++) {
         for (size_t bw = 0; bw < gw / m; bw++) {
             for (size_t mh = 0; mh < m; mh++) {
                 for (size_t mw = 0; mw < m; mw++) {
@@ -391,8 +425,21 @@ static void patchify(const uint8_t *img, uint32_t hb, uint32_t wb, const vitd_pr
     }
 }
 
-vitd_status preprocess_run(const vitd_image *img, const vitd_preproc_config *cfg, const vitd_grid *grid,
-                           float *pixel_values, vitd_err *err) {
+typedef struct {
+    const uint8_t *img;
+    uint32_t hb, wb;
+    const vitd_preproc_config *cfg;
+    float (*lut)[256];
+    float *out;
+} patch_job;
+
+static void patch_range(void *arg, size_t b0, size_t b1) {
+    const patch_job *j = arg;
+    patchify(j->img, j->hb, j->wb, j->cfg, (const float(*)[256])j->lut, j->out, b0, b1);
+}
+
+vitd_status preprocess_run_par(const vitd_image *img, const vitd_preproc_config *cfg, const vitd_grid *grid,
+                               float *pixel_values, const preprocess_parallel *par, vitd_err *err) {
     vitd_status st;
     uint8_t *resized = NULL;
     if (!img || !img->rgb || !grid || !pixel_values)
@@ -413,8 +460,7 @@ vitd_status preprocess_run(const vitd_image *img, const vitd_preproc_config *cfg
             st = vitd_fail(err, VITD_E_NOMEM, "preprocess: no memory for the %ux%u resized image", wb, hb);
             goto fail;
         }
-        if ((st = preprocess_resize_bicubic(img->rgb, img->height, img->width, resized, hb, wb, err)) != VITD_OK)
-            goto fail;
+        if ((st = resize_par(img->rgb, img->height, img->width, resized, hb, wb, par, err)) != VITD_OK) goto fail;
         u = resized;
     }
 
@@ -424,11 +470,17 @@ vitd_status preprocess_run(const vitd_image *img, const vitd_preproc_config *cfg
     for (int c = 0; c < 3; c++)
         for (int v = 0; v < 256; v++) lut[c][v] = ((float)v - mean[c]) / std[c];
 
-    patchify(u, hb, wb, cfg, (const float(*)[256])lut, pixel_values);
+    patch_job pj = {u, hb, wb, cfg, lut, pixel_values};
+    run_range(par, (size_t)plan.h / (size_t)cfg->merge_size, 4, patch_range, &pj);
     st = VITD_OK;
 fail:
     free(resized);
     return st;
+}
+
+vitd_status preprocess_run(const vitd_image *img, const vitd_preproc_config *cfg, const vitd_grid *grid,
+                           float *pixel_values, vitd_err *err) {
+    return preprocess_run_par(img, cfg, grid, pixel_values, NULL, err);
 }
 
 /* ---- attention segments (MODEL.md 6.2) ---- */

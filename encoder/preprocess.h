@@ -38,6 +38,18 @@ size_t preprocess_row_width(const vitd_preproc_config *cfg); /* 3 * T * P * P = 
 vitd_status preprocess_run(const vitd_image *img, const vitd_preproc_config *cfg, const vitd_grid *grid,
                            float *pixel_values, vitd_err *err);
 
+/* preprocess_run with its passes (the width and height resize passes by rows, the patch layout by merge-block
+ * rows) split into pieces that par->run hands to other threads: run(ctx, n, grain, fn, arg) calls fn(arg, begin,
+ * end) over [0, n) and returns when every piece is done. Every output value is computed alone from the same
+ * inputs, so the result is bit-identical to preprocess_run's whatever the split. par NULL = preprocess_run. */
+typedef void (*preprocess_range_fn)(void *arg, size_t begin, size_t end);
+typedef struct {
+    void (*run)(void *ctx, size_t n, size_t grain, preprocess_range_fn fn, void *arg);
+    void *ctx;
+} preprocess_parallel;
+vitd_status preprocess_run_par(const vitd_image *img, const vitd_preproc_config *cfg, const vitd_grid *grid,
+                               float *pixel_values, const preprocess_parallel *par, vitd_err *err);
+
 /* torch's uint8 antialiased bicubic resize of an interleaved RGB image (exposed for tests).
  * dst holds out_h*out_w*3 bytes (a plain copy when the size is unchanged). Returns VITD_E_INVALID_ARG for an
  * empty size and VITD_E_NOMEM if the weight tables or the intermediate cannot be allocated. */

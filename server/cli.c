@@ -202,7 +202,7 @@ static int prep_files(int n, char **paths, const vitd_preproc_config *pc, size_t
     }
     size_t off = 0;
     for (i = 0; i < n; i++) {
-        if (prep_image(data[i], len[i], max_image_pixels, pc, &out->grids[i], out->pixel_values + off * row,
+        if (prep_image(data[i], len[i], max_image_pixels, pc, &out->grids[i], out->pixel_values + off * row, NULL,
                        &err) != VITD_OK)
             goto fail;
         off += (size_t)out->grids[i].t * out->grids[i].h * out->grids[i].w;

@@ -493,20 +493,33 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         error = toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? "connection_timeout" : "client_closed";
     }
     const char *route = r->route == RT_NOT_FOUND ? "other" : http_routes[r->route].path;
-    double queue_s = -1, prep_s = -1, encode_s = -1, total_s = t_end - r->t_start;
+    double st[METRICS_N_STAGES];
+    for (int i = 0; i < METRICS_N_STAGES; i++) st[i] = -1;
+    st[METRICS_STAGE_TOTAL] = t_end - r->t_start;
     uint64_t tokens = 0;
     if (r->route < RT_IMAGE_ROUTES && r->n_images > 0) {
         const vitd_vision_config *vc = vitd_model_config(h->o.model);
         tokens = r->n_patches / ((size_t)vc->spatial_merge_size * vc->spatial_merge_size);
-        if (r->t_prep_done > 0) prep_s = r->t_prep_done - r->t_body;
+        if (r->t_body > 0) st[METRICS_STAGE_RECEIVE] = r->t_body - r->t_start;
+        if (r->t_prep_done > 0) {
+            st[METRICS_STAGE_PREPROCESS] = r->t_prep_done - r->t_body;
+            st[METRICS_STAGE_DECODE] = (double)atomic_load(&r->decode_us) * 1e-6;
+        }
         if (r->job.t_submitted > 0) {
             double start = r->job.t_first_batch > 0 ? r->job.t_first_batch : r->t_done;
-            queue_s = start - r->job.t_submitted;
-            if (r->job.n_batches > 0) encode_s = r->job.encode_s;
+            st[METRICS_STAGE_QUEUE] = start - r->job.t_submitted;
+            if (r->job.n_batches > 0) st[METRICS_STAGE_ENCODE] = r->job.encode_s;
+        }
+        if (r->t_answer > 0 && r->t_done > 0) st[METRICS_STAGE_RESUME] = r->t_answer - r->t_done;
+        if (r->t_answered > 0) {
+            st[METRICS_STAGE_ANSWER] = r->t_answered - r->t_answer;
+            st[METRICS_STAGE_SEND] = t_end - r->t_answered;
         }
     }
+    double queue_s = st[METRICS_STAGE_QUEUE], prep_s = st[METRICS_STAGE_PREPROCESS], encode_s = st[METRICS_STAGE_ENCODE];
+    double total_s = st[METRICS_STAGE_TOTAL];
     if (h->o.metrics) {
-        metrics_vitd_request(h->o.metrics, route, status, queue_s, prep_s, encode_s, total_s);
+        metrics_vitd_request(h->o.metrics, route, status, st);
         if (status >= 400 && error) metrics_vitd_error(h->o.metrics, error);
         metrics_add(h->o.metrics->inflight_s, -1);
     }

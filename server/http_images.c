@@ -388,7 +388,17 @@ static enum MHD_Result encode_answer(struct req *r, reply_encode *re, int merge)
     return http_respond(r, 200, "application/json", buf, len, NULL, NULL);
 }
 
+static enum MHD_Result render_answer(struct req *r);
+
+/* The resumed handler (or work_begin, for a request answered from the cache): renders the answer, timed. */
 enum MHD_Result images_answer(struct req *r) {
+    r->t_answer = now_s();
+    enum MHD_Result res = render_answer(r);
+    r->t_answered = now_s();
+    return res;
+}
+
+static enum MHD_Result render_answer(struct req *r) {
     http_server *h = r->srv;
     if (r->outcome != VITD_OK) return http_respond_status(r, r->outcome, r->outcome_err.msg);
     const vitd_vision_config *vc = vitd_model_config(h->o.model);

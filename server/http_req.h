@@ -92,6 +92,8 @@ struct req {
     char id[72];
     char remote[64];
     double t_start, t_body, t_prep_done, t_done;
+    double t_answer, t_answered; /* the resumed handler starts rendering, and has queued the answer */
+    atomic_llong decode_us;   /* microseconds the prep tasks spent decoding (summed over images) */
     uint64_t bytes_in, bytes_out;
     int status;               /* HTTP status queued (0 = none yet) */
     const char *error_code;   /* error.code of a failed answer, or NULL */

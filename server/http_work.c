@@ -190,8 +190,10 @@ static void prep_task(void *arg, int k) {
         vitd_err err = {0};
         body_span sp = r->br.images[i];
         log_request_begin(r->id);
+        prep_ctx pc = {.pool = h->o.prep}; /* idle workers (none when other images are queued) split the passes */
         vitd_status s = prep_image(sp.data, sp.len, h->o.cfg->max_image_pixels, &h->o.preproc, &r->grids[i],
-                                   r->pv[i], &err);
+                                   r->pv[i], &pc, &err);
+        atomic_fetch_add(&r->decode_us, (long long)(pc.decode_s * 1e6));
         log_request_end();
         if (s == VITD_OK && r->uuid_derive && r->uuid_derive[i])
             content_id_image(h->model_fp, h->o.preproc.min_pixels, h->o.preproc.max_pixels, sp.data, sp.len,

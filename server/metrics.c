@@ -380,7 +380,8 @@ char *metrics_render(metrics_registry *r, size_t *len) {
 
 /* ---- vitd's metrics ---- */
 
-static const char *const k_stage_names[METRICS_N_STAGES] = {"queue", "preprocess", "encode", "total"};
+static const char *const k_stage_names[METRICS_N_STAGES] = {"receive", "decode", "preprocess", "queue", "encode",
+                                                             "resume", "answer", "send", "total"};
 static const char *const k_attn_names[METRICS_N_ATTN] = {"fp32", "bf16", "fp8"};
 
 metrics_vitd *metrics_vitd_create(void) {
@@ -392,7 +393,8 @@ metrics_vitd *metrics_vitd_create(void) {
     m->requests_total = metrics_counter(r, "vitd_requests_total", "HTTP requests answered, by route and status.",
                                         "route", "status", NULL);
     m->request_duration = metrics_histogram(r, "vitd_request_duration_seconds",
-                                            "Time per request stage (queue, preprocess, encode, total).", dur,
+                                            "Time per request stage (receive, decode, preprocess, queue, encode, "
+                                            "resume, answer, send, total).", dur,
                                             (int)(sizeof dur / sizeof dur[0]), "stage", NULL);
     m->batch_images = metrics_histogram(r, "vitd_batch_images", "Images per encoder batch.", imgs,
                                         (int)(sizeof imgs / sizeof imgs[0]), NULL);
@@ -489,14 +491,12 @@ void metrics_vitd_free(metrics_vitd *m) {
     free(m);
 }
 
-void metrics_vitd_request(metrics_vitd *m, const char *route, int status, double queue_s, double prep_s,
-                          double encode_s, double total_s) {
+void metrics_vitd_request(metrics_vitd *m, const char *route, int status, const double *stage_s) {
     char code[16];
     snprintf(code, sizeof code, "%d", status);
     metrics_inc(metrics_series_get(m->requests_total, route, code, NULL));
-    const double t[METRICS_N_STAGES] = {queue_s, prep_s, encode_s, total_s};
     for (int i = 0; i < METRICS_N_STAGES; i++)
-        if (t[i] >= 0) metrics_observe(m->stage[i], t[i]);
+        if (stage_s[i] >= 0) metrics_observe(m->stage[i], stage_s[i]);
 }
 
 void metrics_vitd_error(metrics_vitd *m, const char *code) {

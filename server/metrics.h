@@ -84,12 +84,20 @@ char *metrics_render(metrics_registry *r, size_t *len);
 
 /* ---- vitd's metrics ---- */
 
-enum { METRICS_STAGE_QUEUE, METRICS_STAGE_PREPROCESS, METRICS_STAGE_ENCODE, METRICS_STAGE_TOTAL, METRICS_N_STAGES };
+/* The stages of an image request, along its way (seconds): receive (first call to the whole body), decode (the
+ * image decoders' time, summed over the images), preprocess (body to pixels ready, decoding and waiting for a prep
+ * thread included), queue (submitted to its first batch), encode (the batches holding its images), resume (work
+ * done to the answer's rendering starting), answer (rendering), send (rendered to sent), total (first call to
+ * sent). */
+enum { METRICS_STAGE_RECEIVE, METRICS_STAGE_DECODE, METRICS_STAGE_PREPROCESS, METRICS_STAGE_QUEUE,
+       METRICS_STAGE_ENCODE, METRICS_STAGE_RESUME, METRICS_STAGE_ANSWER, METRICS_STAGE_SEND, METRICS_STAGE_TOTAL,
+       METRICS_N_STAGES };
 enum { METRICS_ATTN_FP32, METRICS_ATTN_BF16, METRICS_ATTN_FP8, METRICS_N_ATTN };
 
 /* The registry with every vitd metric registered, plus series handles for the hot paths. Families:
  *   vitd_requests_total{route,status}          counter   requests answered, by route template and HTTP status
- *   vitd_request_duration_seconds{stage}       histogram stage = queue | preprocess | encode | total
+ *   vitd_request_duration_seconds{stage}       histogram stage = receive | decode | preprocess | queue | encode |
+ *                                                        resume | answer | send | total (METRICS_STAGE_*)
  *   vitd_batch_images                          histogram images per encoder batch
  *   vitd_batch_tokens                          histogram patches per encoder batch
  *   vitd_queue_tokens, vitd_queue_requests     gauge     patches / requests waiting in the queue
@@ -139,10 +147,10 @@ typedef struct {
 metrics_vitd *metrics_vitd_create(void);
 void metrics_vitd_free(metrics_vitd *m);
 
-/* One finished request: vitd_requests_total{route,status} += 1 and each stage time observed in seconds (a
- * negative time means the request never reached that stage and is not observed). route is the route template. */
-void metrics_vitd_request(metrics_vitd *m, const char *route, int status, double queue_s, double prep_s,
-                          double encode_s, double total_s);
+/* One finished request: vitd_requests_total{route,status} += 1 and each stage time observed in seconds
+ * (stage_s[METRICS_STAGE_*]; a negative time means the request never reached that stage and is not observed).
+ * route is the route template. */
+void metrics_vitd_request(metrics_vitd *m, const char *route, int status, const double *stage_s);
 /* One failed request: vitd_errors_total{code} += 1 (code = vitd_status_name()). */
 void metrics_vitd_error(metrics_vitd *m, const char *code);
 /* One encoder batch: vitd_batches_total{attn} += 1 (attn = "fp32" | "bf16" | "fp8"), batch histograms, and the

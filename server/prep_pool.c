@@ -7,6 +7,7 @@
 #include "prep_pool.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +28,7 @@ struct prep_pool {
     pthread_cond_t cv;   /* work queued or stopping */
     group *head, *tail;  /* guarded by mu */
     int pending;         /* tasks not yet handed out, guarded by mu */
+    int idle;            /* workers waiting for work, guarded by mu */
     bool stopping;       /* guarded by mu */
     int n_threads;       /* started workers */
     pthread_t *threads;
@@ -37,7 +39,11 @@ static void *worker(void *arg) {
     prep_pool *p = arg;
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->head && !p->stopping) pthread_cond_wait(&p->cv, &p->mu);
+        while (!p->head && !p->stopping) {
+            p->idle++;
+            pthread_cond_wait(&p->cv, &p->mu);
+            p->idle--;
+        }
         if (!p->head) break;
         group *g = p->head;
         int idx = g->next++;
@@ -100,6 +106,80 @@ int prep_pool_pending(prep_pool *p) {
     return n;
 }
 
+/* ---- one task split over idle workers ---- */
+
+typedef struct {
+    prep_range_fn fn;
+    void *arg;
+    size_t n, grain, pieces;
+    atomic_size_t next;        /* next piece to claim */
+    atomic_size_t done;        /* pieces finished */
+    atomic_int refs;           /* the caller and each helper task: the last frees */
+    pthread_mutex_t mu;        /* with cv: the caller waits for done == pieces */
+    pthread_cond_t cv;
+} par_job;
+
+/* Claims and runs pieces until none is left. */
+static void par_pieces(par_job *j) {
+    for (;;) {
+        size_t k = atomic_fetch_add(&j->next, 1);
+        if (k >= j->pieces) return;
+        size_t b = k * j->grain, e = b + j->grain < j->n ? b + j->grain : j->n;
+        j->fn(j->arg, b, e);
+        if (atomic_fetch_add(&j->done, 1) + 1 == j->pieces) {
+            pthread_mutex_lock(&j->mu);
+            pthread_cond_signal(&j->cv);
+            pthread_mutex_unlock(&j->mu);
+        }
+    }
+}
+
+static void par_drop(par_job *j) {
+    if (atomic_fetch_sub(&j->refs, 1) != 1) return;
+    pthread_cond_destroy(&j->cv);
+    pthread_mutex_destroy(&j->mu);
+    free(j);
+}
+
+static void par_task(void *arg, int i) {
+    (void)i;
+    par_job *j = arg;
+    par_pieces(j); /* touches fn's arg only while pieces remain, i.e. while the caller waits */
+    par_drop(j);
+}
+
+void prep_pool_parallel(prep_pool *p, size_t n, size_t grain, prep_range_fn fn, void *arg) {
+    size_t pieces = grain ? (n + grain - 1) / grain : 1;
+    int helpers = 0;
+    if (p && pieces > 1) {
+        pthread_mutex_lock(&p->mu);
+        helpers = p->pending == 0 ? p->idle : 0; /* only workers with nothing else to do */
+        pthread_mutex_unlock(&p->mu);
+        if ((size_t)helpers > pieces - 1) helpers = (int)(pieces - 1);
+    }
+    par_job *j = helpers > 0 ? malloc(sizeof *j) : NULL;
+    if (!j) {
+        fn(arg, 0, n);
+        return;
+    }
+    j->fn = fn;
+    j->arg = arg;
+    j->n = n;
+    j->grain = grain;
+    j->pieces = pieces;
+    atomic_init(&j->next, 0);
+    atomic_init(&j->done, 0);
+    atomic_init(&j->refs, 1 + helpers);
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->cv, NULL);
+    prep_pool_submit(p, par_task, j, helpers);
+    par_pieces(j);
+    pthread_mutex_lock(&j->mu);
+    while (atomic_load(&j->done) < pieces) pthread_cond_wait(&j->cv, &j->mu);
+    pthread_mutex_unlock(&j->mu);
+    par_drop(j);
+}
+
 void prep_pool_free(prep_pool *p) {
     if (!p) return;
     pthread_mutex_lock(&p->mu);
@@ -114,11 +194,18 @@ void prep_pool_free(prep_pool *p) {
     free(p);
 }
 
+/* preprocess_parallel's runner over the pool. */
+static void pool_run(void *ctx, size_t n, size_t grain, preprocess_range_fn fn, void *arg) {
+    prep_pool_parallel(ctx, n, grain, fn, arg);
+}
+
 vitd_status prep_image(const uint8_t *data, size_t len, size_t max_pixels, const vitd_preproc_config *cfg,
-                       const vitd_grid *grid, float *pixel_values, vitd_err *err) {
+                       const vitd_grid *grid, float *pixel_values, prep_ctx *ctx, vitd_err *err) {
     vitd_image img = {0};
     vitd_grid g;
+    double t0 = vitd_now();
     vitd_status s = image_decode(data, len, max_pixels, &img, err);
+    if (ctx) ctx->decode_s = vitd_now() - t0;
     if (s != VITD_OK) return s;
     s = preprocess_plan(img.height, img.width, cfg, &g, err);
     if (s != VITD_OK) goto fail;
@@ -127,7 +214,8 @@ vitd_status prep_image(const uint8_t *data, size_t len, size_t max_pixels, const
                       "%dx%d)", img.width, img.height, g.h, g.w, grid->h, grid->w);
         goto fail;
     }
-    s = preprocess_run(&img, cfg, grid, pixel_values, err);
+    preprocess_parallel par = {pool_run, ctx ? ctx->pool : NULL};
+    s = preprocess_run_par(&img, cfg, grid, pixel_values, ctx && ctx->pool ? &par : NULL, err);
 fail:
     image_release(&img);
     return s;

@@ -31,11 +31,25 @@ int prep_pool_pending(prep_pool *p);
 /* Runs every queued task to completion, stops the workers and frees the pool. Accepts NULL. */
 void prep_pool_free(prep_pool *p);
 
+/* Runs fn(arg, begin, end) over [0, n) in pieces of grain, on the calling thread and on workers that are idle
+ * now (none when tasks are queued: then it is one call on this thread), and returns when every piece is done.
+ * The calling thread claims pieces too, so it finishes alone if nobody helps: never a wait for a busy pool.
+ * For splitting one image's preprocessing when the pool is not busy with other images. p may be NULL. */
+typedef void (*prep_range_fn)(void *arg, size_t begin, size_t end);
+void prep_pool_parallel(prep_pool *p, size_t n, size_t grain, prep_range_fn fn, void *arg);
+
+/* What a prep_image call may use and reports. */
+typedef struct {
+    prep_pool *pool;          /* split the resize and the patch layout over its idle workers; NULL = this thread */
+    double decode_s;          /* out: seconds spent decoding */
+} prep_ctx;
+
 /* Decodes data[0..len) (image_decode, max_pixels checked against the header) and runs the Qwen3-VL processor
  * into pixel_values, which holds grid->t*grid->h*grid->w rows of preprocess_row_width(cfg) floats; grid must be
  * preprocess_plan() of the image's size, and a decoded size differing from the one the plan used is refused
- * (VITD_E_BAD_IMAGE). Thread-safe; the decoded pixels are freed before return. */
+ * (VITD_E_BAD_IMAGE). ctx may be NULL. The result is the same bit for bit however the work is split.
+ * Thread-safe; the decoded pixels are freed before return. */
 vitd_status prep_image(const uint8_t *data, size_t len, size_t max_pixels, const vitd_preproc_config *cfg,
-                       const vitd_grid *grid, float *pixel_values, vitd_err *err);
+                       const vitd_grid *grid, float *pixel_values, prep_ctx *ctx, vitd_err *err);
 
 #endif

@@ -362,8 +362,10 @@ static void test_vitd(void) {
     metrics_add(m->inflight_s, -1);
     metrics_set(m->queue_tokens_s, 4096);
     metrics_set(m->queue_requests_s, 2);
-    metrics_vitd_request(m, "/v1/embeddings", 200, 0.001, 0.02, 0.5, 0.53);
-    metrics_vitd_request(m, "/v1/embeddings", 503, 0.002, -1, -1, 0.002);
+    const double ok_s[METRICS_N_STAGES] = {0.0001, 0.01, 0.02, 0.001, 0.5, 0.0002, 0.003, 0.004, 0.53};
+    const double busy_s[METRICS_N_STAGES] = {0.0001, -1, -1, 0.002, -1, -1, -1, -1, 0.002};
+    metrics_vitd_request(m, "/v1/embeddings", 200, ok_s);
+    metrics_vitd_request(m, "/v1/embeddings", 503, busy_s);
     metrics_vitd_error(m, "busy");
     metrics_vitd_batch(m, "fp8", 3, 3000);
     metrics_vitd_batch(m, "bf16", 1, 256);

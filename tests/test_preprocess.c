@@ -15,7 +15,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <png.h>
+
 #include "check.h"
+#include "prep_pool.h"
 #include "preprocess.h"
 #include "util.h"
 
@@ -569,6 +572,75 @@ static void time_case(uint32_t h, uint32_t w, size_t max_pixels, int reps) {
     free(img.rgb);
 }
 
+/* ---- split preprocessing ---- */
+
+/* The image as a PNG in memory (libpng's simplified writer); malloc'd. */
+static uint8_t *png_of(const vitd_image *img, size_t *len) {
+    png_image pi;
+    memset(&pi, 0, sizeof pi);
+    pi.version = PNG_IMAGE_VERSION;
+    pi.width = img->width;
+    pi.height = img->height;
+    pi.format = PNG_FORMAT_RGB;
+    png_alloc_size_t n = 0;
+    if (!png_image_write_to_memory(&pi, NULL, &n, 0, img->rgb, 0, NULL)) return NULL;
+    uint8_t *out = xmalloc(n);
+    if (!png_image_write_to_memory(&pi, out, &n, 0, img->rgb, 0, NULL)) {
+        free(out);
+        return NULL;
+    }
+    *len = n;
+    return out;
+}
+
+/* A runner that does the pieces of grain in reverse order, on this thread: another order than one pass. */
+static void reverse_run(void *ctx, size_t n, size_t grain, preprocess_range_fn fn, void *arg) {
+    (void)ctx;
+    size_t pieces = (n + grain - 1) / grain;
+    for (size_t k = pieces; k-- > 0;) fn(arg, k * grain, (k + 1) * grain < n ? (k + 1) * grain : n);
+}
+
+/* preprocess_run split into pieces (in reverse order, and over an idle prep pool of 4 threads through
+ * prep_image) gives the same pixel values bit for bit, with resizes up, down and on one axis only. */
+static void test_split(void) {
+    printf("split preprocessing\n");
+    prep_pool *pool = NULL;
+    vitd_err err = {0};
+    CHECK_OK(prep_pool_create(4, &pool, &err), &err);
+    const uint32_t sizes[][2] = {{300, 451}, {141, 203}, {800, 1203}, {1024, 512}, {64, 2000}, {640, 427}};
+    for (size_t c = 0; c < sizeof sizes / sizeof sizes[0]; c++) {
+        uint32_t h = sizes[c][0], w = sizes[c][1];
+        vitd_image img = {.height = h, .width = w, .rgb = xmalloc((size_t)h * w * 3)};
+        image_fill(img.rgb, h, w, (uint32_t)c + 7);
+        vitd_preproc_config cfg = vitd_preproc_config_default();
+        if (c == 3) cfg.max_pixels = 256 * 1024; /* a downscale */
+        vitd_grid g;
+        CHECK_OK(preprocess_plan(h, w, &cfg, &g, &err), &err);
+        size_t nvals = (size_t)g.h * g.w * preprocess_row_width(&cfg);
+        float *a = xmalloc(nvals * 4), *b = xmalloc(nvals * 4);
+        CHECK_OK(preprocess_run(&img, &cfg, &g, a, &err), &err);
+        preprocess_parallel rev = {reverse_run, NULL};
+        memset(b, 0xff, nvals * 4);
+        CHECK_OK(preprocess_run_par(&img, &cfg, &g, b, &rev, &err), &err);
+        bool same_rev = !memcmp(a, b, nvals * 4);
+        /* the same image through prep_image over the pool (a PNG of it) */
+        size_t png_len = 0;
+        uint8_t *png = png_of(&img, &png_len);
+        prep_ctx pc = {.pool = pool};
+        memset(b, 0xff, nvals * 4);
+        CHECK_OK(prep_image(png, png_len, 0, &cfg, &g, b, &pc, &err), &err);
+        bool same_pool = !memcmp(a, b, nvals * 4);
+        printf("  %ux%u -> grid %dx%d: reverse pieces %s, pool %s (decode %.2f ms)\n", w, h, g.h, g.w,
+               same_rev ? "equal" : "DIFFER", same_pool ? "equal" : "DIFFER", pc.decode_s * 1e3);
+        CHECK(same_rev && same_pool);
+        free(png);
+        free(a);
+        free(b);
+        free(img.rgb);
+    }
+    prep_pool_free(pool);
+}
+
 int main(int argc, char **argv) {
     int bench = argc > 1 && strcmp(argv[1], "--bench") == 0;
     test_defaults();
@@ -585,6 +657,7 @@ int main(int argc, char **argv) {
     test_layout(4, 2, 4, 32, 48);
     test_cu_seqlens();
     test_errors();
+    test_split();
 
     printf("timing (best of %d, one thread, no asserts):\n", bench ? 5 : 2);
     time_case(2048, 2048, 16777216, bench ? 5 : 2);           /* no resize */
