@@ -157,7 +157,10 @@ static void part_done(struct req *r) {
 /* A waited-on entry settled: on failure this image encodes itself in the retry round. */
 static void on_settle(void *arg, bool ok) {
     wait_arg *w = arg;
-    if (!ok) w->r->state[w->image] = IMG_RETRY; /* read only by the thread that completes the last part */
+    if (!ok) {
+        w->r->state[w->image] = IMG_RETRY; /* read only by the thread that completes the last part */
+        if (w->r->srv->o.metrics) metrics_inc(w->r->srv->o.metrics->oc_retry_s);
+    }
     part_done(w->r);
 }
 

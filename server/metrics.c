@@ -473,6 +473,7 @@ metrics_vitd *metrics_vitd_create(void) {
     m->oc_hit_s = metrics_series_get(m->oc_requests, "hit", NULL);
     m->oc_miss_s = metrics_series_get(m->oc_requests, "miss", NULL);
     m->oc_wait_s = metrics_series_get(m->oc_requests, "wait", NULL);
+    m->oc_retry_s = metrics_series_get(m->oc_requests, "retry", NULL);
     m->oc_evictions_s = metrics_series_get(m->oc_evictions, NULL);
     m->oc_bytes_s = metrics_series_get(m->oc_bytes, NULL);
     m->oc_entries_s = metrics_series_get(m->oc_entries, NULL);

@@ -119,7 +119,9 @@ enum { METRICS_ATTN_FP32, METRICS_ATTN_BF16, METRICS_ATTN_FP8, METRICS_N_ATTN };
  *   vitd_ec_proxy_registered                   gauge     1 while the EPD proxy has accepted this instance
  *   vitd_ec_proxy_announces_total{result}      counter   registrations sent to the EPD proxy: ok | error
  * Output cache (server/output_cache.h):
- *   vitd_output_cache_requests_total{result}   counter   image lookups: hit | miss | wait (joined an encode in flight)
+ *   vitd_output_cache_requests_total{result}   counter   image lookups: hit | miss | wait (joined an encode in flight);
+ *                                                        retry counts waits whose encode failed elsewhere (the
+ *                                                        waiter then encoded the image itself)
  *   vitd_output_cache_evictions_total          counter   ready entries evicted for the byte bound
  *   vitd_output_cache_bytes, _entries          gauge     what the cache holds (ready and pending) */
 enum { METRICS_KIND_ENCODE, METRICS_KIND_VLLM_INLINE, METRICS_KIND_VLLM_EC, METRICS_KIND_EPD,
@@ -135,7 +137,7 @@ typedef struct {
     metrics_series *ec_bytes_s, *ec_files_s, *ec_write_ok_s, *ec_write_err_s, *ec_evict_bytes_s, *ec_evict_age_s,
         *ec_write_seconds_s, *ec_registered_s, *ec_announce_ok_s, *ec_announce_err_s;
     metrics_family *oc_requests, *oc_evictions, *oc_bytes, *oc_entries;
-    metrics_series *oc_hit_s, *oc_miss_s, *oc_wait_s, *oc_evictions_s, *oc_bytes_s, *oc_entries_s;
+    metrics_series *oc_hit_s, *oc_miss_s, *oc_wait_s, *oc_retry_s, *oc_evictions_s, *oc_bytes_s, *oc_entries_s;
     metrics_series *stage[METRICS_N_STAGES];   /* vitd_request_duration_seconds{stage=...} */
     metrics_series *batches[METRICS_N_ATTN];   /* vitd_batches_total{attn=...} */
     metrics_series *batch_images_s, *batch_tokens_s, *queue_tokens_s, *queue_requests_s, *images_s, *tokens_s,

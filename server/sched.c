@@ -274,6 +274,15 @@ static void finish_oldest(sched *s) {
     retire(s, f, st, &err);
 }
 
+/* Patches booked (sched_reserve) and not yet queued nor in a batch in flight: images being preprocessed. Called
+ * with mu held. */
+static size_t on_the_way(const sched *s) {
+    size_t inflight = 0;
+    for (int k = 0; k < s->n_flight; k++) inflight += s->fl[(s->fl_head + k) % s->pipeline].patches;
+    size_t known = s->q_patches + inflight;
+    return s->booked > known ? s->booked - known : 0;
+}
+
 /* The batcher: wait for work, honour the delay, pack, start; with batches in flight, pack the next one while the
  * GPU runs, and finish the oldest when the pipeline is full or nothing else can be packed now; until stopped,
  * empty and idle. */
@@ -307,11 +316,12 @@ static void *sched_thread(void *arg) {
             if (!s->head) break; /* stopping and nothing left */
         }
         /* batch_delay_ms counts from the arrival of the oldest waiting job: work that queued while the previous
-         * batch ran does not wait again */
+         * batch ran does not wait again; and the batcher waits only while booked work is still being preprocessed
+         * (it will join soon): with nothing on its way, a lone request starts at once */
         if (s->head && s->n_flight < s->pipeline) {
             double until = s->head->t_submitted + c->batch_delay_ms * 1e-3;
             while (s->head && !s->stopping && s->q_patches < c->batch_max_tokens &&
-                   s->q_images < c->batch_max_images) {
+                   s->q_images < c->batch_max_images && on_the_way(s) > 0) {
                 double left = until - vitd_now();
                 if (left <= 0) break;
                 struct timespec ts = abs_after(left);

@@ -5,7 +5,8 @@
  * into one encoder batch of at most batch_max_tokens patches and batch_max_images images (an image larger than the
  * token budget runs alone). The batch is in vitd_batch's per-image form: the encoder reads each image's pixels
  * from, and writes its outputs into, the job's own buffers (no copy into or out of a batch buffer). After the first queued image arrives the batcher waits at
- * most batch_delay_ms for more work, or less when a batch is already full. A job whose images span several
+ * most batch_delay_ms for more work, or less when a batch is already full, and not at all when no booked work is
+ * on its way (every booking queued or in a batch): a lone request does not wait for company. A job whose images span several
  * batches completes when its last image is done. Before encoding a job's images the batcher asks job->gone()
  * (client disconnected: VITD_E_CANCELLED) and checks job->deadline (VITD_E_TIMEOUT); such a job is skipped, not
  * encoded.

@@ -651,13 +651,15 @@ static void test_auth_keyed_drain(suite *S) {
     resp_free(&r);
     free(jbody);
     free(e1);
-    /* with the key: a chat request answered in the keyed form, held by the batch delay while SIGTERM arrives */
+    /* with the key: a chat request answered in the keyed form, half uploaded when SIGTERM arrives (so it is in
+     * flight for sure), finished during the drain */
     char *body = chat_body(&S->img[1], "keyed-1", NULL);
+    size_t blen = strlen(body), half = blen / 2;
     int fd = loopback_connect(s.port, IO_TIMEOUT_S);
     char head[256];
     int hn = snprintf(head, sizeof head, "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: "
-                      "Bearer sekret\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n", strlen(body));
-    CHECK(fd >= 0 && loopback_send_all(fd, head, (size_t)hn) && loopback_send_all(fd, body, strlen(body)));
+                      "Bearer sekret\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n", blen);
+    CHECK(fd >= 0 && loopback_send_all(fd, head, (size_t)hn) && loopback_send_all(fd, body, half));
     double t0 = vitd_now(), inflight = 0;
     while (vitd_now() - t0 < 10 && inflight < 2) {
         if (!http_do(s.port, "GET", "/metrics", "Authorization: Bearer sekret\r\n", NULL, 0, &r)) break;
@@ -677,6 +679,7 @@ static void test_auth_keyed_drain(suite *S) {
                   S->img[1].data, S->img[1].len, &r));
     check_error(&r, 503, "cancelled", "shutting down", "image_embeds during drain");
     resp_free(&r);
+    CHECK(fd >= 0 && loopback_send_all(fd, body + half, blen - half));
     resp a;
     CHECK(fd >= 0 && read_response(fd, &a, false));
     cJSON *root = a.status == 200 ? cJSON_ParseWithLength(a.body, a.len) : NULL;

@@ -385,8 +385,9 @@ static void test_split(void) {
     tjob_release(&t);
 }
 
-/* With a long delay, two jobs submitted one after the other land in one batch, and it did not start before the
- * delay had passed since the first arrived (a lower bound the condition variable guarantees). */
+/* With a long delay, a job whose patches are booked but not yet submitted (being preprocessed) is waited for: the
+ * two land in one batch, which starts once the second has arrived (nothing else on its way), before the delay
+ * ran out. With nothing on its way, a lone job starts at once. */
 static void test_delay(void) {
     printf("delay\n");
     sched_config c = base_config();
@@ -397,8 +398,11 @@ static void test_delay(void) {
     int pa[1] = {8}, pb[2] = {4, 12};
     tjob_init(&a, 1, pa, 10, false, &rng);
     tjob_init(&b, 2, pb, 20, false, &rng);
+    vitd_err err = {0};
+    CHECK_EQ_INT(VITD_OK, sched_reserve(s, b.job.n_patches, &err)); /* b is on its way */
     CHECK_EQ_INT(VITD_OK, tjob_submit(s, &a));
-    CHECK_EQ_INT(VITD_OK, tjob_submit(s, &b));
+    usleep(50 * 1000);
+    CHECK_EQ_INT(VITD_OK, sched_submit(s, &b.job, &err));
     CHECK(wait_done(2));
     pthread_mutex_lock(&g_mu);
     CHECK_EQ_INT(1, g_n_batches);
@@ -406,13 +410,27 @@ static void test_delay(void) {
     CHECK_EQ_INT(0, g_batches[0].ds); /* nobody asked for deepstack */
     double waited = g_batches[0].t_start - a.job.t_submitted;
     pthread_mutex_unlock(&g_mu);
-    printf("  first batch started %.1f ms after the first job arrived (delay 300 ms)\n", waited * 1e3);
-    CHECK_MSG(waited >= 0.3 - 1e-3, "batch started %.4f s after arrival, delay is 0.3 s", waited);
+    printf("  first batch started %.1f ms after the first job arrived (delay 300 ms; the second came at 50 ms)\n",
+           waited * 1e3);
+    CHECK_MSG(waited >= 0.05 - 1e-3 && waited < 0.3, "batch started %.4f s after arrival: it should wait for the "
+              "booked job (50 ms), then go", waited);
     check_results(&a, "delay a");
     check_results(&b, "delay b");
+    /* a lone job, nothing booked besides it: no wait */
+    tjob l;
+    int pl[1] = {8};
+    tjob_init(&l, 1, pl, 30, false, &rng);
+    CHECK_EQ_INT(VITD_OK, tjob_submit(s, &l));
+    CHECK(wait_done(3));
+    pthread_mutex_lock(&g_mu);
+    double lone = g_batches[g_n_batches - 1].t_start - l.job.t_submitted;
+    pthread_mutex_unlock(&g_mu);
+    printf("  a lone job started %.2f ms after it arrived\n", lone * 1e3);
+    CHECK_MSG(lone < 0.1, "a lone job waited %.3f s for company", lone);
     sched_free(s);
     tjob_release(&a);
     tjob_release(&b);
+    tjob_release(&l);
 }
 
 /* Gone and timed-out jobs queued behind a held batch are completed with CANCELLED / TIMEOUT, never encoded, and
