@@ -1,4 +1,4 @@
-/* bench_attn.c — times vitd's cuDNN attention (encoder/gpu_attn.c) on single images and mixed batches of a
+/* bench_attn.c — times vitd's cuDNN attention (encoder/gpu/gpu_attn.c) on single images and mixed batches of a
  * 16-head, head_dim 72 (padded to 80) vision tower, in two modes.
  *
  * Default mode: the attention call alone. Paths: bf16-packed (one launch on the packed-plan ladder),

@@ -1,4 +1,4 @@
-/* bench_encoder.c — images/s and latency of the GPU engine (encoder/gpu_engine.c) on the shapes of the issue:
+/* bench_encoder.c — images/s and latency of the GPU engine (encoder/gpu/gpu_engine.c) on the shapes of the issue:
  * 448x448 in batches of 16, 1024x1024 in batches of 4, 2048x2048 alone, and a mixed batch; on the 8B tower (the
  * "8b" demo preset: real shapes, random weights) unless --model names another checkpoint; plus one 448x448 image
  * alone (latency). Each case runs on every attention path of --attn (default bf16,fp8,auto) in the same process,

@@ -12,7 +12,7 @@
  *     vitd_encoder *enc;
  *     if (vitd_encoder_create(model, &opts, &enc, &err) != VITD_OK) die(err.msg);
  *
- *     // decode + preprocess (encoder/image.h, encoder/preprocess.h) gives pixel_values and grid_thw
+ *     // decode + preprocess (encoder/image/image.h, encoder/image/preprocess.h) gives pixel_values and grid_thw
  *     vitd_batch b = { .n_images = 1, .grids = &grid, .pixel_values = pv,
  *                      .embeddings = emb, .deepstack = ds };        // outputs [N/4, out_hidden] floats
  *     if (vitd_encoder_run(enc, &b, &err) != VITD_OK) die(err.msg);

@@ -4,7 +4,7 @@
  * Conventions (as kernels.h): a launcher takes device pointers, sizes and a stream, enqueues its work and returns
  * cudaGetLastError(); it never synchronises, allocates or logs. bf16 tensors are uint16_t bit patterns so this
  * header is plain C. Shapes are `[rows, cols]` row-major. Every kernel has a float32 CPU twin in
- * encoder/cpu_ops.c, named in its comment, and a row in tests/test_kernels.c.
+ * encoder/cpu/cpu_ops.c, named in its comment, and a row in tests/test_kernels.c.
  *
  * Token geometry. Kernels that need a token's place in its image read `tok` [n_tokens, 4] int32 =
  * {row, col, h, w}: the token's grid row and column inside its frame (merge order, cpu_token_pos()) and the

@@ -6,8 +6,8 @@
  * cudaGetLastError(); it never synchronises, allocates or logs, so every call can be captured in a CUDA graph.
  * bf16 tensors are uint16_t bit patterns, E4M3 tensors uint8_t. Scales follow fp8_scales.h: a scale s is the
  * dequantisation factor (x ~ s * x8, s = amax / 448); the cuDNN slots (kernels.h ATTN_FP8_*) hold DESCALE_X = s.
- * Twins (encoder/cpu_ops.h, section "fp8"): cpu_e4m3_from_f32, cpu_fp8_quant_qkv_rope, cpu_fp8_slots_fill,
- * cpu_fp8_dequant; the ring's host twin is fp8_history (encoder/fp8_scales.h). Test: tests/test_fp8_quant.c.
+ * Twins (encoder/cpu/cpu_ops.h, section "fp8"): cpu_e4m3_from_f32, cpu_fp8_quant_qkv_rope, cpu_fp8_slots_fill,
+ * cpu_fp8_dequant; the ring's host twin is fp8_history (encoder/gpu/fp8_scales.h). Test: tests/test_fp8_quant.c.
  *
  * Per layer and step, in stream order (dynamic scales; L = the layer's state block, see below):
  *

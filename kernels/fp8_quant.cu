@@ -33,8 +33,8 @@
  *   barrier (all its threads have used SCALE_O by then; no fence is needed, the ring update reads nothing the
  *   block wrote) and the block that arrives last runs the ring update and resets the counter.
  *   fp8_quant_ring_update / _first_scales: one thread (16-entry rings; launch latency dominates).
- * Twins: cpu_fp8_quant_qkv_rope, cpu_e4m3_from_f32, cpu_fp8_slots_fill, cpu_fp8_dequant (encoder/cpu_ops.c);
- * the ring's host twin is fp8_history (encoder/fp8_scales.c). Test: tests/test_fp8_quant.c.
+ * Twins: cpu_fp8_quant_qkv_rope, cpu_e4m3_from_f32, cpu_fp8_slots_fill, cpu_fp8_dequant (encoder/cpu/cpu_ops.c);
+ * the ring's host twin is fp8_history (encoder/gpu/fp8_scales.c). Test: tests/test_fp8_quant.c.
  */
 #include "common.cuh"
 #include "fp8_kernels.h"

@@ -14,7 +14,7 @@
  * 94 registers, d = 1152 ran at 48 us per 12544 rows, 1.2 TB/s), the chunks of a row spread so that a warp
  * reads 512 contiguous bytes. Otherwise a scalar kernel re-reads the row from global memory (L1-resident) for
  * each pass. Shared memory: 2 x 4 floats for the block reductions.
- * Twin: cpu_layernorm (encoder/cpu_ops.c). Test: tests/test_kernels.c rows "ln".
+ * Twin: cpu_layernorm (encoder/cpu/cpu_ops.c). Test: tests/test_kernels.c rows "ln".
  */
 #include "common.cuh"
 #include "engine_kernels.h"

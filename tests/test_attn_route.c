@@ -1,5 +1,5 @@
 /* labels: unit */
-/* test_attn_route.c — the attention path choice without a GPU (encoder/attn_route.c, encoder/encoder.c,
+/* test_attn_route.c — the attention path choice without a GPU (encoder/gpu/attn_route.c, encoder/encoder.c,
  * server/cli.c): the attn_dtype parser; the FP8 support rule from (runtime cuDNN version, compute capability),
  * whose "no" makes attn_dtype fp8 a start-up error in the GPU engine; the auto routing table (shapes within the
  * engine's limits, decisions from timings with margin and monotonicity, the per-batch pick); the encoder's

@@ -1,5 +1,5 @@
 /* labels: unit */
-/* test_cpu_forward.c — the CPU reference forward pass (encoder/cpu_forward.c) against an independent, naive
+/* test_cpu_forward.c — the CPU reference forward pass (encoder/cpu/cpu_forward.c) against an independent, naive
  * double-precision implementation of MODEL.md section 3 written here (plain loops, no cpu_ops.h), on models built
  * from random weights through cpu_model_create_from():
  *   - the config the shared reference checked against HF (d 64, 4 heads of 16, depth 3, I 96, D_out 48, Npos 64,

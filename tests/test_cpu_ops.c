@@ -1,5 +1,5 @@
 /* labels: unit */
-/* test_cpu_ops.c — every op of encoder/cpu_ops.c against a straightforward double-precision implementation
+/* test_cpu_ops.c — every op of encoder/cpu/cpu_ops.c against a straightforward double-precision implementation
  * written here with naive loops (MODEL.md section 3), on seeded normal data with a few 20x outlier channels and
  * odd sizes: 1 token, 7 tokens, segments of different lengths, 2-frame grids. Prints max abs / max rel / cosine
  * for every comparison. */

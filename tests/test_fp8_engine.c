@@ -1,5 +1,5 @@
 /* labels: gpu */
-/* test_fp8_engine.c — FP8 attention in the whole GPU engine (encoder/gpu_engine.c, attn_dtype fp8 | auto) on real
+/* test_fp8_engine.c — FP8 attention in the whole GPU engine (encoder/gpu/gpu_engine.c, attn_dtype fp8 | auto) on real
  * photographs (tests/fixtures/images), decoded and preprocessed by vitd.
  *
  * Checks:

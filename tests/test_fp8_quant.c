@@ -1,5 +1,5 @@
 /* labels: gpu */
-/* test_fp8_quant.c — kernels/fp8_quant.cu against its CPU twins (encoder/cpu_ops.c "fp8", fp8_scales.c), and the
+/* test_fp8_quant.c — kernels/fp8_quant.cu against its CPU twins (encoder/cpu/cpu_ops.c "fp8", fp8_scales.c), and the
  * FP8 attention path it feeds (fused quantise -> cuDNN FP8 attention -> dequantise) against BF16 attention.
  *
  * 1. Quantiser: the GPU's E4M3 conversion (fp8_quant_f32) vs cpu_e4m3_from_f32 on 16.8M float bit patterns

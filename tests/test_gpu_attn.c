@@ -1,5 +1,5 @@
 /* labels: gpu */
-/* test_gpu_attn.c — cuDNN attention (encoder/gpu_attn.c) and its packing kernels (kernels/attn_pack.cu) against
+/* test_gpu_attn.c — cuDNN attention (encoder/gpu/gpu_attn.c) and its packing kernels (kernels/attn_pack.cu) against
  * host twins: a float64 attention reference, bit-exact bf16 packing/unpacking and E4M3 quantisation.
  *
  * Data: seeded normal q, k, v, fresh per case, in two kinds. "qkv20": 20x outlier channels in q (channel 5),

@@ -1,6 +1,6 @@
 /* labels: gpu */
-/* test_gpu_engine.c — the whole vision tower on the GPU (encoder/gpu_engine.c, BF16) against the float32 CPU
- * reference (encoder/cpu_forward.c), on real photographs of several sizes and aspect ratios decoded and
+/* test_gpu_engine.c — the whole vision tower on the GPU (encoder/gpu/gpu_engine.c, BF16) against the float32 CPU
+ * reference (encoder/cpu/cpu_forward.c), on real photographs of several sizes and aspect ratios decoded and
  * preprocessed by vitd (tests/fixtures/images/).
  *
  * Checks, per image and per output (embeddings and every deepstack feature): cosine >= 0.999 against the CPU

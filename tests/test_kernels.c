@@ -1,5 +1,5 @@
 /* labels: gpu */
-/* test_kernels.c — every kernel of the GPU engine against its float32 CPU twin (encoder/cpu_ops.c), from one
+/* test_kernels.c — every kernel of the GPU engine against its float32 CPU twin (encoder/cpu/cpu_ops.c), from one
  * case table: LayerNorm (ln_bf16), position embedding (pos_embed_add_bf16), rotary tables and rotary+split+pad
  * (rope_tables, rope_pack_qkv_bf16), erf-GELU, the dtype casts, and the cuBLASLt linear layers (gpu_gemm.c: bias,
  * bias + tanh-GELU epilogue, residual accumulate).

@@ -1,5 +1,5 @@
 /* labels: unit */
-/* test_preprocess.c — encoder/preprocess.c against the numpy oracle of MODEL.md section 2 (the reference that matched
+/* test_preprocess.c — encoder/image/preprocess.c against the numpy oracle of MODEL.md section 2 (the reference that matched
  * transformers 5.17's torchvision backend bit for bit). Oracle data: tests/fixtures/preprocess/, written by
  * tests/fixtures/gen_preprocess_ref.py. Test images are not stored: image_fill() here and make_image() there compute
  * the same pixels from (h, w, seed).

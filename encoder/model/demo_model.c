@@ -530,7 +530,7 @@ vitd_status demo_model_write(const demo_model_opts *opts, vitd_err *err) {
         goto fail;
     snprintf(text, sizeof text,
              "# vitd demo model: %s (random weights)\n\n"
-             "Written by `vitd demo-model` (encoder/demo_model.c): preset `%s`, seed %llu, dtype %s, %d weight "
+             "Written by `vitd demo-model` (encoder/model/demo_model.c): preset `%s`, seed %llu, dtype %s, %d weight "
              "file(s), tensor prefix `%s`.\n\n"
              "The files have the exact layout and tensor shapes of a Hugging Face Qwen3-VL checkpoint's vision "
              "tower, but every weight is RANDOM (a fixed, seeded recipe described in demo_model.c). The embeddings "
