@@ -80,6 +80,9 @@ static const fixture FIXTURES[] = {
     {"tga_rle.tga", IMAGE_FMT_TGA, 75, 53},
     {"ppm.ppm", IMAGE_FMT_PNM, 75, 53},
     {"pgm.pgm", IMAGE_FMT_PNM, 75, 53},
+    {"bmp_topdown.bmp", IMAGE_FMT_BMP, 75, 53},
+    {"psd8.psd", IMAGE_FMT_PSD, 75, 53},
+    {"gif_lzw_full.gif", IMAGE_FMT_GIF, 20, 12},
 };
 #define N_FIXTURES (sizeof FIXTURES / sizeof FIXTURES[0])
 
@@ -253,6 +256,9 @@ static void test_bad_files(void) {
         {"refused.webp", VITD_E_UNSUPPORTED, "webp: format not supported"},
         {"refused.hdr", VITD_E_UNSUPPORTED, "Radiance HDR"},
         {"not_an_image.txt", VITD_E_BAD_IMAGE, "unrecognised image format"},
+        {"psd16.psd", VITD_E_UNSUPPORTED, "psd: 16-bit samples are not supported"},
+        {"gif_lzw_short.gif", VITD_E_BAD_IMAGE, "gif: truncated data"},
+        {"gif_lzw_short_noend.gif", VITD_E_BAD_IMAGE, "gif: truncated data"},
     };
     for (size_t i = 0; i < sizeof BAD / sizeof BAD[0]; i++) {
         size_t len;
@@ -374,6 +380,8 @@ static void test_truncation(void) {
     truncation_sweep("bmp24.bmp", 0);
     truncation_sweep("bmp8.bmp", 0);
     truncation_sweep("gif.gif", 0);
+    truncation_sweep("gif_lzw_full.gif", 0);
+    truncation_sweep("bmp_topdown.bmp", 0);
     truncation_sweep("tga.tga", 0);
     truncation_sweep("tga_rle.tga", 0);
     truncation_sweep("ppm.ppm", 0);
