@@ -409,13 +409,13 @@ static enum MHD_Result render_answer(struct req *r) {
     for (int i = 0; i < r->n_images; i++) {
         imgs[i].grid = r->grids[i];
         imgs[i].embeddings = r->emb[i];
-        imgs[i].deepstack = r->ds ? r->ds[i] : NULL;
+        imgs[i].deepstack = r->want_ds ? r->ds[i] : NULL; /* a cache entry holds DeepStack the client may not want */
         imgs[i].bf16 = r->out_bf16;
     }
     reply_encode re = {.id = r->id, .model = h->model_name, .out_hidden = vc->out_hidden_size,
-                       .n_deepstack = r->ds ? vc->n_deepstack : 0, .deepstack_layers = vc->deepstack_indexes,
+                       .n_deepstack = r->want_ds ? vc->n_deepstack : 0, .deepstack_layers = vc->deepstack_indexes,
                        .n_images = r->n_images, .images = imgs, .opts = r->br.opts};
-    if (!r->ds) re.opts.deepstack = false;
+    if (!r->want_ds) re.opts.deepstack = false;
     vitd_err err = {0};
     size_t len = 0;
     switch (r->route) {

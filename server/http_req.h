@@ -63,6 +63,12 @@ extern const http_route http_routes[RT_NOT_FOUND + 1];
 
 typedef enum { PH_NEW, PH_BODY, PH_ASYNC, PH_DONE, PH_ANSWERED } req_phase;
 
+/* An image waiting for another request's encode of the same bytes (http_work.c). */
+typedef struct {
+    struct req *r;
+    int image;
+} wait_arg;
+
 struct http_server {
     http_opts o;
     struct MHD_Daemon *daemon;
@@ -120,11 +126,14 @@ struct req {
     vitd_err prep_err;
     sched_job job;            /* the round's job, over the work images (jgrids, jpv, jemb, jds) */
     /* ---- the work (http_work.c) ---- */
-    unsigned char *state;     /* [n_images] hit, lead, wait, solo or retry (http_work.c) */
+    unsigned char *state;     /* [n_images] hit, lead, wait or solo (http_work.c); set by the owning thread only */
     oc_entry **entries;       /* [n_images] the output-cache entry an image reads or fills, or NULL */
     int *work;                /* [n_images] the images decoded and encoded in this round */
     int n_work;
-    int round;                /* 0; 1 while waiting images whose leader failed encode themselves */
+    int round;                /* 0; then the retry rounds of images whose leader failed (http_work.c) */
+    wait_arg *waits;          /* [n_images] the output cache's callback argument of each waiting image */
+    bool *wait_failed;        /* [n_images] guarded by prep_mu: the leader this image waited for failed */
+    uint8_t *keys;            /* [n_images][32] output-cache keys */
     size_t work_patches;      /* booked for this round */
     bool want_ds;             /* the request's own images keep DeepStack outputs */
     vitd_grid *jgrids;        /* [n_images] the job's arrays, over the work images */

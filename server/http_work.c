@@ -6,9 +6,9 @@
  *   LEAD   not in the cache: decoded and encoded into a new cache entry's buffers, which it then settles;
  *   WAIT   being encoded for another request right now: it waits for that entry to settle (single flight);
  *   SOLO   no cache (off, or outputs larger than the cache): decoded and encoded into the request's arena;
- *   RETRY  a WAIT whose leader failed (its client left, its deadline passed): decoded and encoded in a second
- *          round, as a SOLO image.
- * The work images of a round (LEAD and SOLO, or RETRY) go to the prep pool and then, as one job, to the batcher.
+ * A WAIT whose leader failed (its client left, its deadline passed) is looked up again in a retry round, where it
+ * may lead, wait for another leader or hit; in a third round it is encoded as SOLO, so every request ends.
+ * The work images of a round (LEAD and SOLO) go to the prep pool and then, as one job, to the batcher.
  * The request completes when its parts are done: the setup (held while this file hands things out, so nothing
  * completes underneath it), the job of the round, and each waiting image. Then it fails with the first failure
  * recorded, starts the retry round, writes vLLM cache files (io pool), or finishes. Whoever completes the last part
@@ -27,12 +27,9 @@
 #include "preprocess.h"
 #include "util.h"
 
-enum { IMG_SOLO, IMG_HIT, IMG_LEAD, IMG_WAIT, IMG_RETRY };
+enum { IMG_SOLO, IMG_HIT, IMG_LEAD, IMG_WAIT };
 
-typedef struct {
-    struct req *r;
-    int image;
-} wait_arg;
+#define LAST_ROUND 2 /* round 0, one retry round that looks the cache up again, then SOLO */
 
 static void part_done(struct req *r);
 
@@ -96,8 +93,8 @@ static void io_task(void *arg, int i) {
     int64_t rows = 0;
     vitd_status s = handover_rows(&r->grids[i], vc->spatial_merge_size, i, &rows, &err);
     if (s == VITD_OK) {
-        handover_src src = {.emb = r->emb[i], .ds = r->ds ? r->ds[i] : NULL, .bf16 = r->out_bf16, .rows = rows,
-                            .D = vc->out_hidden_size, .k = r->ds && r->ds[i] ? vc->n_deepstack : 0, .image = i};
+        handover_src src = {.emb = r->emb[i], .ds = r->want_ds ? r->ds[i] : NULL, .bf16 = r->out_bf16, .rows = rows,
+                            .D = vc->out_hidden_size, .k = r->want_ds && r->ds[i] ? vc->n_deepstack : 0, .image = i};
         log_request_begin(r->id);
         s = ec_cache_put(h->o.ec, r->uuids[i], &src, &r->grids[i], &err);
         log_request_end();
@@ -111,6 +108,7 @@ static void io_task(void *arg, int i) {
 }
 
 static vitd_status start_round(struct req *r, vitd_err *err);
+static void retry_round(struct req *r);
 
 /* Every part is done (the caller owns the request now): fail, retry, write the cache files, or finish. */
 static void after_parts(struct req *r) {
@@ -122,25 +120,20 @@ static void after_parts(struct req *r) {
         req_finish(r, r->job_err.code, &r->job_err);
         return;
     }
-    int retry = 0;
-    for (int i = 0; i < r->n_images; i++) retry += r->state[i] == IMG_RETRY;
-    if (retry && r->round == 0) {
-        /* the encode these images waited for failed elsewhere: encode them here */
-        r->round = 1;
-        r->n_work = 0;
-        for (int i = 0; i < r->n_images; i++)
-            if (r->state[i] == IMG_RETRY) {
-                r->state[i] = IMG_SOLO; /* encoded here, into the arena */
-                r->work[r->n_work++] = i;
-            }
-        vitd_err err = {0};
-        if (start_round(r, &err) != VITD_OK) req_finish(r, err.code, &err);
-        return;
-    }
+    for (int i = 0; i < r->n_images; i++)
+        if (r->wait_failed[i]) {
+            retry_round(r);
+            return;
+        }
     if (work_writes_cache(r)) {
         atomic_store(&r->io_left, r->n_images);
         atomic_fetch_add(&r->srv->io_patches, r->n_patches);
-        prep_pool_submit(r->srv->o.io, io_task, r, r->n_images);
+        if (!prep_pool_submit(r->srv->o.io, io_task, r, r->n_images)) {
+            atomic_fetch_sub(&r->srv->io_patches, r->n_patches);
+            vitd_err err;
+            vitd_fail(&err, VITD_E_CANCELLED, "the server is shutting down; retry on another replica");
+            req_finish(r, VITD_E_CANCELLED, &err);
+        }
         return;
     }
     req_finish(r, VITD_OK, NULL);
@@ -154,11 +147,14 @@ static void part_done(struct req *r) {
     if (last) after_parts(r);
 }
 
-/* A waited-on entry settled: on failure this image encodes itself in the retry round. */
+/* A waited-on entry settled (on any thread, possibly before output_cache_get has returned to lookup()): a
+ * failure is noted for the thread that completes the last part, which starts the retry round. */
 static void on_settle(void *arg, bool ok) {
     wait_arg *w = arg;
     if (!ok) {
-        w->r->state[w->image] = IMG_RETRY; /* read only by the thread that completes the last part */
+        pthread_mutex_lock(&w->r->prep_mu);
+        w->r->wait_failed[w->image] = true;
+        pthread_mutex_unlock(&w->r->prep_mu);
         if (w->r->srv->o.metrics) metrics_inc(w->r->srv->o.metrics->oc_retry_s);
     }
     part_done(w->r);
@@ -261,10 +257,13 @@ static vitd_status start_round(struct req *r, vitd_err *err) {
                      .deadline = r->t_start + c->request_timeout_ms * 1e-3, .gone = job_gone, .done = job_done};
     atomic_store(&r->prep_left, r->n_work);
     atomic_store(&r->prep_failed, false);
+    if (!prep_pool_submit(h->o.prep, prep_task, r, r->n_work)) { /* shutting down (a retry round) */
+        sched_unreserve(h->o.sched, total);
+        return vitd_fail(err, VITD_E_CANCELLED, "the server is shutting down; retry on another replica");
+    }
     pthread_mutex_lock(&r->prep_mu);
     r->parts++; /* the job */
     pthread_mutex_unlock(&r->prep_mu);
-    prep_pool_submit(h->o.prep, prep_task, r, r->n_work);
     return VITD_OK;
 }
 
@@ -274,19 +273,23 @@ void work_release(struct req *r) {
     for (int i = 0; r->entries && i < r->n_images; i++) output_cache_release(r->srv->o.cache, r->entries[i]);
 }
 
-/* Looks image i up in the output cache and points its outputs at the entry; SOLO when there is none. */
-static void lookup(struct req *r, int i, wait_arg *w) {
+/* Looks image i up in the output cache and points its outputs at the entry; SOLO when there is none. The
+ * caller owns the request and holds a part, so a callback cannot complete it underneath. */
+static void lookup(struct req *r, int i) {
     http_server *h = r->srv;
     const vitd_vision_config *vc = vitd_model_config(h->o.model);
     r->state[i] = IMG_SOLO;
     if (!h->o.cache) return;
-    body_span sp = r->br.images[i];
-    uint8_t key[32];
-    content_id_key(h->model_fp, h->o.preproc.min_pixels, h->o.preproc.max_pixels, sp.data, sp.len, key);
-    if (r->uuid_derive && r->uuid_derive[i]) { /* the derived id is this same digest */
-        content_id_hex(key, r->uuids[i]);
-        r->uuid_derive[i] = false;
+    uint8_t *key = r->keys + 32 * (size_t)i;
+    if (r->round == 0) {
+        body_span sp = r->br.images[i];
+        content_id_key(h->model_fp, h->o.preproc.min_pixels, h->o.preproc.max_pixels, sp.data, sp.len, key);
+        if (r->uuid_derive && r->uuid_derive[i]) { /* the derived id is this same digest */
+            content_id_hex(key, r->uuids[i]);
+            r->uuid_derive[i] = false;
+        }
     }
+    wait_arg *w = &r->waits[i];
     *w = (wait_arg){r, i};
     pthread_mutex_lock(&r->prep_mu);
     r->parts++; /* in case it waits: the callback may come before output_cache_get returns */
@@ -308,6 +311,35 @@ static void lookup(struct req *r, int i, wait_arg *w) {
     r->state[i] = res == OC_HIT ? IMG_HIT : res == OC_LEAD ? IMG_LEAD : IMG_WAIT;
 }
 
+/* Images whose leader failed: each is looked up again (it may lead now, wait for another leader, or hit), or in
+ * the last round encoded here as SOLO. The caller owns the request; the round runs like work_begin's. */
+static void retry_round(struct req *r) {
+    r->round++;
+    r->n_work = 0;
+    pthread_mutex_lock(&r->prep_mu);
+    r->parts = 1; /* the setup */
+    pthread_mutex_unlock(&r->prep_mu);
+    for (int i = 0; i < r->n_images; i++) {
+        if (!r->wait_failed[i]) continue;
+        r->wait_failed[i] = false;
+        output_cache_release(r->srv->o.cache, r->entries[i]);
+        r->entries[i] = NULL;
+        r->emb[i] = r->ds[i] = NULL;
+        if (r->round < LAST_ROUND) lookup(r, i);
+        else r->state[i] = IMG_SOLO;
+        if (r->state[i] == IMG_LEAD || r->state[i] == IMG_SOLO) r->work[r->n_work++] = i;
+    }
+    if (r->n_work > 0) {
+        vitd_err err = {0};
+        vitd_status s = start_round(r, &err);
+        if (s != VITD_OK) {
+            settle_leads(r, false);
+            note_job_failure(r, s, &err);
+        }
+    }
+    part_done(r);
+}
+
 enum MHD_Result work_begin(struct req *r) {
     http_server *h = r->srv;
     const vitd_vision_config *vc = vitd_model_config(h->o.model);
@@ -324,14 +356,16 @@ enum MHD_Result work_begin(struct req *r) {
     r->jpv = arena_calloc(r->arena, (size_t)n, sizeof *r->jpv);
     r->jemb = arena_calloc(r->arena, (size_t)n, sizeof *r->jemb);
     r->jds = arena_calloc(r->arena, (size_t)n, sizeof *r->jds);
-    wait_arg *wa = arena_calloc(r->arena, (size_t)n, sizeof *wa);
+    r->waits = arena_calloc(r->arena, (size_t)n, sizeof *r->waits);
+    r->wait_failed = arena_calloc(r->arena, (size_t)n, sizeof *r->wait_failed);
+    r->keys = arena_alloc(r->arena, (size_t)n * 32);
     if (!r->state || !r->entries || !r->work || !r->pv || !r->emb || !r->ds || !r->jgrids || !r->jpv || !r->jemb ||
-        !r->jds || !wa)
+        !r->jds || !r->waits || !r->wait_failed || !r->keys)
         return http_respond_status(r, VITD_E_NOMEM, "out of memory for the request's image table");
     r->parts = 1; /* the setup, until the end of this function */
     int n_wait = 0, n_hit = 0;
     for (int i = 0; i < n; i++) {
-        lookup(r, i, &wa[i]);
+        lookup(r, i);
         if (r->state[i] == IMG_LEAD || r->state[i] == IMG_SOLO) r->work[r->n_work++] = i;
         n_wait += r->state[i] == IMG_WAIT;
         n_hit += r->state[i] == IMG_HIT;

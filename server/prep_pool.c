@@ -84,12 +84,16 @@ vitd_status prep_pool_create(int n_threads, prep_pool **out, vitd_err *err) {
     return VITD_OK;
 }
 
-void prep_pool_submit(prep_pool *p, prep_task_fn fn, void *arg, int n_tasks) {
-    if (n_tasks <= 0) return;
+bool prep_pool_submit(prep_pool *p, prep_task_fn fn, void *arg, int n_tasks) {
+    if (n_tasks <= 0) return true;
     group *g = xmalloc(sizeof *g);
     *g = (group){.fn = fn, .arg = arg, .n_tasks = n_tasks, .next = 0, .link = NULL};
     pthread_mutex_lock(&p->mu);
-    VITD_ASSERT(!p->stopping);
+    if (p->stopping) { /* a task still running at shutdown hands on more work: refused, the caller answers */
+        pthread_mutex_unlock(&p->mu);
+        free(g);
+        return false;
+    }
     if (p->tail) p->tail->link = g;
     else p->head = g;
     p->tail = g;
@@ -97,6 +101,7 @@ void prep_pool_submit(prep_pool *p, prep_task_fn fn, void *arg, int n_tasks) {
     if (n_tasks == 1) pthread_cond_signal(&p->cv);
     else pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
+    return true;
 }
 
 int prep_pool_pending(prep_pool *p) {
@@ -153,7 +158,7 @@ void prep_pool_parallel(prep_pool *p, size_t n, size_t grain, prep_range_fn fn, 
     int helpers = 0;
     if (p && pieces > 1) {
         pthread_mutex_lock(&p->mu);
-        helpers = p->pending == 0 ? p->idle : 0; /* only workers with nothing else to do */
+        helpers = p->pending == 0 && !p->stopping ? p->idle : 0; /* only workers with nothing else to do */
         pthread_mutex_unlock(&p->mu);
         if ((size_t)helpers > pieces - 1) helpers = (int)(pieces - 1);
     }
@@ -172,7 +177,7 @@ void prep_pool_parallel(prep_pool *p, size_t n, size_t grain, prep_range_fn fn, 
     atomic_init(&j->refs, 1 + helpers);
     pthread_mutex_init(&j->mu, NULL);
     pthread_cond_init(&j->cv, NULL);
-    prep_pool_submit(p, par_task, j, helpers);
+    if (!prep_pool_submit(p, par_task, j, helpers)) atomic_fetch_sub(&j->refs, helpers); /* stopping: alone */
     par_pieces(j);
     pthread_mutex_lock(&j->mu);
     while (atomic_load(&j->done) < pieces) pthread_cond_wait(&j->cv, &j->mu);

@@ -7,11 +7,12 @@
  *
  * prep_image() is the work of one task: decode an image span and preprocess it into caller-owned pixel_values.
  *
- * prep_pool_submit and prep_pool_pending are thread-safe; prep_pool_free must not race with submissions.
+ * prep_pool_submit and prep_pool_pending are thread-safe; submissions racing prep_pool_free are refused.
  */
 #ifndef VITD_PREP_POOL_H
 #define VITD_PREP_POOL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,8 +25,9 @@ typedef void (*prep_task_fn)(void *arg, int index);
 
 /* Starts n_threads workers (>= 1). On success *out is owned by the caller; prep_pool_free(). */
 vitd_status prep_pool_create(int n_threads, prep_pool **out, vitd_err *err);
-/* Queues fn(arg, i) for i in [0, n_tasks). Never fails and never runs a task on the caller's thread. */
-void prep_pool_submit(prep_pool *p, prep_task_fn fn, void *arg, int n_tasks);
+/* Queues fn(arg, i) for i in [0, n_tasks); never runs a task on the caller's thread. Returns false (nothing
+ * queued) once prep_pool_free has begun: a task still running then must not hand on more work. */
+bool prep_pool_submit(prep_pool *p, prep_task_fn fn, void *arg, int n_tasks);
 /* Tasks queued and not yet started. */
 int prep_pool_pending(prep_pool *p);
 /* Runs every queued task to completion, stops the workers and frees the pool. Accepts NULL. */

@@ -42,7 +42,7 @@ typedef struct {
 struct sched {
     sched_config cfg;
     pthread_mutex_t mu;
-    pthread_cond_t cv;          /* signalled on submit and stop */
+    pthread_cond_t cv;          /* signalled on submit, unreserve and stop */
     pthread_t thread;
     bool thread_started;
     /* guarded by mu */
@@ -417,6 +417,7 @@ void sched_unreserve(sched *s, size_t n_patches) {
     pthread_mutex_lock(&s->mu);
     VITD_ASSERT(s->booked >= n_patches);
     s->booked -= n_patches;
+    pthread_cond_broadcast(&s->cv); /* a batch waiting for this booked work need not wait any longer */
     pthread_mutex_unlock(&s->mu);
 }
 

@@ -19,6 +19,9 @@
 
 #include "check.h"
 #include "prep_pool.h"
+
+#include <stdatomic.h>
+#include <unistd.h>
 #include "preprocess.h"
 #include "util.h"
 
@@ -641,6 +644,50 @@ static void test_split(void) {
     prep_pool_free(pool);
 }
 
+/* A task still running while the pool shuts down (a drain that timed out) keeps splitting its work and handing
+ * on more: prep_pool_parallel must run alone and prep_pool_submit must refuse, never abort (review of issue 12:
+ * this aborted within a dozen iterations). */
+typedef struct {
+    prep_pool *pool;
+    atomic_int rounds, refused;
+    atomic_bool stop;
+} shutdown_job;
+
+static void count_range(void *arg, size_t b, size_t e) {
+    atomic_int *sum = arg;
+    atomic_fetch_add(sum, (int)(e - b));
+}
+
+static void noop_task(void *arg, int i) { (void)arg; (void)i; }
+
+static void busy_task(void *arg, int i) {
+    (void)i;
+    shutdown_job *j = arg;
+    while (!atomic_load(&j->stop)) {
+        atomic_int sum = 0;
+        prep_pool_parallel(j->pool, 1000, 10, count_range, &sum);
+        CHECK_EQ_INT(1000, atomic_load(&sum));
+        if (!prep_pool_submit(j->pool, noop_task, NULL, 1)) {
+            atomic_fetch_add(&j->refused, 1);
+            atomic_store(&j->stop, true);
+        }
+        atomic_fetch_add(&j->rounds, 1);
+    }
+}
+
+static void test_pool_shutdown_race(void) {
+    for (int trial = 0; trial < 20; trial++) {
+        vitd_err err;
+        shutdown_job j = {0};
+        CHECK_OK(prep_pool_create(4, &j.pool, &err), &err);
+        CHECK(prep_pool_submit(j.pool, busy_task, &j, 1));
+        while (atomic_load(&j.rounds) < 3) usleep(100);
+        prep_pool_free(j.pool); /* returns once busy_task saw the refusal and stopped */
+        CHECK_EQ_INT(1, atomic_load(&j.refused));
+    }
+    printf("pool shutdown with a running task: 20 trials, each refused once, none aborted\n");
+}
+
 int main(int argc, char **argv) {
     int bench = argc > 1 && strcmp(argv[1], "--bench") == 0;
     test_defaults();
@@ -658,6 +705,7 @@ int main(int argc, char **argv) {
     test_cu_seqlens();
     test_errors();
     test_split();
+    test_pool_shutdown_race();
 
     printf("timing (best of %d, one thread, no asserts):\n", bench ? 5 : 2);
     time_case(2048, 2048, 16777216, bench ? 5 : 2);           /* no resize */

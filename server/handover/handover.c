@@ -18,8 +18,9 @@ vitd_status handover_rows(const vitd_grid *g, int merge, int image, int64_t *row
 
 vitd_status handover_src_of(const reply_encode *re, int i, int merge, handover_src *out, vitd_err *err) {
     const reply_image *im = &re->images[i];
-    int k = im->deepstack ? re->n_deepstack : 0;
-    *out = (handover_src){.emb = im->embeddings, .ds = im->deepstack, .bf16 = im->bf16, .D = re->out_hidden, .k = k,
+    bool ds = im->deepstack && re->opts.deepstack; /* never DeepStack the answer leaves out */
+    int k = ds ? re->n_deepstack : 0;
+    *out = (handover_src){.emb = im->embeddings, .ds = ds ? im->deepstack : NULL, .bf16 = im->bf16, .D = re->out_hidden, .k = k,
                           .image = i};
     return handover_rows(&im->grid, merge, i, &out->rows, err);
 }
