@@ -144,7 +144,13 @@ static void test_write(void) {
     CHECK_STR_CONTAINS(err.msg, "float16");
     CHECK_EQ_INT(VITD_E_INVALID_ARG, handover_check_f16(&s, &err));
     CHECK_OK(handover_write(&s, 0, 1 + K, ST_BF16, buf, &err), &err);
-    /* grids that are not whole 2x2 windows are never handed over */
+    /* DeepStack the answer leaves out (deepstack=false, buffers still there, as a cache entry's are) is neither
+     * handed over nor checked: the overflow above no longer fails (it did before the review of issue 12) */
+    f.re.opts.deepstack = false;
+    CHECK_OK(handover_src_of(&f.re, 1, 2, &s, &err), &err);
+    CHECK(s.ds == NULL && s.k == 0);
+    CHECK_OK(handover_check_f16(&s, &err), &err);
+    f.re.opts.deepstack = true;
     int64_t rows = 0;
     vitd_grid odd = {1, 3, 4}, empty = {1, 0, 4};
     CHECK_EQ_INT(VITD_E_INTERNAL, handover_rows(&odd, 2, 7, &rows, &err));
