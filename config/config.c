@@ -4,6 +4,7 @@
  * the same errors. Also renders the options as help text, as pretty JSON (config/vitd.json) and as one log line.
  * Library code: never prints except where the caller hands a FILE, never exits. */
 #include "config.h"
+#include "json_strict.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -482,11 +483,13 @@ static vitd_status apply_json_value(vitd_config *cfg, const config_option *o, co
 vitd_status config_apply_json(vitd_config *cfg, const char *json, const char *source, vitd_err *err) {
     vitd_status st = VITD_OK;
     bool seen[N_OPTIONS] = {false};
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithOpts(json, &end, 1);
+    size_t at = 0;
+    vitd_err jerr = {0};
+    cJSON *root = json_parse_strict(json, strlen(json), NULL, &at, &jerr);
     if (!root) {
         int line = 1;
-        for (const char *p = json; end && p < end && *p; p++) line += *p == '\n';
+        for (size_t i = 0; i < at && json[i]; i++) line += json[i] == '\n';
+        if (strstr(jerr.msg, "twice")) return vitd_fail(err, VITD_E_INVALID_ARG, "%s: %s", source, jerr.msg);
         return vitd_fail(err, VITD_E_INVALID_ARG, "%s: JSON syntax error near line %d", source, line);
     }
     if (!cJSON_IsObject(root)) {

@@ -122,6 +122,19 @@ char *arena_strdup(arena *a, const char *s) { return arena_strndup(a, s, SIZE_MA
 
 size_t arena_used(const arena *a) { return a ? a->used : 0; }
 
+bool arena_release(arena *a, void *p) {
+    if (!a || !p) return false;
+    for (chunk **link = &a->large; *link; link = &(*link)->next) {
+        chunk *c = *link;
+        if (chunk_data(c) != (uint8_t *)p) continue;
+        *link = c->next;
+        a->used -= c->size;
+        free(c);
+        return true;
+    }
+    return false;
+}
+
 /* Resizes p (an allocation of old_n bytes from a, or NULL) to new_n bytes, keeping min(old_n, new_n) bytes.
  * Cheap when p is the newest dedicated chunk (realloc, which for big blocks remaps pages instead of copying) or
  * the newest small allocation with room behind it; otherwise copies into a new allocation, and the old bytes stay

@@ -5,6 +5,7 @@
 #ifndef VITD_ARENA_H
 #define VITD_ARENA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct arena arena;
@@ -17,6 +18,9 @@ void *arena_calloc(arena *a, size_t n, size_t size);
 char *arena_strdup(arena *a, const char *s);
 char *arena_strndup(arena *a, const char *s, size_t n);
 size_t arena_used(const arena *a); /* bytes handed out (aligned), what the cap limits */
+/* Gives back p early when it has a chunk of its own (an allocation over a quarter of the current block size,
+ * e.g. a large JSON string once decoded); returns false, and keeps p, otherwise. */
+bool arena_release(arena *a, void *p);
 /* Resizes p (an allocation of exactly old_n bytes from a, or NULL) to new_n bytes, keeping the first
  * min(old_n, new_n). In place (realloc of its own chunk, no copy for big blocks) when p is the newest large
  * allocation or the newest small one; otherwise copies, and the old bytes stay held until arena_free. Returns NULL

@@ -21,6 +21,8 @@
  */
 #include "body.h"
 
+#include "json_strict.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -683,24 +685,24 @@ static vitd_status json_extra(body_state *s, const cJSON *root, vitd_err *err) {
     return VITD_OK;
 }
 
+static void *arena_json_alloc(void *ctx, size_t n) { return arena_alloc(ctx, n); }
+
+cJSON *body_json_parse(arena *a, const void *text, size_t len, vitd_err *err) {
+    json_alloc al = {.alloc = arena_json_alloc, .ctx = a, .budget = json_body_budget(len)};
+    cJSON *root = json_parse_strict(text, len, &al, NULL, err);
+    if (!root && err->code == VITD_E_TOO_LARGE)
+        vitd_fail(err, VITD_E_TOO_LARGE, "%s; send images as base64 strings", err->msg);
+    return root;
+}
+
 static vitd_status json_finish(body_state *s, vitd_err *err) {
     vitd_status st = VITD_OK;
-    cJSON *root = NULL;
     if (s->len == 0) return vitd_fail(err, VITD_E_INVALID_ARG, "empty body");
-    const char *end = NULL;
-    root = cJSON_ParseWithLengthOpts((const char *)s->buf, s->len, &end, 0);
-    size_t at = end ? (size_t)(end - (const char *)s->buf) : 0;
-    while (root && at < s->len && is_space((char)s->buf[at])) at++;
-    bool trailing = root && at < s->len;
+    cJSON *root = body_json_parse(s->a, s->buf, s->len, err);
     free(s->buf); /* the text is no longer needed: keep the peak near one copy */
     s->buf = NULL;
     s->len = s->cap = 0;
-    if (!root) return vitd_fail(err, VITD_E_INVALID_ARG, "invalid JSON body (near byte %zu)", at);
-    if (trailing) {
-        st = vitd_fail(err, VITD_E_INVALID_ARG, "invalid JSON body: unexpected text after the object at byte %zu",
-                       at);
-        goto fail;
-    }
+    if (!root) return err->code;
     if (!cJSON_IsObject(root)) {
         st = vitd_fail(err, VITD_E_INVALID_ARG, "JSON body must be an object like {\"images\": [\"<base64>\"]}, "
                        "not %s", body_json_type(root));
@@ -749,12 +751,10 @@ static vitd_status json_finish(body_state *s, vitd_err *err) {
             goto fail;
         }
         if ((st = json_image(s, i, e->valuestring, err))) goto fail;
-        cJSON_free(e->valuestring); /* done with it: release the text early */
-        e->valuestring = NULL;
+        if (arena_release(s->a, e->valuestring)) e->valuestring = NULL; /* the text is decoded: give it back */
     }
 fail:
-    cJSON_Delete(root);
-    return st;
+    return st; /* the tree is the request arena's */
 }
 
 /* ---- public ---- */

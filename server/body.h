@@ -116,6 +116,11 @@ vitd_status body_image_string(arena *a, int idx, const char *str, body_span *out
 struct cJSON;
 const char *body_json_type(const struct cJSON *j);
 
+/* Parses a request's JSON text strictly (config/json_strict.h: one value, no key twice) into the request's arena,
+ * with a budget of twice the text plus 1 MiB, so any body's tree costs a small multiple of its size and dies with
+ * the request. Never cJSON_Delete the result. NULL with err filled (400, or 413 past the budget). */
+struct cJSON *body_json_parse(arena *a, const void *text, size_t len, vitd_err *err);
+
 /* Base64 (RFC 4648) into dst (>= 3*len/4+3 bytes); returns the decoded length or -1 on invalid input. Accepts the
  * standard alphabet and the URL-safe one ('-' '_', RFC 4648 section 5), even mixed; ignores whitespace anywhere;
  * padding is optional, but when present it must complete the last group ("QQ==" or "QQ", not "QQ="), and only

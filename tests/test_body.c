@@ -280,7 +280,7 @@ static void test_json(void) {
     /* every malformed shape, with the message naming what and which image */
     expect_json_error("", VITD_E_INVALID_ARG, "empty body");
     expect_json_error("{\"images\": [\"Zm9v\"", VITD_E_INVALID_ARG, "invalid JSON");
-    expect_json_error("{\"images\": [\"Zm9v\"]} trailing", VITD_E_INVALID_ARG, "after the object");
+    expect_json_error("{\"images\": [\"Zm9v\"]} trailing", VITD_E_INVALID_ARG, "after the value");
     expect_json_error("[\"Zm9v\"]", VITD_E_INVALID_ARG, "must be an object");
     expect_json_error("\"Zm9v\"", VITD_E_INVALID_ARG, "must be an object");
     expect_json_error("{\"pictures\": []}", VITD_E_INVALID_ARG, "no \"images\"");

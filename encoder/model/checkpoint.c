@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 
 #include "checkpoint.h"
+#include "json_strict.h"
 #include "util.h"
 
 #define CONFIG_MAX_BYTES (64u << 20) /* config.json, preprocessor config and index are small text files */
@@ -75,9 +76,10 @@ static int file_exists(const char *dir, const char *name) {
 
 /* ---- config.json ---- */
 
-/* Parses a NUL-terminated JSON text that must hold one value and nothing after it but whitespace. */
-static cJSON *json_parse_strict(const char *text) {
-    return cJSON_ParseWithOpts(text, NULL, 1);
+/* Parses a NUL-terminated JSON text: one value, nothing after it but whitespace, no key twice (Python's json
+ * module, which transformers reads config.json with, keeps the last of two; cJSON the first). */
+static cJSON *parse_json_text(const char *text, vitd_err *err) {
+    return json_parse_strict(text, strlen(text), NULL, NULL, err);
 }
 
 /* Reads obj[key] as an integer in [lo, hi] into *v; an absent key leaves *v (the default). */
@@ -106,9 +108,11 @@ static vitd_status json_pos(const cJSON *obj, const char *key, const char *where
 vitd_status checkpoint_parse_config(const char *json, vitd_vision_config *cfg, vitd_err *err) {
     vitd_status st = VITD_OK;
     vitd_vision_config c = vitd_vision_config_default();
-    cJSON *root = json_parse_strict(json);
+    vitd_err jerr = {0};
+    cJSON *root = parse_json_text(json, &jerr);
     if (!root || !cJSON_IsObject(root)) {
-        st = vitd_fail(err, VITD_E_MODEL, "config.json is not %s", root ? "a JSON object" : "valid JSON");
+        st = root ? vitd_fail(err, VITD_E_MODEL, "config.json is not a JSON object")
+                  : vitd_fail(err, VITD_E_MODEL, "config.json is not valid JSON: %s", jerr.msg);
         goto fail;
     }
     const cJSON *vc = cJSON_GetObjectItemCaseSensitive(root, "vision_config");
@@ -268,9 +272,11 @@ vitd_status checkpoint_parse_preproc(const char *json, vitd_preproc_config *cfg,
     vitd_status st = VITD_OK;
     vitd_preproc_config p = vitd_preproc_config_default();
     const char *where = "preprocessor_config.json: ";
-    cJSON *root = json_parse_strict(json);
+    vitd_err jerr = {0};
+    cJSON *root = parse_json_text(json, &jerr);
     if (!root || !cJSON_IsObject(root)) {
-        st = vitd_fail(err, VITD_E_MODEL, "preprocessor_config.json is not %s", root ? "a JSON object" : "valid JSON");
+        st = root ? vitd_fail(err, VITD_E_MODEL, "preprocessor_config.json is not a JSON object")
+                  : vitd_fail(err, VITD_E_MODEL, "preprocessor_config.json is not valid JSON: %s", jerr.msg);
         goto fail;
     }
     const cJSON *size = cJSON_GetObjectItemCaseSensitive(root, "size");
@@ -507,11 +513,12 @@ static vitd_status find_weight_files(const char *dir, char ***names, int *n, cJS
             st = as_model_error(st, err);
             goto fail;
         }
-        cJSON *idx = json_parse_strict(text);
+        vitd_err jerr = {0};
+        cJSON *idx = parse_json_text(text, &jerr);
         const cJSON *wm = idx ? cJSON_GetObjectItemCaseSensitive(idx, "weight_map") : NULL;
         if (!cJSON_IsObject(wm)) {
             cJSON_Delete(idx);
-            st = vitd_fail(err, VITD_E_MODEL, "model.safetensors.index.json: no weight_map object");
+            st = vitd_fail(err, VITD_E_MODEL, "model.safetensors.index.json: %s", idx ? "no weight_map object" : jerr.msg);
             goto fail;
         }
         *index_json = idx;

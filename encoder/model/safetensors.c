@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "safetensors.h"
+#include "json_strict.h"
 #include "util.h"
 
 /* ---- dtypes ---- */
@@ -201,13 +202,12 @@ static vitd_status parse_image(const uint8_t *buf, size_t len, const char *what,
                        (unsigned long long)n, len);
         goto fail;
     }
-    const char *hdr = (const char *)buf + 8, *end = NULL;
-    root = cJSON_ParseWithLengthOpts(hdr, (size_t)n, &end, 0);
-    if (root && end) /* only whitespace (the writer's padding) may follow the JSON value */
-        while (end < hdr + n && (*end == ' ' || *end == '\t' || *end == '\n' || *end == '\r')) end++;
-    if (!root || end != hdr + n) {
-        st = vitd_fail(err, VITD_E_INVALID_ARG, "%s: header is not valid JSON (near byte %lld of %llu)", what,
-                       end ? (long long)(end - hdr) : -1LL, (unsigned long long)n);
+    const char *hdr = (const char *)buf + 8;
+    vitd_err jerr = {0};
+    /* one value, then only whitespace (the writer's padding); a tensor named twice is refused */
+    root = json_parse_strict(hdr, (size_t)n, NULL, NULL, &jerr);
+    if (!root) {
+        st = vitd_fail(err, VITD_E_INVALID_ARG, "%s: header is not valid JSON: %s (%llu bytes)", what, jerr.msg, (unsigned long long)n);
         goto fail;
     }
     if (!cJSON_IsObject(root)) {

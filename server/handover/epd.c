@@ -8,6 +8,7 @@
 
 #include <cJSON.h>
 
+#include "body.h"
 #include "content_id.h"
 #include "util.h"
 
@@ -43,11 +44,8 @@ static vitd_status check_fields(const cJSON *root, vitd_err *err) {
 vitd_status epd_parse(const uint8_t *body, size_t len, arena *a, epd_request *out, vitd_err *err) {
     memset(out, 0, sizeof *out);
     if (len == 0) return vitd_fail(err, VITD_E_INVALID_ARG, "empty body");
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts((const char *)body, len, &end, 0);
-    if (!root)
-        return vitd_fail(err, VITD_E_INVALID_ARG, "invalid JSON body (near byte %zu)",
-                         end ? (size_t)(end - (const char *)body) : 0);
+    cJSON *root = body_json_parse(a, body, len, err); /* in the arena: never deleted here */
+    if (!root) return err->code;
     vitd_status st = VITD_OK;
     const cJSON *part = NULL;
     if (!cJSON_IsObject(root)) {
@@ -112,8 +110,7 @@ vitd_status epd_parse(const uint8_t *body, size_t len, arena *a, epd_request *ou
         out->derived = true;
     }
 done:
-    cJSON_Delete(root);
-    return st;
+    return st; /* the tree is the request arena's */
 }
 
 char *epd_render(const epd_request *q, const vitd_grid *g, long long tokens, const char *req_id,

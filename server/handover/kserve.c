@@ -239,15 +239,10 @@ vitd_status kserve_parse(const uint8_t *body, size_t len, long long header_len, 
     }
     size_t jl = header_len < 0 ? len : (size_t)header_len;
     if (jl == 0) return vitd_fail(err, VITD_E_INVALID_ARG, "empty body");
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts((const char *)body, jl, &end, 0);
-    size_t at = end ? (size_t)(end - (const char *)body) : 0;
-    while (root && at < jl && body[at] && strchr(" \t\r\n", body[at])) at++;
+    vitd_err jerr = {0};
+    cJSON *root = body_json_parse(a, body, jl, &jerr); /* in the arena: never deleted here */
     vitd_status st = VITD_OK;
-    if (!root || at != jl) {
-        st = vitd_fail(err, VITD_E_INVALID_ARG, "failed to parse the request JSON (near byte %zu)", at);
-        goto done;
-    }
+    if (!root) return vitd_fail(err, jerr.code, "failed to parse the request JSON: %s", jerr.msg);
     if (!cJSON_IsObject(root)) {
         st = vitd_fail(err, VITD_E_INVALID_ARG, "the request must be a JSON object");
         goto done;
@@ -277,8 +272,7 @@ vitd_status kserve_parse(const uint8_t *body, size_t len, long long header_len, 
     }
     st = parse_outputs(root, m, q, err);
 done:
-    cJSON_Delete(root);
-    return st;
+    return st; /* the tree is the request arena's */
 }
 
 /* ---- rendering ---- */
