@@ -60,6 +60,9 @@ struct body_state {
     size_t tail_len;
     uint64_t next_start;         /* stream offset where the next delimiter may start */
     int n_delims;
+    int dashes;                  /* '-' bytes seen right after the last delimiter (2: it was the closing one) */
+    bool after_delim;            /* the bytes being fed follow a delimiter directly */
+    bool closed;                 /* the closing delimiter was fed: the rest is the epilogue, ignored */
     bool part_open;              /* a part has started and no delimiter closed it yet */
     bool part_is_file;
     bool last_zero;              /* the last piece was (off 0, size 0) */
@@ -525,21 +528,50 @@ static size_t mp_scan(body_state *s, const uint8_t *d, size_t n) {
     return end;
 }
 
+static vitd_status mp_feed_bytes(body_state *s, const uint8_t *data, size_t n, vitd_err *err) {
+    if (s->pp && MHD_post_process(s->pp, (const char *)data, n) != MHD_YES) {
+        if (s->failed) return vitd_fail(err, s->failed, "%s", s->ferr.msg);
+        s->failed = vitd_fail(&s->ferr, VITD_E_INVALID_ARG,
+                              "malformed multipart body (near byte %zu); expected parts delimited by "
+                              "\"--%.*s\" lines", s->total + n, (int)s->blen, (const char *)s->delim + 4);
+        return vitd_fail(err, s->failed, "%s", s->ferr.msg);
+    }
+    return VITD_OK;
+}
+
+/* Feeds the post processor delimiter by delimiter (body_multipart_delimiter closes each part). After the closing
+ * delimiter ("--B--") the rest is the epilogue, which RFC 2046 says to ignore and the post processor would
+ * refuse: it is counted, not fed. A preamble before the first delimiter the post processor skips itself. */
 static vitd_status mp_feed(body_state *s, const uint8_t *data, size_t size, vitd_err *err) {
     size_t done = 0;
     while (done < size) {
+        if (s->closed) {
+            s->total += size - done;
+            return VITD_OK;
+        }
+        if (s->after_delim) { /* a part's headers follow, or "--" closes the body */
+            if (data[done] == '-') {
+                vitd_status st = mp_feed_bytes(s, data + done, 1, err);
+                if (st) return st;
+                mp_scan(s, data + done, 1);
+                s->total++;
+                done++;
+                if (++s->dashes == 2) s->closed = true;
+                continue;
+            }
+            s->after_delim = false;
+        }
         size_t end = mp_scan(s, data + done, size - done);
         size_t n = end ? end : size - done;
-        if (s->pp && MHD_post_process(s->pp, (const char *)data + done, n) != MHD_YES) {
-            if (s->failed) return vitd_fail(err, s->failed, "%s", s->ferr.msg);
-            s->failed = vitd_fail(&s->ferr, VITD_E_INVALID_ARG,
-                                  "malformed multipart body (near byte %zu); expected parts delimited by "
-                                  "\"--%.*s\" lines", s->total + n, (int)s->blen, (const char *)s->delim + 4);
-            return vitd_fail(err, s->failed, "%s", s->ferr.msg);
-        }
+        vitd_status st = mp_feed_bytes(s, data + done, n, err);
+        if (st) return st;
         s->total += n;
         done += n;
-        if (end && body_multipart_delimiter(s, err)) return s->failed;
+        if (end) {
+            if (body_multipart_delimiter(s, err)) return s->failed;
+            s->after_delim = true;
+            s->dashes = 0;
+        }
     }
     return VITD_OK;
 }

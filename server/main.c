@@ -18,6 +18,7 @@
 #include <stdlib.h>
 
 #include "config.h"
+#include "json_strict.h"
 
 #ifndef VITD_VERSION
 #define VITD_VERSION "0.1.0"
@@ -43,6 +44,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *cmd = argv[1];
+    json_strict_init(); /* cJSON's counting hooks, before any thread (config/json_strict.h) */
     if (!strcmp(cmd, "demo-model")) return cli_demo_model(argc - 2, argv + 2);
     if (!strcmp(cmd, "preprocess")) return cli_preprocess(argc - 2, argv + 2);
     if (!strcmp(cmd, "encode")) return cli_encode(argc - 2, argv + 2);

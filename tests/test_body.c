@@ -685,6 +685,27 @@ static void test_http(void) {
         expect_images(&r, what, 3, want_data, want_len, "enc=1 ds=0 dtype=2 layout=0"); /* field bf16 (2) wins */
     }
 
+    /* a preamble before the first delimiter and an epilogue after the closing one (RFC 2046 5.1.1: both are
+     * ignored), at every split; the epilogue holds a fake delimiter and a part that must not be read */
+    {
+        static const char pre[] = "This is the preamble.  It is to be ignored.\r\n";
+        char epi[256];
+        snprintf(epi, sizeof epi, "This is the epilogue.\r\n--%s\r\nContent-Disposition: form-data; "
+                 "name=\"image\"; filename=\"z.png\"\r\n\r\nnot an image\r\n--%s--\r\n", B, B);
+        size_t lp = strlen(pre), le = strlen(epi);
+        memcpy(body, pre, lp);
+        n = lp + build_multipart(body + lp, B, parts, 6, 1);
+        memcpy(body + n, epi, le);
+        n += le;
+        for (size_t k = 0; k < sizeof splits / sizeof splits[0]; k++) {
+            char what[64];
+            snprintf(what, sizeof what, "preamble + epilogue, split %zu", splits[k]);
+            snprintf(hdr, sizeof hdr, "X-Split: %zu\r\n", splits[k]);
+            CHECK(http_post(port, "/v1/encode?encoding_format=base64&dtype=float16", ct, hdr, body, n, &r) == 0);
+            expect_images(&r, what, 3, want_data, want_len, "enc=1 ds=0 dtype=2 layout=0");
+        }
+    }
+
     /* an empty file part between two images: 400 naming image 1, at every split */
     mpart with_empty[] = {{"image", "a.png", "image/png", ia, 100},
                           {"image", "b.png", "image/png", ia, 0},
