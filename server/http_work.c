@@ -257,13 +257,16 @@ static vitd_status start_round(struct req *r, vitd_err *err) {
                      .deadline = r->t_start + c->request_timeout_ms * 1e-3, .gone = job_gone, .done = job_done};
     atomic_store(&r->prep_left, r->n_work);
     atomic_store(&r->prep_failed, false);
+    pthread_mutex_lock(&r->prep_mu);
+    r->parts++; /* the job: before the tasks exist, since the last of them may finish it at once */
+    pthread_mutex_unlock(&r->prep_mu);
     if (!prep_pool_submit(h->o.prep, prep_task, r, r->n_work)) { /* shutting down (a retry round) */
+        pthread_mutex_lock(&r->prep_mu);
+        r->parts--; /* the caller still holds its own part: this cannot reach 0 */
+        pthread_mutex_unlock(&r->prep_mu);
         sched_unreserve(h->o.sched, total);
         return vitd_fail(err, VITD_E_CANCELLED, "the server is shutting down; retry on another replica");
     }
-    pthread_mutex_lock(&r->prep_mu);
-    r->parts++; /* the job */
-    pthread_mutex_unlock(&r->prep_mu);
     return VITD_OK;
 }
 

@@ -197,6 +197,30 @@ static void test_leader_gone(suite *S, int port, int plain) {
     free(big2.data);
 }
 
+/* A failing image fails fast (a truncated PNG: its prep task is done before the round's job is counted, unless
+ * the count comes first): 60 of them, each followed by a good image, must all be answered, by both servers. A
+ * job counted after its tasks were handed out freed the request twice within a few tries (a crash). */
+static void test_fast_failures(suite *S, int port, int plain) {
+    printf("fast failures\n");
+    image_file trunc;
+    if (!load_image(&trunc, "truncated.png", "image/png")) {
+        CHECK_MSG(0, "fixture truncated.png missing");
+        return;
+    }
+    int ok = 0;
+    for (int i = 0; i < 60; i++) {
+        int p = i % 2 ? plain : port;
+        resp r;
+        ok += ask(p, "/v1/encode", &trunc, "application/vnd.safetensors", &r) && r.status == 422;
+        resp_free(&r);
+        ok += ask(p, "/v1/encode", &S->img[1], "application/vnd.safetensors", &r) && r.status == 200;
+        resp_free(&r);
+    }
+    printf("  60 truncated PNGs, each followed by a good image: %d of 120 answered as expected\n", ok);
+    CHECK_EQ_INT(120, ok);
+    free(trunc.data);
+}
+
 /* A bound of about two and a half entries: older entries are evicted, the bytes stay under it. */
 static void test_bound(suite *S) {
     printf("byte bound\n");
@@ -263,6 +287,7 @@ int main(void) {
     }
     test_single_flight(&S, cached.port, plain.port);
     test_leader_gone(&S, cached.port, plain.port);
+    test_fast_failures(&S, cached.port, plain.port);
     test_identical(&S, cached.port, plain.port);
     kill(cached.pid, SIGTERM);
     kill(plain.pid, SIGTERM);
