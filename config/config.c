@@ -75,8 +75,32 @@ static const config_option k_options[] = {
     {"max_connections", "VITD_MAX_CONNECTIONS", CONFIG_INT, "256", 1, 65536, NULL, NULL, false,
      "Concurrent connections accepted; more are refused.", OFF(max_connections)},
     {"connection_timeout_s", "VITD_CONNECTION_TIMEOUT_S", CONFIG_INT, "30", 1, 3600, NULL, "s", false,
-     "Idle connection timeout (a queued or encoding request is bounded by request_timeout_ms instead).",
+     "Idle connection timeout: a connection with no request line this long after it opened or after its last "
+     "answer is closed (a queued or encoding request is bounded by request_timeout_ms instead).",
      OFF(connection_timeout_s)},
+    {"max_connections_per_ip", "VITD_MAX_CONNECTIONS_PER_IP", CONFIG_INT, "0", 0, 65536, NULL, NULL, false,
+     "Connections from one client address; more are refused at once. 0 = no limit (behind a load balancer "
+     "every connection comes from it).",
+     OFF(max_connections_per_ip)},
+    {"header_timeout_s", "VITD_HEADER_TIMEOUT_S", CONFIG_INT, "10", 1, 3600, NULL, "s", false,
+     "A request's headers must arrive within this time of its request line, however slowly they trickle; "
+     "then the connection is closed.",
+     OFF(header_timeout_s)},
+    {"body_timeout_s", "VITD_BODY_TIMEOUT_S", CONFIG_INT, "60", 1, 86400, NULL, "s", false,
+     "A request's body must arrive within this time of its headers (64 MiB at about 1 MiB/s by default); "
+     "then the connection is closed.",
+     OFF(body_timeout_s)},
+    {"send_timeout_s", "VITD_SEND_TIMEOUT_S", CONFIG_INT, "60", 1, 86400, NULL, "s", false,
+     "An answer must be taken by the client within this time of being ready; then the connection is closed.",
+     OFF(send_timeout_s)},
+    {"max_uri_bytes", "VITD_MAX_URI_BYTES", CONFIG_INT, "8192", 256, 65536, NULL, "bytes", false,
+     "Longest request target (path and query); longer ones get 414.", OFF(max_uri_bytes)},
+    {"max_query_params", "VITD_MAX_QUERY_PARAMS", CONFIG_INT, "64", 1, 4096, NULL, NULL, false,
+     "Query parameters in one request; more get 431.", OFF(max_query_params)},
+    {"discard_body_bytes", "VITD_DISCARD_BODY_BYTES", CONFIG_SIZE, "1MiB", 0, 64 * MIB, NULL, "bytes", false,
+     "An error answered before the body is read (401, 404, 405, 415, a bad option) keeps the connection when "
+     "the body is at most this long: it is read and dropped. Longer bodies close the connection.",
+     OFF(discard_body_bytes)},
     {"access_log", "VITD_ACCESS_LOG", CONFIG_BOOL, "true", 0, 1, NULL, NULL, false,
      "One access line per request; false keeps only the lines of failed requests (status >= 400).",
      OFF(access_log)},

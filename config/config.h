@@ -52,9 +52,24 @@
  *                                                   environment (Docker/Kubernetes secrets). Setting both
  *                                                   api_key and api_key_file is an error.
  *   http_threads            int     4      [1,256]  libmicrohttpd worker threads.
- *   max_connections         int     256    [1,65536] concurrent connections accepted; more are refused.
- *   connection_timeout_s    int     30     [1,3600] idle connection timeout (not applied while a request is
- *                                                   queued or encoding: request_timeout_ms covers that).
+ *   max_connections         int     256    [1,65536] concurrent connections. At the limit a new connection
+ *                                                   closes the one that has waited longest for its request
+ *                                                   headers (idle or trickling, at least 1 s), or when there
+ *                                                   is none it gets 503 and is closed at once.
+ *   connection_timeout_s    int     30     [1,3600] idle timeout: no request line this long after the connection
+ *                                                   opened or after its last answer closes it (not applied while
+ *                                                   a request is queued or encoding: request_timeout_ms).
+ *   max_connections_per_ip  int     0      [0,65536] connections from one address, more refused; 0 = no limit.
+ *   header_timeout_s        int     10     [1,3600] headers must follow the request line within this time.
+ *   body_timeout_s          int     60     [1,86400] the body must follow the headers within this time.
+ *   send_timeout_s          int     60     [1,86400] a ready answer must be taken within this time.
+ *                                                   Each bound is per request, not per byte: a client trickling
+ *                                                   one byte a second is closed when it runs out.
+ *   max_uri_bytes           int     8192   [256,65536] request target length; longer gets 414.
+ *   max_query_params        int     64     [1,4096] query parameters; more get 431.
+ *   discard_body_bytes      size    1 MiB  [0,64 MiB] an error answered before the body (401, 404, 405, 415,
+ *                                                   a bad option) reads and drops a body up to this long and
+ *                                                   keeps the connection; a longer one closes it.
  *   access_log              bool    true            one access line per request; false keeps only the lines of
  *                                                   failed requests (status >= 400).
  *
@@ -180,6 +195,13 @@ typedef struct vitd_config {
     int http_threads;
     int max_connections;
     int connection_timeout_s;
+    int max_connections_per_ip;     /* 0 = no limit */
+    int header_timeout_s;
+    int body_timeout_s;
+    int send_timeout_s;
+    int max_uri_bytes;
+    int max_query_params;
+    size_t discard_body_bytes;
     bool access_log;
     /* request limits */
     size_t max_body_bytes;

@@ -78,6 +78,15 @@ void *xmalloc(size_t n) {
     return p;
 }
 
+void *xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n ? n : 1);
+    if (!q) {
+        fprintf(stderr, "vitd: out of memory reallocating to %zu bytes\n", n);
+        abort();
+    }
+    return q;
+}
+
 void *xcalloc(size_t n, size_t size) {
     void *p = calloc(n ? n : 1, size ? size : 1);
     if (!p) {

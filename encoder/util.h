@@ -13,9 +13,10 @@
 
 /* Allocations whose size no input controls: abort with the size on failure. Sizes from input use malloc and
  * fail softly with VITD_E_NOMEM. */
-void *xmalloc(size_t n);
-void *xcalloc(size_t n, size_t size);
-char *xstrdup(const char *s);
+void *xmalloc(size_t n) __attribute__((returns_nonnull, malloc, alloc_size(1)));
+void *xcalloc(size_t n, size_t size) __attribute__((returns_nonnull, malloc, alloc_size(1, 2)));
+void *xrealloc(void *p, size_t n) __attribute__((returns_nonnull, alloc_size(2)));
+char *xstrdup(const char *s) __attribute__((returns_nonnull, malloc));
 
 /* Invariants only, never something an input can cause: logs file:line and aborts. */
 #define VITD_ASSERT(x) \

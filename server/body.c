@@ -721,9 +721,12 @@ static void *arena_json_alloc(void *ctx, size_t n) { return arena_alloc(ctx, n);
 
 cJSON *body_json_parse(arena *a, const void *text, size_t len, vitd_err *err) {
     json_alloc al = {.alloc = arena_json_alloc, .ctx = a, .budget = json_body_budget(len)};
-    cJSON *root = json_parse_strict(text, len, &al, NULL, err);
-    if (!root && err->code == VITD_E_TOO_LARGE)
-        vitd_fail(err, VITD_E_TOO_LARGE, "%s; send images as base64 strings", err->msg);
+    vitd_err jerr = {0};
+    cJSON *root = json_parse_strict(text, len, &al, NULL, &jerr);
+    if (!root && jerr.code == VITD_E_TOO_LARGE)
+        vitd_fail(err, VITD_E_TOO_LARGE, "%s; send images as base64 strings", jerr.msg);
+    else if (!root)
+        *err = jerr;
     return root;
 }
 

@@ -19,7 +19,9 @@
 
 #include <cJSON.h>
 
+#include "conn_guard.h"
 #include "content_id.h"
+#include "http_frame.h"
 #include "log.h"
 #include "metrics.h"
 #include "reply.h"
@@ -63,12 +65,16 @@ static void req_set_id(http_server *h, struct req *r) {
             return;
         }
     }
+    http_new_id(h, r->id);
+}
+
+void http_new_id(http_server *h, char *out) {
     /* splitmix64 of a per-process seed plus a counter: unique in the process, unpredictable across restarts */
     unsigned long long z = h->id_seed + atomic_fetch_add(&h->next_id, 1) * 0x9e3779b97f4a7c15ULL;
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
     z ^= z >> 31;
-    snprintf(r->id, sizeof r->id, "%016llx", z);
+    snprintf(out, 72, "%016llx", z);
 }
 
 /* Constant-time comparison of the Authorization header with "Bearer <key>": the time depends on the lengths
@@ -162,6 +168,7 @@ void http_req_unref(struct req *r) {
     http_server *h = r->srv;
     VITD_ASSERT(r->body == NULL);
     work_release(r);
+    free(r->early.buf);
     arena_free(r->arena);
     pthread_mutex_destroy(&r->prep_mu);
     free(r);
@@ -174,6 +181,8 @@ void http_req_unref(struct req *r) {
 
 enum MHD_Result http_respond(struct req *r, int status, const char *ctype, char *buf, size_t len,
                              const char *extra_name, const char *extra_value) {
+    /* libmicrohttpd closes the connection after an answer queued in the first call: keep it for the final one */
+    if (r->first_call && early_defer(r, status, ctype, buf, len, extra_name, extra_value)) return MHD_YES;
     struct MHD_Response *resp = MHD_create_response_from_buffer_with_free_callback(len, buf, free);
     if (!resp) {
         free(buf);
@@ -182,10 +191,12 @@ enum MHD_Result http_respond(struct req *r, int status, const char *ctype, char 
     if (ctype) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     MHD_add_response_header(resp, "X-Request-Id", r->id);
     if (extra_name) MHD_add_response_header(resp, extra_name, extra_value);
-    if (atomic_load(&r->srv->draining)) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (r->must_close || atomic_load(&r->srv->draining))
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     r->status = status;
     r->bytes_out = len;
     r->phase = PH_ANSWERED;
+    conn_guard_phase(r->conn, CONN_SENDING);
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     return ok;
@@ -204,6 +215,7 @@ enum MHD_Result http_respond_iov(struct req *r, int status, const char *ctype, c
     r->status = status;
     r->bytes_out = total;
     r->phase = PH_ANSWERED;
+    conn_guard_phase(r->conn, CONN_SENDING);
     enum MHD_Result ok = MHD_queue_response(r->conn, (unsigned)status, resp);
     MHD_destroy_response(resp);
     return ok;
@@ -413,56 +425,94 @@ static enum MHD_Result v2_get(struct req *r, const char *version) {
 
 /* ---- MHD callbacks ---- */
 
+enum MHD_Result http_get_answer(struct req *r) {
+    http_server *h = r->srv;
+    switch (r->route) {
+    case RT_HEALTH: return http_respond_text(r, 200, "application/json", "{\"status\":\"ok\"}\n");
+    case RT_READY:
+        if (atomic_load(&h->draining))
+            return http_respond_text(r, 503, "application/json", "{\"status\":\"draining\"}\n");
+        if (!atomic_load(&h->ready))
+            return http_respond_text(r, 503, "application/json", "{\"status\":\"starting\"}\n");
+        return http_respond_text(r, 200, "application/json", "{\"status\":\"ready\"}\n");
+    case RT_METRICS: return handle_metrics(r);
+    case RT_MODEL: return handle_model(r);
+    case RT_V2_SERVER:
+    case RT_V2_LIVE:
+    case RT_V2_READY:
+    case RT_V2_MODEL:
+    case RT_V2_MODEL_READY: return v2_get(r, r->v2_version);
+    default: break;
+    }
+    return MHD_NO;
+}
+
+static enum MHD_Result frame_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+    (void)kind;
+    http_frame_add(cls, key, value);
+    return MHD_YES;
+}
+
+/* The first call: framing, the API key (before anything route-specific is revealed), route and method, then
+ * the route's start. Answers made here wait for the final call (http_early.c). */
+static enum MHD_Result first_call(struct req *r, const char *url, const char *method, const char *version) {
+    http_server *h = r->srv;
+    struct MHD_Connection *conn = r->conn;
+    http_frame f;
+    http_frame_init(&f);
+    MHD_get_connection_values(conn, MHD_HEADER_KIND, frame_header, &f);
+    http_frame_verdict v;
+    if (http_frame_check(&f, version, &v)) {
+        r->must_close = true; /* what follows on this connection cannot be trusted to be a request */
+        return http_respond_error(r, v.status, v.code, NULL, NULL, "%s", v.msg);
+    }
+    r->body_pending = f.n_transfer_encoding ? -1 : f.n_content_length ? (long long)f.content_length : 0;
+    r->route = route_of(url, h->model_name, r->arena, &r->v2_model, &r->v2_version);
+    r->v2_errors = !strncmp(url, "/v2", 3) && (url[3] == '\0' || url[3] == '/');
+    bool open = r->route != RT_NOT_FOUND && http_routes[r->route].open;
+    if (!open && !auth_ok(h, conn))
+        return http_respond_error(r, 401, "unauthorized", MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"vitd\"",
+                                  "missing or wrong API key (Authorization: Bearer <key>)");
+    if (r->route == RT_NOT_FOUND)
+        return http_respond_error(r, 404, "not_found", NULL, NULL, "no route %s %s", method, url);
+    const http_route *rt = &http_routes[r->route];
+    bool get_like = !strcmp(rt->method, "GET") && !strcmp(method, "HEAD");
+    if (strcmp(method, rt->method) != 0 && !get_like)
+        return http_respond_error(r, 405, "method_not_allowed", MHD_HTTP_HEADER_ALLOW, rt->allow,
+                                  "%s does not allow %s (allowed: %s)", url, method, rt->allow);
+    if (r->route >= RT_IMAGE_ROUTES) {
+        r->phase = PH_GET; /* answered at the final call: now would close the connection */
+        return MHD_YES;
+    }
+    if (r->route == RT_V2_INFER && !v2_model_known(r, r->v2_version)) return MHD_YES;
+    return images_begin(r);
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **req_cls) {
-    (void)version;
     http_server *h = cls;
     struct req *r = *req_cls;
     if (!r) {
+        if (conn_guard_lingering(conn)) return MHD_NO; /* answered from the URI callback, or being closed */
         r = req_create(h, conn, method);
         if (!r) return MHD_NO;
         *req_cls = r;
-        const char *v2_version = NULL;
-        r->route = route_of(url, h->model_name, r->arena, &r->v2_model, &v2_version);
-        r->v2_errors = !strncmp(url, "/v2", 3) && (url[3] == '\0' || url[3] == '/');
-        if (r->route == RT_NOT_FOUND)
-            return http_respond_error(r, 404, "not_found", NULL, NULL, "no route %s %s", method, url);
-        const http_route *rt = &http_routes[r->route];
-        bool get_like = !strcmp(rt->method, "GET") && !strcmp(method, "HEAD");
-        if (strcmp(method, rt->method) != 0 && !get_like)
-            return http_respond_error(r, 405, "method_not_allowed", MHD_HTTP_HEADER_ALLOW, rt->allow,
-                                      "%s does not allow %s (allowed: %s)", url, method, rt->allow);
-        if (!rt->open && !auth_ok(h, conn))
-            return http_respond_error(r, 401, "unauthorized", MHD_HTTP_HEADER_WWW_AUTHENTICATE,
-                                      "Bearer realm=\"vitd\"", "missing or wrong API key (Authorization: Bearer <key>)");
-        switch (r->route) {
-        case RT_HEALTH: return http_respond_text(r, 200, "application/json", "{\"status\":\"ok\"}\n");
-        case RT_READY:
-            if (atomic_load(&h->draining))
-                return http_respond_text(r, 503, "application/json", "{\"status\":\"draining\"}\n");
-            if (!atomic_load(&h->ready))
-                return http_respond_text(r, 503, "application/json", "{\"status\":\"starting\"}\n");
-            return http_respond_text(r, 200, "application/json", "{\"status\":\"ready\"}\n");
-        case RT_METRICS: return handle_metrics(r);
-        case RT_MODEL: return handle_model(r);
-        case RT_V2_INFER:
-            if (!v2_model_known(r, v2_version)) return MHD_YES;
-            return images_begin(r);
-        case RT_ENCODE:
-        case RT_VLLM_EMBEDS:
-        case RT_CHAT: return images_begin(r);
-        case RT_V2_SERVER:
-        case RT_V2_LIVE:
-        case RT_V2_READY:
-        case RT_V2_MODEL:
-        case RT_V2_MODEL_READY: return v2_get(r, v2_version);
-        case RT_NOT_FOUND: break;
-        }
-        return MHD_NO;
+        conn_guard_phase(conn, CONN_BODY);
+        r->first_call = true;
+        enum MHD_Result res = first_call(r, url, method, version);
+        r->first_call = false;
+        return res;
     }
     switch (r->phase) {
-    case PH_BODY: return images_upload(r, upload_data, upload_data_size);
+    case PH_GET:
+    case PH_DISCARD:
+    case PH_LINGER:
+        if (*upload_data_size == 0 && r->phase != PH_LINGER) conn_guard_phase(conn, CONN_WORK);
+        return early_upload(r, upload_data, upload_data_size);
+    case PH_BODY:
+        if (*upload_data_size == 0) conn_guard_phase(conn, CONN_WORK);
+        return images_upload(r, upload_data, upload_data_size);
     case PH_DONE: return images_answer(r);
     case PH_ASYNC:   /* not called while suspended */
     case PH_ANSWERED:
@@ -475,7 +525,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
  * connection's reference. */
 static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
                          enum MHD_RequestTerminationCode toe) {
-    (void)conn;
     http_server *h = cls;
     struct req *r = *req_cls;
     if (!r) return;
@@ -492,6 +541,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **req_cls,
         status = toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? 408 : 499;
         error = toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED ? "connection_timeout" : "client_closed";
     }
+    conn_guard_phase(conn, CONN_IDLE); /* kept alive: the next request line is awaited */
     const char *route = r->route == RT_NOT_FOUND ? "other" : http_routes[r->route].path;
     double st[METRICS_N_STAGES];
     for (int i = 0; i < METRICS_N_STAGES; i++) st[i] = -1;
@@ -602,15 +652,26 @@ vitd_status http_start(const http_opts *o, http_server **out, vitd_err *err) {
     else snprintf(h->model_name, sizeof h->model_name, "%.*s", (int)(plen - b), path + b);
     content_id_model(o->model, h->model_fp);
 
+    conn_limits cl = {.max_connections = c->max_connections, .idle_s = c->connection_timeout_s,
+                      .header_s = c->header_timeout_s, .body_s = c->body_timeout_s, .send_s = c->send_timeout_s};
+    h->guard = conn_guard_create(&cl, o->metrics);
+    if (!h->guard) {
+        http_free(h);
+        return vitd_fail(err, VITD_E_INTERNAL, "http: cannot start the connection guard thread");
+    }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (v6) flags |= MHD_USE_IPv6;
+    /* libmicrohttpd's own limit stays well above max_connections: at its limit it stops accepting and clients
+     * hang in the listen backlog, while the guard answers or makes room (conn_guard.h) */
+    unsigned mhd_limit = 2u * (unsigned)c->max_connections + 4u * (unsigned)c->http_threads + 16u;
     h->daemon = MHD_start_daemon(
         flags, (uint16_t)c->port, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)c->http_threads, MHD_OPTION_CONNECTION_LIMIT,
-        (unsigned)c->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)c->connection_timeout_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)256 * 1024, MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
-        MHD_OPTION_END);
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, conn_guard_notify, h->guard,
+        MHD_OPTION_URI_LOG_CALLBACK, early_on_uri, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)c->http_threads, MHD_OPTION_CONNECTION_LIMIT, mhd_limit,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)c->max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)c->connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)256 * 1024,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_END);
     if (!h->daemon) {
         int e = errno;
         http_free(h);
@@ -672,6 +733,7 @@ void http_stop(http_server *h) {
 void http_free(http_server *h) {
     if (!h) return;
     http_stop(h);
+    conn_guard_free(h->guard); /* after the daemon: every connection was closed and notified */
     pthread_cond_destroy(&h->idle_cv);
     pthread_mutex_destroy(&h->mu);
     pthread_rwlock_destroy(&h->work_lock);

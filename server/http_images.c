@@ -277,12 +277,18 @@ enum MHD_Result images_upload(struct req *r, const char *data, size_t *size) {
         r->bytes_in += n;
         *size = 0;
         if (r->bytes_in > h->o.cfg->max_body_bytes) {
-            /* a chunked upload grew past the limit: MHD cannot answer mid-upload, so close */
-            r->status = 413;
+            /* a chunked upload grew past the limit: libmicrohttpd cannot queue an answer mid-body, so the 413 is
+             * written on the socket and the rest of the body dropped (http_early.c) */
+            body_end(r->body);
+            r->body = NULL;
+            char msg[160];
+            snprintf(msg, sizeof msg, "body over max_body_bytes %zu (a chunked upload; stopped reading at %llu "
+                     "bytes)", h->o.cfg->max_body_bytes, (unsigned long long)r->bytes_in);
+            size_t len = 0;
+            char *body = r->v2_errors ? kserve_error(msg, &len) : reply_error_json("too_large", msg, r->id, &len);
             r->error_code = "too_large";
-            log_req(VITD_LOG_WARN, r->id, "body over max_body_bytes %zu while streaming; closing the connection",
-                    h->o.cfg->max_body_bytes);
-            return MHD_NO;
+            early_write(r, 413, "application/json", body, len, NULL, NULL);
+            return MHD_YES;
         }
         if (!r->body_failed) {
             vitd_err err = {0};

@@ -8,6 +8,11 @@
  * an image request that went asynchronous, one for the work (prep pool -> scheduler -> io pool), dropped by
  * whoever records the outcome and resumes the connection. Whoever drops the last reference frees the arena.
  *
+ * Answers and keep-alive (http_early.c): libmicrohttpd 0.9 closes the connection after any answer queued in the
+ * first handler call, so nothing is answered there. GET routes answer at the final call; an error decided at the
+ * first call (401, 404, 405, 415, a bad option) waits in PH_DISCARD while a body of up to discard_body_bytes is
+ * dropped, and a larger one is answered at once (the connection then closes). Framing errors close it always.
+ *
  * Image-route phases (r->phase, touched only by the connection's MHD thread, except PH_ASYNC -> PH_DONE which
  * the work side sets before MHD_resume_connection, whose locking orders it before the next handler call):
  *   PH_BODY   upload streaming into body_feed(); an error is remembered and answered when the upload ends
@@ -61,7 +66,16 @@ typedef struct {
 
 extern const http_route http_routes[RT_NOT_FOUND + 1];
 
-typedef enum { PH_NEW, PH_BODY, PH_ASYNC, PH_DONE, PH_ANSWERED } req_phase;
+typedef enum {
+    PH_NEW,
+    PH_GET,       /* a GET route: answered at the final call, any body dropped (http_early.c) */
+    PH_DISCARD,   /* an error decided at the first call waits in r->early while the body is dropped */
+    PH_LINGER,    /* answered straight on the socket (http_early.c); what still arrives is dropped */
+    PH_BODY,
+    PH_ASYNC,
+    PH_DONE,
+    PH_ANSWERED
+} req_phase;
 
 /* An image waiting for another request's encode of the same bytes (http_work.c). */
 typedef struct {
@@ -72,6 +86,7 @@ typedef struct {
 struct http_server {
     http_opts o;
     struct MHD_Daemon *daemon;
+    struct conn_guard *guard;  /* connection phases and deadlines (conn_guard.h) */
     int port;
     atomic_bool ready;
     atomic_bool draining;
@@ -103,6 +118,18 @@ struct req {
     uint64_t bytes_in, bytes_out;
     int status;               /* HTTP status queued (0 = none yet) */
     const char *error_code;   /* error.code of a failed answer, or NULL */
+    /* ---- early answers (http_early.c) ---- */
+    bool first_call;          /* inside the first access-handler call: answers wait for the final one */
+    bool must_close;          /* the answer closes the connection (framing errors) */
+    long long body_pending;   /* from the headers at the first call: Content-Length, -1 chunked, 0 none */
+    uint64_t discarded;       /* body bytes read and dropped */
+    const char *v2_version;   /* the version segment of a v2 path (arena), or NULL */
+    struct {
+        int status;
+        const char *ctype, *xname, *xvalue; /* arena copies */
+        char *buf;            /* malloc'd body, owned until it is queued or written */
+        size_t len;
+    } early;                  /* the answer of PH_DISCARD */
     /* ---- image routes ---- */
     body_state *body;
     bool body_failed;         /* answer `pending` when the upload ends */
@@ -173,6 +200,27 @@ enum MHD_Result http_respond_text(struct req *r, int status, const char *ctype, 
 
 /* Drops one reference; the last one frees the arena and the request. */
 void http_req_unref(struct req *r);
+/* A fresh request id (16 hex digits) into out[72]. */
+void http_new_id(http_server *h, char *out);
+/* The GET routes' answers (PH_GET, at the final call). */
+enum MHD_Result http_get_answer(struct req *r);
+
+/* ---- early answers and keep-alive (http_early.c) ---- */
+
+/* Called by http_respond inside the first call: keeps the answer for the final call (true) when no body or one
+ * of at most discard_body_bytes follows, taking buf; false when it must go now (the connection then closes). */
+bool early_defer(struct req *r, int status, const char *ctype, char *buf, size_t len, const char *xname,
+                 const char *xvalue);
+/* The later calls of PH_GET, PH_DISCARD and PH_LINGER: drop the body, answer at the final call. */
+enum MHD_Result early_upload(struct req *r, const char *data, size_t *size);
+/* Writes an answer straight on the socket (mid-body, where libmicrohttpd cannot queue one) and lingers: the
+ * request is then PH_LINGER. Takes buf. */
+void early_write(struct req *r, int status, const char *ctype, char *buf, size_t len, const char *xname,
+                 const char *xvalue);
+/* libmicrohttpd's MHD_OPTION_URI_LOG_CALLBACK: the request line arrived; a target over max_uri_bytes or with
+ * more than max_query_params parameters is answered 414 / 431 on the spot (libmicrohttpd 0.9 runs out of its
+ * connection pool parsing thousands of parameters and then answers nothing). */
+void *early_on_uri(void *cls, const char *uri, struct MHD_Connection *c);
 
 /* ---- the work behind an image request (http_work.c) ---- */
 

@@ -477,6 +477,13 @@ metrics_vitd *metrics_vitd_create(void) {
     m->oc_evictions_s = metrics_series_get(m->oc_evictions, NULL);
     m->oc_bytes_s = metrics_series_get(m->oc_bytes, NULL);
     m->oc_entries_s = metrics_series_get(m->oc_entries, NULL);
+    m->conn_open = metrics_gauge(r, "vitd_connections_open", "HTTP connections open.", NULL);
+    m->conn_closed = metrics_counter(r, "vitd_connections_closed_total",
+                                     "HTTP connections vitd closed itself, by reason.", "reason", NULL);
+    m->conn_open_s = metrics_series_get(m->conn_open, NULL);
+    static const char *const reasons[METRICS_N_CONN] = {"idle_timeout", "header_timeout", "body_timeout",
+                                                        "send_timeout", "evicted", "over_limit", "linger"};
+    for (int i = 0; i < METRICS_N_CONN; i++) m->conn_closed_s[i] = metrics_series_get(m->conn_closed, reasons[i], NULL);
     return m;
 }
 

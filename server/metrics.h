@@ -123,7 +123,15 @@ enum { METRICS_ATTN_FP32, METRICS_ATTN_BF16, METRICS_ATTN_FP8, METRICS_N_ATTN };
  *                                                        retry counts waits whose encode failed elsewhere (the
  *                                                        waiter then encoded the image itself)
  *   vitd_output_cache_evictions_total          counter   ready entries evicted for the byte bound
- *   vitd_output_cache_bytes, _entries          gauge     what the cache holds (ready and pending) */
+ *   vitd_output_cache_bytes, _entries          gauge     what the cache holds (ready and pending)
+ * Connections (server/conn_guard.h):
+ *   vitd_connections_open                      gauge     HTTP connections open
+ *   vitd_connections_closed_total{reason}      counter   connections vitd closed itself: idle_timeout, header_timeout,
+ *                                                        body_timeout, send_timeout, evicted (a pending one closed to
+ *                                                        make room at max_connections), over_limit (refused at
+ *                                                        max_connections), linger (after an answer written early) */
+enum { METRICS_CONN_IDLE, METRICS_CONN_HEADER, METRICS_CONN_BODY, METRICS_CONN_SEND, METRICS_CONN_EVICTED,
+       METRICS_CONN_OVER_LIMIT, METRICS_CONN_LINGER, METRICS_N_CONN };
 enum { METRICS_KIND_ENCODE, METRICS_KIND_VLLM_INLINE, METRICS_KIND_VLLM_EC, METRICS_KIND_EPD,
        METRICS_KIND_KSERVE_JSON, METRICS_KIND_KSERVE_BINARY, METRICS_N_KINDS };
 typedef struct {
@@ -138,6 +146,8 @@ typedef struct {
         *ec_write_seconds_s, *ec_registered_s, *ec_announce_ok_s, *ec_announce_err_s;
     metrics_family *oc_requests, *oc_evictions, *oc_bytes, *oc_entries;
     metrics_series *oc_hit_s, *oc_miss_s, *oc_wait_s, *oc_retry_s, *oc_evictions_s, *oc_bytes_s, *oc_entries_s;
+    metrics_family *conn_open, *conn_closed;
+    metrics_series *conn_open_s, *conn_closed_s[METRICS_N_CONN];
     metrics_series *stage[METRICS_N_STAGES];   /* vitd_request_duration_seconds{stage=...} */
     metrics_series *batches[METRICS_N_ATTN];   /* vitd_batches_total{attn=...} */
     metrics_series *batch_images_s, *batch_tokens_s, *queue_tokens_s, *queue_requests_s, *images_s, *tokens_s,

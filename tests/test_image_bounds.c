@@ -21,6 +21,7 @@
 #include "check.h"
 #include "codecs.h"
 #include "image.h"
+#include "util.h"
 
 #define ANY_STATUS 1 /* not a vitd_status: any outcome but a crash */
 
@@ -34,7 +35,7 @@ typedef struct {
 static void put(buf *b, const void *src, size_t n) {
     if (b->n + n > b->cap) {
         b->cap = (b->n + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
+        b->p = xrealloc(b->p, b->cap);
     }
     memcpy(b->p + b->n, src, n);
     b->n += n;
@@ -84,11 +85,11 @@ static void png_head(buf *b, uint32_t w, uint32_t h) {
 /* The IDAT and IEND of a w x h RGB image of a gradient. */
 static void png_tail(buf *b, uint32_t w, uint32_t h) {
     size_t raw_n = (size_t)h * (1 + 3 * w);
-    uint8_t *raw = calloc(raw_n, 1);
+    uint8_t *raw = xcalloc(raw_n, 1);
     for (uint32_t y = 0; y < h; y++)
         for (uint32_t x = 0; x < 3 * w; x++) raw[y * (1 + 3 * w) + 1 + x] = (uint8_t)(x * 17 + y * 29);
     uLongf zn = compressBound(raw_n);
-    uint8_t *z = malloc(zn);
+    uint8_t *z = xmalloc(zn);
     compress2(z, &zn, raw, raw_n, 9);
     png_chunk(b, "IDAT", z, (uint32_t)zn);
     png_chunk(b, "IEND", "", 0);
@@ -98,9 +99,9 @@ static void png_tail(buf *b, uint32_t w, uint32_t h) {
 
 /* keyword \0 method \0 then zlib of n zero bytes: a small chunk that inflates to n bytes. */
 static void png_zlib_bomb_chunk(buf *b, const char *tag, size_t n, int has_lang) {
-    uint8_t *zeros = calloc(n, 1);
+    uint8_t *zeros = xcalloc(n, 1);
     uLongf zn = compressBound(n);
-    uint8_t *z = malloc(zn);
+    uint8_t *z = xmalloc(zn);
     compress2(z, &zn, zeros, n, 9);
     buf c = {0};
     put(&c, "bomb", 5); /* keyword and its NUL */
@@ -129,7 +130,7 @@ static uint8_t *jpeg_many_scans(uint32_t w, uint32_t h, int n_scans, size_t *len
     c.input_components = 3;
     c.in_color_space = JCS_RGB;
     jpeg_set_defaults(&c);
-    jpeg_scan_info *scans = calloc((size_t)n_scans, sizeof *scans);
+    jpeg_scan_info *scans = xcalloc((size_t)n_scans, sizeof *scans);
     int k = 0, al = 5;
     for (int comp = 0; comp < 3 && k < n_scans; comp++) { /* DC of each component, non-interleaved */
         scans[k++] = (jpeg_scan_info){1, {comp}, 0, 0, 0, al};
@@ -143,7 +144,7 @@ static uint8_t *jpeg_many_scans(uint32_t w, uint32_t h, int n_scans, size_t *len
     c.scan_info = scans;
     c.num_scans = k;
     jpeg_start_compress(&c, TRUE);
-    uint8_t *row = malloc((size_t)w * 3);
+    uint8_t *row = xmalloc((size_t)w * 3);
     while (c.next_scanline < h) {
         for (uint32_t x = 0; x < 3 * w; x++) row[x] = (uint8_t)(x * 5 + c.next_scanline * 3);
         JSAMPROW r = row;
@@ -300,6 +301,7 @@ static void jpeg_bombs(void) {
     free(j);
     j = jpeg_many_scans(16, 16, 600, &n);
     bomb("jpeg 600 scans", j, n, 16, 16, VITD_OK, NULL);
+    free(j);
     /* the same many-scan file with its frame header saying 4000x4000: the coefficient arrays are sized by the
      * declared size (within the bound), and the data runs out */
     j = jpeg_many_scans(16, 16, 200, &n);

@@ -9,6 +9,7 @@
 #include "arena.h"
 #include "body.h"
 #include "check.h"
+#include "util.h"
 #include "json_strict.h"
 
 static void expect_fail(const char *js, vitd_status code, const char *needle) {
@@ -59,7 +60,7 @@ static void *arena_cb(void *ctx, size_t n) { return arena_alloc(ctx, n); }
 
 /* {"ignored": [1,1,1,...], "images": []}: n_values small values. */
 static char *number_body(size_t n_values, size_t *len) {
-    char *s = malloc(2 * n_values + 64);
+    char *s = xmalloc(2 * n_values + 64);
     size_t k = (size_t)sprintf(s, "{\"ignored\": [");
     for (size_t i = 0; i < n_values; i++) {
         s[k++] = '1';
@@ -103,7 +104,7 @@ static void test_budget(void) {
     free(js);
     /* a base64-sized string: about its own size, far inside the budget */
     size_t sl = (size_t)6 << 20;
-    char *big = malloc(sl + 32);
+    char *big = xmalloc(sl + 32);
     size_t k = (size_t)sprintf(big, "{\"images\": [\"");
     memset(big + k, 'Q', sl);
     k += sl;
