@@ -7,6 +7,7 @@
  * the engine makes it where FP8 attention cannot run on the GPU (attn_route.h); auto falls back to BF16 inside
  * the engine with one warning. */
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -32,6 +33,9 @@ typedef struct {
     const char *(*last_attn)(const void *impl);   /* path of the batch just finished */
     const char *(*fallback)(const void *impl);
     int (*idle)(void *impl);                       /* deferred work; NULL = none */
+    /* after a failed batch: whether the device itself is gone (a sticky CUDA error); NULL = never */
+    int (*device_lost)(void *impl, vitd_err *why);
+    void (*inject_fault)(void *impl);              /* makes the device fail for real (fault injection) */
 } backend_ops;
 
 enum { PATH_NONE = -1, PATH_FP32 = 0, PATH_BF16 = 1, PATH_FP8 = 2, N_PATHS = 3 };
@@ -55,6 +59,10 @@ struct vitd_encoder {
     flat_batch flat[VITD_ENCODER_PIPELINE];
     _Atomic uint64_t batches[N_PATHS];  /* written by the running thread, read by any */
     _Atomic int last;                   /* PATH_*, likewise */
+    _Atomic bool failed;                /* the device is unusable: set once, after `failure` is written */
+    vitd_err failure;
+    long fault_after;                   /* VITD_FAULT_INJECT: batches to run before the fault, -1 = none */
+    long n_submitted;
 };
 
 vitd_encoder_opts vitd_encoder_opts_default(void) {
@@ -85,8 +93,8 @@ static const char *cpu_fallback(const void *impl) {
     (void)impl;
     return "";
 }
-static const backend_ops cpu_backend = {"cpu",    0,        cpu_run,  NULL,         NULL, cpu_free,
-                                        cpu_attn, cpu_attn, cpu_fallback, NULL};
+static const backend_ops cpu_backend = {"cpu",    0,        cpu_run,      NULL, NULL, cpu_free,
+                                        cpu_attn, cpu_attn, cpu_fallback, NULL, NULL, NULL};
 
 /* ---- gpu backend ---- */
 #ifdef VITD_HAVE_CUDA
@@ -99,9 +107,13 @@ static const char *gpu_attn(const void *impl) { return gpu_engine_attn_dtype(imp
 static const char *gpu_last(const void *impl) { return gpu_engine_last_attn(impl); }
 static const char *gpu_fallback(const void *impl) { return gpu_engine_fp8_fallback(impl); }
 static int gpu_idle(void *impl) { return gpu_engine_idle(impl); }
-static const backend_ops gpu_backend = {"gpu",    1,        NULL,     gpu_submit,   gpu_wait, gpu_free,
-                                        gpu_attn, gpu_last, gpu_fallback, gpu_idle};
+static int gpu_lost(void *impl, vitd_err *why) { return gpu_engine_device_lost(impl, why); }
+static void gpu_inject(void *impl) { gpu_engine_inject_fault(impl); }
+static const backend_ops gpu_backend = {"gpu",    1,        NULL,         gpu_submit, gpu_wait, gpu_free,
+                                        gpu_attn, gpu_last, gpu_fallback, gpu_idle,   gpu_lost, gpu_inject};
 #endif
+
+static long fault_injection_setting(void);
 
 vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *opts, vitd_encoder **out,
                                 vitd_err *err) {
@@ -134,6 +146,7 @@ vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *op
     vitd_encoder *e = xcalloc(1, sizeof *e);
     e->model = m;
     atomic_store(&e->last, PATH_NONE);
+    e->fault_after = fault_injection_setting();
     vitd_status s;
     if (strcmp(want, "cpu") != 0) {
 #ifdef VITD_HAVE_CUDA
@@ -176,6 +189,55 @@ vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *op
     e->ops = &cpu_backend;
     *out = e;
     return VITD_OK;
+}
+
+/* ---- device failure ---- */
+
+/* VITD_FAULT_INJECT=batch:N (builds with VITD_FAULT_INJECTION only): the device fails at the batch after N good
+ * ones: for real on the GPU (a kernel writes to an invalid address: a sticky CUDA error), simulated on the CPU.
+ * For testing the server's handling of a dead device; production images are built without it. */
+static long fault_injection_setting(void) {
+#ifdef VITD_FAULT_INJECTION
+    const char *v = getenv("VITD_FAULT_INJECT");
+    if (!v || strncmp(v, "batch:", 6) != 0) return -1;
+    char *end = NULL;
+    long n = strtol(v + 6, &end, 10);
+    if (end == v + 6 || *end || n < 0) return -1;
+    vitd_log(VITD_LOG_WARN, "VITD_FAULT_INJECT: the device will fail after %ld batches (a test build)", n);
+    return n;
+#else
+    return -1;
+#endif
+}
+
+/* After a failed batch: a sticky device error makes the encoder unusable for good (vitd_encoder_failed). */
+static void note_batch_failure(vitd_encoder *e, vitd_status s) {
+    if (s != VITD_E_GPU || atomic_load(&e->failed) || !e->ops->device_lost) return;
+    vitd_err why = {0};
+    if (!e->ops->device_lost(e->impl, &why)) return;
+    e->failure = why;
+    atomic_store(&e->failed, true);
+    vitd_log(VITD_LOG_ERROR, "encoder: the device failed and cannot recover: %s", why.msg);
+}
+
+/* Fault injection at submit: returns the simulated failure on a backend without a real one. */
+static vitd_status maybe_inject(vitd_encoder *e, vitd_err *err) {
+    if (e->fault_after < 0 || e->n_submitted++ != e->fault_after) return VITD_OK;
+    if (e->ops->inject_fault) {
+        e->ops->inject_fault(e->impl); /* the batch now fails for real */
+        return VITD_OK;
+    }
+    vitd_fail(&e->failure, VITD_E_GPU, "injected device fault (VITD_FAULT_INJECT) after %ld batches",
+              e->fault_after);
+    atomic_store(&e->failed, true);
+    vitd_log(VITD_LOG_ERROR, "encoder: the device failed and cannot recover: %s", e->failure.msg);
+    return vitd_fail(err, VITD_E_GPU, "%s", e->failure.msg);
+}
+
+int vitd_encoder_failed(const vitd_encoder *e, vitd_err *why) {
+    if (!atomic_load(&((vitd_encoder *)e)->failed)) return 0;
+    if (why) *why = e->failure;
+    return 1;
 }
 
 /* Checks the parts every backend needs: images, grids, and the pointers of one of the two forms. */
@@ -263,6 +325,10 @@ static void flat_scatter(vitd_encoder *e, flat_batch *f, int ok) {
 vitd_status vitd_encoder_submit(vitd_encoder *e, const vitd_batch *b, vitd_err *err) {
     vitd_status s = batch_check(b, err);
     if (s != VITD_OK) return s;
+    if (atomic_load(&e->failed))
+        return vitd_fail(err, VITD_E_GPU, "the device failed earlier (%s); the process must restart",
+                         e->failure.msg);
+    if ((s = maybe_inject(e, err)) != VITD_OK) return s;
     if (e->n_flight == VITD_ENCODER_PIPELINE)
         return vitd_fail(err, VITD_E_BUSY, "encoder: %d batches already in flight; wait for one first",
                          VITD_ENCODER_PIPELINE);
@@ -281,6 +347,7 @@ vitd_status vitd_encoder_submit(vitd_encoder *e, const vitd_batch *b, vitd_err *
     s = e->ops->submit(e->impl, run, err);
     if (s != VITD_OK) {
         if (f->pv) flat_scatter(e, f, 0);
+        note_batch_failure(e, s);
         return s;
     }
     e->n_flight++;
@@ -293,6 +360,7 @@ vitd_status vitd_encoder_wait(vitd_encoder *e, vitd_err *err) {
     vitd_status s = f->st;
     if (!e->ops->run) s = e->ops->wait(e->impl, err);
     else if (s != VITD_OK && err) *err = f->err;
+    if (s != VITD_OK) note_batch_failure(e, s);
     if (f->pv) flat_scatter(e, f, s == VITD_OK);
     e->head = (e->head + 1) % VITD_ENCODER_PIPELINE;
     e->n_flight--;

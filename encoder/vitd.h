@@ -216,6 +216,10 @@ vitd_status vitd_encoder_run(vitd_encoder *e, const vitd_batch *b, vitd_err *err
 #define VITD_ENCODER_PIPELINE 2
 vitd_status vitd_encoder_submit(vitd_encoder *e, const vitd_batch *b, vitd_err *err);
 vitd_status vitd_encoder_wait(vitd_encoder *e, vitd_err *err);
+/* Whether the encoder's device failed for good (a sticky CUDA error: an illegal address, a lost or reset GPU);
+ * *why (if not NULL) says what. Every later submit fails with VITD_E_GPU at once: the process must restart (the
+ * server answers what it can and exits non-zero). Thread-safe. */
+int vitd_encoder_failed(const vitd_encoder *e, vitd_err *why);
 /* Batches submitted and not yet waited for. */
 int vitd_encoder_in_flight(const vitd_encoder *e);
 

@@ -66,6 +66,9 @@ cudaError_t gelu_erf_bf16(uint16_t *x, size_t n, cudaStream_t stream);
 cudaError_t convert_f32_to_bf16(const float *in, uint16_t *out, size_t n, cudaStream_t stream);
 cudaError_t convert_bf16_to_f32(const uint16_t *in, float *out, size_t n, cudaStream_t stream);
 
+/* A deliberate illegal-address fault (kernels/fault.cu): fault injection only. */
+cudaError_t fault_illegal_write(cudaStream_t stream);
+
 #ifdef __cplusplus
 }
 #endif

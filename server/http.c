@@ -430,6 +430,8 @@ enum MHD_Result http_get_answer(struct req *r) {
     switch (r->route) {
     case RT_HEALTH: return http_respond_text(r, 200, "application/json", "{\"status\":\"ok\"}\n");
     case RT_READY:
+        if (atomic_load(&h->failed))
+            return http_respond_text(r, 503, "application/json", "{\"status\":\"device_failed\"}\n");
         if (atomic_load(&h->draining))
             return http_respond_text(r, 503, "application/json", "{\"status\":\"draining\"}\n");
         if (!atomic_load(&h->ready))
@@ -637,6 +639,7 @@ vitd_status http_start(const http_opts *o, http_server **out, vitd_err *err) {
     atomic_init(&h->io_patches, 0);
     atomic_init(&h->ready, false);
     atomic_init(&h->draining, false);
+    atomic_init(&h->failed, false);
     atomic_init(&h->next_id, 1);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -689,6 +692,11 @@ int http_port(const http_server *h) { return h->port; }
 void http_set_ready(http_server *h, bool ready) {
     atomic_store(&h->ready, ready);
     if (h->o.metrics) metrics_set(h->o.metrics->ready_s, ready && !atomic_load(&h->draining) ? 1 : 0);
+}
+
+void http_set_failed(http_server *h) {
+    atomic_store(&h->failed, true);
+    http_set_ready(h, false);
 }
 
 void http_close_work(http_server *h) {

@@ -55,7 +55,8 @@ typedef struct {
     const vitd_model *model;             /* for /v1/model and the answer's shapes */
     const char *backend;                 /* "cpu" | "gpu", as the encoder reports */
     const char *attn_dtype;              /* "fp32" | "bf16" | "fp8" | "auto" (vitd_encoder_attn_dtype) */
-    const vitd_encoder *encoder;         /* for /v1/model's per-path batch counts; NULL = none (not owned) */
+    const vitd_encoder *encoder;         /* /v1/model's per-path batch counts, and whether its device failed (a failed
+                                            batch then answers 503, retry elsewhere); NULL = none (not owned) */
     const char *version;                 /* vitd version string */
     vitd_preproc_config preproc;         /* effective processor settings (config min/max_pixels applied) */
     size_t max_image_patches;            /* largest single image accepted (the encoder's batch plan) */
@@ -76,6 +77,9 @@ vitd_status http_start(const http_opts *o, http_server **out, vitd_err *err);
 int http_port(const http_server *h);
 /* Sets what /ready answers (200 when true and not draining). */
 void http_set_ready(http_server *h, bool ready);
+/* The encoder's device failed for good: /ready (and KServe's ready routes) answer 503 "device_failed" from now
+ * on, so a load balancer stops sending work while the process winds down. */
+void http_set_failed(http_server *h);
 /* Starts draining (see above). Idempotent. */
 void http_drain_begin(http_server *h);
 /* Requests started and not yet completed (answer sent or connection gone). */

@@ -90,6 +90,7 @@ struct http_server {
     int port;
     atomic_bool ready;
     atomic_bool draining;
+    atomic_bool failed;       /* the device failed (http_set_failed) */
     atomic_ullong next_id;
     unsigned long long id_seed;
     char model_name[256];

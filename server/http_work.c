@@ -164,6 +164,14 @@ static void on_settle(void *arg, bool ok) {
 
 static void job_done(sched_job *j, vitd_status s, const vitd_err *err) {
     struct req *r = req_of_job(j);
+    vitd_err why, e503;
+    if (s == VITD_E_GPU && r->srv->o.encoder && vitd_encoder_failed(r->srv->o.encoder, &why)) {
+        /* not this request's fault, and not this replica's to retry: 503, so the client goes elsewhere */
+        vitd_fail(&e503, VITD_E_CANCELLED, "the GPU of this replica failed (%.160s); retry on another replica",
+                  why.msg);
+        s = VITD_E_CANCELLED;
+        err = &e503;
+    }
     settle_leads(r, s == VITD_OK);
     if (s != VITD_OK) note_job_failure(r, s, err);
     part_done(r);

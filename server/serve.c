@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,12 +40,22 @@
 #define VITD_VERSION "0.1.0"
 #endif
 
+/* The byte the batcher writes into the signal pipe when the device failed (not a signal number). */
+#define SERVE_DEVICE_FAILED 255
+/* The exit status after a device failure: the orchestrator restarts the process. */
+#define SERVE_EXIT_DEVICE 3
+
 /* What the batcher's callbacks need. */
 typedef struct {
     vitd_encoder *enc;
     metrics_vitd *metrics;
     const char *attn;
+    _Atomic(http_server *) http; /* set once serving starts; /ready reports a failed device through it */
+    atomic_bool failed;          /* the device failure was reported (once) */
 } serve_ctx;
+
+static int g_sig_pipe[2] = {-1, -1}; /* [0] read by the main thread, [1] written by the handler (and by the
+                                        batcher for a device failure) */
 
 static vitd_status serve_submit(void *user, const vitd_batch *b, vitd_err *err) {
     serve_ctx *c = user;
@@ -63,6 +74,16 @@ static int serve_idle(void *user) {
 
 static void serve_on_batch(void *user, int n_images, size_t n_patches, double encode_s, vitd_status s) {
     serve_ctx *c = user;
+    vitd_err why;
+    if (s != VITD_OK && vitd_encoder_failed(c->enc, &why) && !atomic_exchange(&c->failed, true)) {
+        /* nothing more can be encoded here: /ready says so at once, and the main thread winds the process down */
+        log_msg(VITD_LOG_ERROR, "device failed: %s; answering what can still be answered, then exiting with "
+                "status %d to be restarted", why.msg, SERVE_EXIT_DEVICE);
+        http_server *h = atomic_load(&c->http);
+        if (h) http_set_failed(h);
+        unsigned char b = SERVE_DEVICE_FAILED;
+        if (g_sig_pipe[1] >= 0) (void)!write(g_sig_pipe[1], &b, 1);
+    }
     /* the path this batch took (auto routes per batch), so vitd_batches_total{attn} counts each path */
     const char *attn = vitd_encoder_last_attn(c->enc);
     if (s == VITD_OK && c->metrics) metrics_vitd_batch(c->metrics, *attn ? attn : c->attn, n_images, n_patches);
@@ -139,7 +160,6 @@ static vitd_status warmup(sched *s, const vitd_model *m, const vitd_preproc_conf
 
 /* ---- signals ---- */
 
-static int g_sig_pipe[2] = {-1, -1}; /* [0] read by the main thread, [1] written by the handler */
 
 /* Async-signal-safe: one byte into the pipe (dropped if the pipe is full: one pending signal is enough). */
 static void on_signal(int signo) {
@@ -426,6 +446,7 @@ int serve_main(int argc, char **argv) {
         log_msg(VITD_LOG_ERROR, "http: %s", err.msg);
         goto done;
     }
+    atomic_store(&ctx.http, http);
     {
         log_line l;
         log_begin(&l, VITD_LOG_INFO, "listening");
@@ -453,9 +474,18 @@ int serve_main(int argc, char **argv) {
 
     int sig = 0;
     while (!sig) sig = next_signal(sfd, -1);
-    log_msg(VITD_LOG_INFO, "%s: draining live=%d timeout_ms=%d", strsignal(sig), http_live_requests(http),
-            cfg.drain_timeout_ms);
-    http_drain_begin(http);
+    bool device_failed = sig == SERVE_DEVICE_FAILED;
+    if (device_failed) {
+        /* queued work cannot be encoded any more: answered 503 (retry elsewhere) now, the rest as it ends */
+        log_msg(VITD_LOG_ERROR, "device failed: draining live=%d, then exiting with status %d",
+                http_live_requests(http), SERVE_EXIT_DEVICE);
+        http_drain_begin(http);
+        sched_stop(sc, true);
+    } else {
+        log_msg(VITD_LOG_INFO, "%s: draining live=%d timeout_ms=%d", strsignal(sig), http_live_requests(http),
+                cfg.drain_timeout_ms);
+        http_drain_begin(http);
+    }
     epd_announcer_leave(announcer); /* the proxy stops routing here while the drain goes on */
     bool idle = drain_wait(http, sfd, cfg.drain_timeout_ms);
     if (!idle) {
@@ -470,7 +500,7 @@ int serve_main(int argc, char **argv) {
         io = NULL;
         http_wait_idle(http, 2000); /* give MHD a moment to send those answers */
     }
-    rc = 0;
+    rc = device_failed ? SERVE_EXIT_DEVICE : 0;
 
 done:
     /* reverse order; every suspended connection is resumed before MHD stops (prep and batcher first) */
@@ -489,5 +519,6 @@ done:
     if (sfd >= 0) signals_remove();
     config_args_release(&args);
     if (rc == 0) log_msg(VITD_LOG_INFO, "stopped");
+    else if (rc == SERVE_EXIT_DEVICE) log_msg(VITD_LOG_ERROR, "stopped after a device failure (exit %d)", rc);
     return rc;
 }

@@ -1516,3 +1516,15 @@ vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err) {
     if (st != VITD_OK) return st;
     return gpu_engine_wait(g, err);
 }
+
+/* ---- device failure ---- */
+
+int gpu_engine_device_lost(gpu_engine *g, vitd_err *why) {
+    (void)g;
+    cudaError_t e = cudaDeviceSynchronize(); /* a sticky error comes back from every call from now on */
+    if (e == cudaSuccess) return 0;
+    vitd_fail(why, VITD_E_GPU, "CUDA context lost: %s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+    return 1;
+}
+
+void gpu_engine_inject_fault(gpu_engine *g) { (void)fault_illegal_write(g->s_main); }

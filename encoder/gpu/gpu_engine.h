@@ -53,6 +53,11 @@ int gpu_engine_in_flight(const gpu_engine *g);
 /* opts->defer_plan_builds: with nothing in flight, builds one attention plan a batch wanted; returns how many are
  * still wanted (0: none). Build errors are logged, not returned (the batches ran on other plans). */
 int gpu_engine_idle(gpu_engine *g);
+/* After a failed batch: 1 (and *why) when the CUDA context holds a sticky error (illegal address, launch
+ * failure, a lost device): nothing on this GPU can run again in this process. */
+int gpu_engine_device_lost(gpu_engine *g, vitd_err *why);
+/* Fault injection (VITD_FAULT_INJECT): enqueues an illegal-address kernel on the compute stream. */
+void gpu_engine_inject_fault(gpu_engine *g);
 vitd_status gpu_engine_run(gpu_engine *g, const vitd_batch *b, vitd_err *err);
 void gpu_engine_free(gpu_engine *g); /* accepts NULL */
 
