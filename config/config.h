@@ -103,6 +103,9 @@
  *   batch_delay_ms          int     2      [0,1000] how long the batcher waits for more work before running a
  *                                                   batch that is not full (latency vs throughput).
  *   prep_threads            int     0      [0,1024] decode/preprocess threads; 0 = one per core.
+ *   malloc_arenas           int     2      [0,256]  glibc malloc arenas (M_ARENA_MAX); 0 = glibc's default (8 per
+ *                                                   core). Few arenas keep the resident memory flat under many
+ *                                                   threads (bench_soak, bench/RESULTS.md).
  *   drain_timeout_ms        int     30000  [0,3600000] on SIGTERM: stop accepting, finish queued work for at
  *                                                   most this long, then exit.
  *
@@ -216,6 +219,7 @@ typedef struct vitd_config {
     int batch_max_images;
     int batch_delay_ms;
     int prep_threads;               /* 0 = cores */
+    int malloc_arenas;              /* 0 = glibc's default */
     int drain_timeout_ms;
     /* outputs */
     const char *output_dtype;       /* "auto" | "float32" | "bfloat16" | "float16" */

@@ -374,12 +374,11 @@ enum MHD_Result work_begin(struct req *r) {
         !r->jds || !r->waits || !r->wait_failed || !r->keys)
         return http_respond_status(r, VITD_E_NOMEM, "out of memory for the request's image table");
     r->parts = 1; /* the setup, until the end of this function */
-    int n_wait = 0, n_hit = 0;
+    int n_wait = 0;
     for (int i = 0; i < n; i++) {
         lookup(r, i);
         if (r->state[i] == IMG_LEAD || r->state[i] == IMG_SOLO) r->work[r->n_work++] = i;
         n_wait += r->state[i] == IMG_WAIT;
-        n_hit += r->state[i] == IMG_HIT;
     }
     /* all answered from the cache, nothing to write: answer now, never suspended */
     if (r->n_work == 0 && n_wait == 0 && !work_writes_cache(r)) {

@@ -14,6 +14,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -317,6 +318,8 @@ int serve_main(int argc, char **argv) {
         log_msg(VITD_LOG_WARN, "unknown environment variable %s (not a vitd option)", args.unknown_env[i]);
     log_config(&cfg);
 
+    /* before any thread starts: threads beyond the arena count share arenas instead of each growing its own */
+    if (cfg.malloc_arenas > 0) mallopt(M_ARENA_MAX, cfg.malloc_arenas);
     sfd = signals_install();
     if (sfd < 0) {
         log_msg(VITD_LOG_ERROR, "signal pipe: %s", strerror(errno));
