@@ -388,6 +388,10 @@ served_before=$(done_count)
 docker stop -t 40 "$R1" >/dev/null || fail "docker stop replica 1 failed"
 r1_exit=$(docker inspect -f '{{.State.ExitCode}}' "$R1")
 say "replica 1 stopped (exit $r1_exit) after $served_before requests"
+# Keep it stopped until HAProxy has taken it out (fall 2 at inter 500ms: about a second): with the output cache
+# answering repeats in microseconds the load can otherwise pass its second third before two probes have failed.
+lb_saw_down() { docker logs "$LB" 2>&1 | grep -q 'vitd-1 is DOWN'; }
+wait_for 30 lb_saw_down || fail "HAProxy did not take replica 1 out within 30 s of its stop"
 wait_for 120 at_least $((2 * total / 3)) || fail "load: fewer than $((2 * total / 3)) requests done after 120 s"
 docker start "$R1" >/dev/null || fail "docker start replica 1 failed"
 say "replica 1 started again after $(done_count) requests"
