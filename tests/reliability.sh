@@ -27,11 +27,14 @@ build() {   # build DIR TARGETS... -- CMAKE ARGS...
     local targets=()
     while [ "$1" != -- ]; do targets+=("$1"); shift; done
     shift
-    if ! cmake -S . -B "$dir" "$@" >"$dir.cmake.log" 2>&1; then tail -30 "$dir.cmake.log"; return 1; fi
+    mkdir -p "$dir"
+    if ! cmake -S . -B "$dir" "$@" >"$dir/reliability.cmake.log" 2>&1; then
+        tail -30 "$dir/reliability.cmake.log"; return 1
+    fi
     local t=()
     for x in "${targets[@]}"; do t+=(--target "$x"); done
-    if ! cmake --build "$dir" -j"$JOBS" "${t[@]}" >"$dir.build.log" 2>&1; then
-        grep -E "error|Error" "$dir.build.log" | head -30; return 1
+    if ! cmake --build "$dir" -j"$JOBS" "${t[@]}" >"$dir/reliability.build.log" 2>&1; then
+        grep -E "error|Error" "$dir/reliability.build.log" | head -30; return 1
     fi
 }
 
