@@ -576,6 +576,59 @@ static void bench_one(const char *label, const vitd_vision_config *c, vitd_grid 
     cpu_model_free(cm);
 }
 
+/* The FP8 linear twin (cpu_model_set_fp8_linear): the same weights as the float32 model, the block GEMMs on E4M3
+ * values. Close to float32 but not equal (the quantisation is applied), per channel at least as close here, and
+ * a second call changes nothing. */
+static double cosine(const float *a, const float *b, size_t n) {
+    double ab = 0, aa = 0, bb = 0;
+    for (size_t i = 0; i < n; i++) ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
+    return ab / sqrt(aa * bb);
+}
+
+static void check_fp8_linear(void) {
+    vitd_vision_config c = small_config();
+    vitd_grid grids[] = {{1, 12, 16}, {1, 8, 8}};
+    const size_t N = grid_tokens(grids, 2), Nm = N / 4, K = 1536, Dout = (size_t)c.out_hidden_size;
+    float *pv = rand_pixels(N * K, 77);
+    outputs ref = {0}, q[2] = {{0}}, again = {0};
+    vitd_err err = {0};
+    for (int mode = -1; mode < 2; mode++) {
+        weight_store *ws = calloc(1, sizeof *ws);
+        ws->rng = 4242;
+        cpu_model *cm = NULL;
+        CHECK_OK(cpu_model_create_from(&c, store_get, ws, 2, &cm, &err), &err);
+        if (!cm) {
+            free(ws);
+            continue;
+        }
+        if (mode >= 0) cpu_model_set_fp8_linear(cm, mode, CPU_FP8_ALL);
+        CHECK_OK(run(cm, grids, 2, pv, 1, mode < 0 ? &ref : &q[mode], &err), &err);
+        if (mode == 0) {
+            cpu_model_set_fp8_linear(cm, 0, CPU_FP8_ALL);
+            CHECK_OK(run(cm, grids, 2, pv, 1, &again, &err), &err);
+            CHECK_MSG(memcmp(again.emb, q[0].emb, Nm * Dout * sizeof(float)) == 0, "a second call changed the model");
+        }
+        cpu_model_free(cm);
+        store_release(ws);
+        free(ws);
+    }
+    for (int mode = 0; mode < 2 && ref.emb && q[mode].emb; mode++) {
+        const double ce = cosine(q[mode].emb, ref.emb, Nm * Dout);
+        const double cd = cosine(q[mode].ds, ref.ds, 2 * Nm * Dout);
+        double max_abs = 0;
+        for (size_t i = 0; i < Nm * Dout; i++) {
+            const double e = fabs((double)q[mode].emb[i] - ref.emb[i]);
+            if (e > max_abs) max_abs = e;
+        }
+        printf("fp8 linear twin (%s weights) vs float32: embeddings cos %.6f, deepstack cos %.6f, max abs %.3e\n",
+               mode ? "per-channel" : "per-tensor", ce, cd, max_abs);
+        CHECK_MSG(ce > 0.99 && cd > 0.99, "fp8 linear twin too far from float32: cos %.6f / %.6f", ce, cd);
+        CHECK_MSG(ce < 0.999999 && max_abs > 0, "fp8 linear twin equals float32: the quantisation did not apply");
+    }
+    outputs_free(&ref), outputs_free(&q[0]), outputs_free(&q[1]), outputs_free(&again);
+    free(pv);
+}
+
 int main(int argc, char **argv) {
     int bench = argc > 1 && strcmp(argv[1], "--bench") == 0;
     vitd_vision_config c = small_config();
@@ -590,6 +643,7 @@ int main(int argc, char **argv) {
 
     check_checkpoint_wrapper();
     check_errors();
+    check_fp8_linear();
 
     /* tiny preset (demo_model.h), one 448x448 image: 28x28 patches */
     vitd_vision_config tiny = small_config();

@@ -433,6 +433,75 @@ static void test_attention(void) {
     CHECK_STR_CONTAINS(err.msg, "segment 1");
 }
 
+/* The FP8 linear twin (issue 14): scales, quantise-and-back in place, per-tensor and per-channel weights. */
+static void test_fp8_linear(void) {
+    const size_t rows = 37, cols = 300, n = rows * cols;
+    float *x = rand_outliers(rows, cols, 3.0);
+    for (size_t r = 0; r < rows; r++) /* output channels 1, 2^-4, 2^-8, 2^-12 apart (exact scalings) */
+        for (size_t c = 0; c < cols; c++) x[r * cols + c] = ldexpf(x[r * cols + c], -4 * (int)(r % 4));
+    float *y = malloc(n * sizeof(float)), *w = malloc(n * sizeof(float)), *w1 = malloc(n * sizeof(float));
+    double amax = 0;
+    for (size_t i = 0; i < n; i++)
+        if (fabs(x[i]) > amax) amax = fabs(x[i]);
+    const float ds = cpu_fp8_descale(x, n);
+    CHECK_MSG(ds == (float)amax / 448.0f, "descale %g, amax %g", ds, amax);
+    float zeros[4] = {0};
+    CHECK(cpu_fp8_descale(zeros, 4) == 1.0f);
+    memcpy(y, x, n * sizeof(float));
+    cpu_fp8_fake_quant(y, n, ds, 4);
+    /* every value is the E4M3 grid point nearest x/ds (ties to even), times ds: within half an ulp (1/16 relative
+     * in the normal range), the amax exactly on 448 * ds, signs kept, and the grid's own points stay put */
+    size_t changed = 0, off_grid = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (y[i] != cpu_e4m3_to_f32(cpu_e4m3_from_f32(x[i] * (1.0f / ds))) * ds) off_grid++;
+        if (y[i] != x[i]) changed++;
+        const double err = fabs((double)y[i] - x[i]), a = fabs(x[i]) / ds;
+        const double bound = a >= 0.015625 ? a / 16 * ds : 1.0 / 1024 * ds; /* normal: half of 1/8; else 2^-10 */
+        if (err > bound * 1.0001 || (x[i] > 0 && y[i] < 0) || (x[i] < 0 && y[i] > 0)) {
+            CHECK_MSG(0, "fake quant %zu: %g -> %g (error %g, bound %g)", i, x[i], y[i], err, bound);
+            break;
+        }
+    }
+    CHECK_MSG(off_grid == 0, "%zu values differ from the documented formula", off_grid);
+    CHECK_MSG(changed > n / 2, "quantisation changed only %zu of %zu values", changed, n);
+    float again[64];
+    memcpy(again, y, sizeof again);
+    cpu_fp8_fake_quant(again, 64, ds, 1);
+    CHECK_MSG(memcmp(again, y, sizeof again) == 0, "quantising grid values again moved them");
+    /* threads only split the work */
+    memcpy(w, x, n * sizeof(float));
+    cpu_fp8_fake_quant(w, n, ds, 1);
+    CHECK(memcmp(w, y, n * sizeof(float)) == 0);
+    /* per tensor = fake_quant with the tensor's descale; per channel: each row on its own scale (its amax kept) */
+    memcpy(w, x, n * sizeof(float));
+    cpu_fp8_fake_quant_weight(w, rows, cols, 0, 3);
+    CHECK(memcmp(w, y, n * sizeof(float)) == 0);
+    memcpy(w1, x, n * sizeof(float));
+    cpu_fp8_fake_quant_weight(w1, rows, cols, 1, 3);
+    double e_tensor = 0, e_row = 0; /* sums over rows of the row's relative squared error */
+    for (size_t r = 0; r < rows; r++) {
+        float ra = 0, qa = 0;
+        double et = 0, er = 0, xx = 0;
+        for (size_t c = 0; c < cols; c++) {
+            const size_t i = r * cols + c;
+            if (fabsf(x[i]) > ra) ra = fabsf(x[i]);
+            if (fabsf(w1[i]) > qa) qa = fabsf(w1[i]);
+            et += ((double)w[i] - x[i]) * ((double)w[i] - x[i]);
+            er += ((double)w1[i] - x[i]) * ((double)w1[i] - x[i]);
+            xx += (double)x[i] * x[i];
+        }
+        e_tensor += et / xx;
+        e_row += er / xx;
+        const float rd = ra / 448.0f;
+        CHECK_MSG(qa == cpu_e4m3_to_f32(cpu_e4m3_from_f32(ra * (1.0f / rd))) * rd, "row %zu amax %g -> %g", r, ra, qa);
+    }
+    /* the rows 2^-12 down fall to E4M3's subnormals on the tensor's scale, not on their own */
+    CHECK_MSG(e_row < e_tensor / 4, "per-channel error %g not well below per-tensor %g", e_row, e_tensor);
+    printf("fp8 linear twin: summed relative squared error per row: per-tensor %.3e, per-channel %.3e (%zux%zu)\n",
+           e_tensor, e_row, rows, cols);
+    free(x), free(y), free(w), free(w1);
+}
+
 int main(void) {
     test_parallel_for();
     test_activations();
@@ -442,5 +511,6 @@ int main(void) {
     test_pos_embed();
     test_rope();
     test_attention();
+    test_fp8_linear();
     return check_done("test_cpu_ops");
 }

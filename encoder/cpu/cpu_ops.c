@@ -574,3 +574,53 @@ void cpu_fp8_dequant(const uint8_t *o8, size_t n, int heads, int head_dim, int d
             out[th * (size_t)head_dim + j] = y;
         }
 }
+
+/* ---- fp8 linear ---- */
+
+float cpu_fp8_descale(const float *x, size_t n) {
+    float amax = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        const float a = fabsf(x[i]);
+        if (a > amax) amax = a; /* NaN compares false: ignored */
+    }
+    return amax > 0.0f ? amax / 448.0f : 1.0f;
+}
+
+typedef struct {
+    float *x;
+    float descale, inv;
+} fake_quant_ctx;
+
+static void fake_quant_range(void *arg, size_t begin, size_t end) {
+    const fake_quant_ctx *c = arg;
+    for (size_t i = begin; i < end; i++) c->x[i] = cpu_e4m3_to_f32(cpu_e4m3_from_f32(c->x[i] * c->inv)) * c->descale;
+}
+
+void cpu_fp8_fake_quant(float *x, size_t n, float descale, int threads) {
+    fake_quant_ctx c = {x, descale, 1.0f / descale};
+    cpu_parallel_for(threads, n, CPU_MIN_ELEMS, fake_quant_range, &c);
+}
+
+typedef struct {
+    float *w;
+    size_t cols;
+} fake_quant_rows_ctx;
+
+static void fake_quant_rows(void *arg, size_t begin, size_t end) {
+    const fake_quant_rows_ctx *c = arg;
+    for (size_t r = begin; r < end; r++) {
+        float *row = c->w + r * c->cols;
+        fake_quant_ctx one = {row, cpu_fp8_descale(row, c->cols), 0.0f};
+        one.inv = 1.0f / one.descale;
+        fake_quant_range(&one, 0, c->cols);
+    }
+}
+
+void cpu_fp8_fake_quant_weight(float *w, size_t rows, size_t cols, int per_row, int threads) {
+    if (!per_row) {
+        cpu_fp8_fake_quant(w, rows * cols, cpu_fp8_descale(w, rows * cols), threads);
+        return;
+    }
+    fake_quant_rows_ctx c = {w, cols};
+    cpu_parallel_for(threads, rows, CPU_MIN_ELEMS / (cols + 1) + 1, fake_quant_rows, &c);
+}

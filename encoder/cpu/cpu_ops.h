@@ -184,4 +184,18 @@ void cpu_fp8_slots_fill(const float *scale3, float *slots);
  * The kernel's output is f32_to_bf16(out[i]). */
 void cpu_fp8_dequant(const uint8_t *o8, size_t n, int heads, int head_dim, int dp, float scale_o, float *out);
 
+/* ---- fp8 linear (issue 14: the CPU twin of FP8 E4M3 GEMMs with per-tensor or per-channel scales) ---- */
+
+/* The dequantisation scale that maps a tensor's largest magnitude onto E4M3's largest finite value:
+ * amax / 448 over x[0..n) (NaN ignored), 1 when the tensor is all zeros. */
+float cpu_fp8_descale(const float *x, size_t n);
+
+/* Quantise in place and back: x[i] = cpu_e4m3_to_f32(cpu_e4m3_from_f32(x[i] * (1.0f / descale))) * descale, the
+ * values an FP8 GEMM multiplies (its products are exact in float32 and accumulated in float32). Threads split n. */
+void cpu_fp8_fake_quant(float *x, size_t n, float descale, int threads);
+
+/* A weight [rows, cols] (row = output channel) quantised in place and back: per_row 0 with one scale for the
+ * tensor (cpu_fp8_descale of all of it), 1 with one per output channel (each row's own). */
+void cpu_fp8_fake_quant_weight(float *w, size_t rows, size_t cols, int per_row, int threads);
+
 #endif
