@@ -15,9 +15,11 @@
  * then a summary per (F, weights) with the lowest cosine.
  *
  * Usage: bench_fp8_linear --model DIR [--max-pixels N (200704 = 448x448)] [--outliers F]...
- *                         [--gemms qkv,proj,fc1,fc2|all]... [--weights tensor|channel|both] [IMAGE...]
+ *                         [--gemms qkv,proj,fc1,fc2|all]... [--weights tensor|channel|both] [--per-token]
+ *                         [--margin M] [IMAGE...]
  *        (default images: rocket.jpg, chelsea.png, photo_q90_420.jpg from tests/fixtures/images; default F: 1 and
- *        1000; default GEMMs: all four; default weights: both). Each --gemms set is its own model.
+ *        1000; default GEMMs: all four; default weights: both; inputs per tensor, margin 1). Each --gemms set is
+ *        its own model. --per-token: one input scale per token (row); --margin: input scales times M.
  * Exit 0 when everything ran; the accuracy gate itself is the README's and the issue's, not this program's. */
 #include <math.h>
 #include <stdio.h>
@@ -122,7 +124,8 @@ int main(int argc, char **argv) {
     size_t max_pixels = 448 * 448;
     float factors[MAX_F];
     unsigned sets[MAX_SETS];
-    int n_img = 0, n_f = 0, n_sets = 0, w_first = 0, w_last = 1;
+    int n_img = 0, n_f = 0, n_sets = 0, w_first = 0, w_last = 1, per_token = 0;
+    float margin = 1.0f;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) model_dir = argv[++i];
         else if (!strcmp(argv[i], "--max-pixels") && i + 1 < argc) max_pixels = strtoull(argv[++i], NULL, 10);
@@ -132,10 +135,13 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--weights") && i + 1 < argc && strchr("tcb", argv[i + 1][0])) {
             w_first = argv[i + 1][0] == 'c';
             w_last = argv[++i][0] != 't';
-        } else if (argv[i][0] != '-' && n_img < MAX_IMAGES) paths[n_img++] = argv[i];
+        } else if (!strcmp(argv[i], "--per-token")) per_token = 1;
+        else if (!strcmp(argv[i], "--margin") && i + 1 < argc) margin = strtof(argv[++i], NULL);
+        else if (argv[i][0] != '-' && n_img < MAX_IMAGES) paths[n_img++] = argv[i];
         else {
             fprintf(stderr, "usage: bench_fp8_linear --model DIR [--max-pixels N] [--outliers F]... "
-                            "[--gemms qkv,proj,fc1,fc2|all]... [--weights tensor|channel|both] [IMAGE...]\n");
+                            "[--gemms qkv,proj,fc1,fc2|all]... [--weights tensor|channel|both] [--per-token] "
+                            "[--margin M] [IMAGE...]\n");
             return 2;
         }
     }
@@ -230,7 +236,8 @@ int main(int argc, char **argv) {
                     fprintf(stderr, "bench_fp8_linear: %s\n", err.msg);
                     return 1;
                 }
-                cpu_model_set_fp8_linear(q, per_channel, sets[si]);
+                cpu_fp8_linear_opts fo = {sets[si], per_channel, per_token, margin};
+                cpu_model_set_fp8_linear(q, &fo);
                 const char *wname = per_channel ? "per-channel" : "per-tensor";
                 char gbuf[32];
                 const char *gname = gemms_name(sets[si], gbuf, sizeof gbuf);
@@ -251,13 +258,14 @@ int main(int argc, char **argv) {
                     }
                     if (e.cos < worst) worst = e.cos;
                     if (ds_cos < worst) worst = ds_cos;
-                    printf("fp8_linear outliers=%g gemms=%s weights=%s image=%s tokens=%zu emb_cos=%.6f "
-                           "emb_rel=%.4f ds_cos_min=%.6f ds_rel_max=%.4f (%.1f s)\n",
-                           factors[f], gname, wname, im[i].name, im[i].tokens, e.cos, e.rel, ds_cos, ds_rel,
-                           vitd_now() - t0);
+                    printf("fp8_linear outliers=%g gemms=%s weights=%s inputs=%s margin=%g image=%s tokens=%zu "
+                           "emb_cos=%.6f emb_rel=%.4f ds_cos_min=%.6f ds_rel_max=%.4f (%.1f s)\n",
+                           factors[f], gname, wname, per_token ? "per-token" : "per-tensor", margin, im[i].name,
+                           im[i].tokens, e.cos, e.rel, ds_cos, ds_rel, vitd_now() - t0);
                     fflush(stdout);
                 }
-                printf("summary outliers=%g gemms=%s weights=%s lowest_cos=%.6f\n", factors[f], gname, wname, worst);
+                printf("summary outliers=%g gemms=%s weights=%s inputs=%s margin=%g lowest_cos=%.6f\n", factors[f],
+                       gname, wname, per_token ? "per-token" : "per-tensor", margin, worst);
                 cpu_model_free(q);
             }
     }

@@ -48,8 +48,7 @@ struct cpu_model {
     cpu_block *blocks;            /* [depth] */
     cpu_merger merger;
     cpu_merger deepstack[VITD_MAX_DEEPSTACK];
-    int fp8_linear;               /* cpu_model_set_fp8_linear: 0 float32, 1 per-tensor, 2 per-channel weights */
-    unsigned fp8_gemms;           /* which block GEMMs (CPU_FP8_QKV | ...) */
+    cpu_fp8_linear_opts fp8;      /* cpu_model_set_fp8_linear; gemms 0 = float32 */
 };
 
 /* One entry of the weight table: the tensor's short name, its size, and the model field it fills. */
@@ -219,25 +218,33 @@ void cpu_model_free(cpu_model *cm) {
 
 const vitd_vision_config *cpu_model_config(const cpu_model *cm) { return &cm->cfg; }
 
-void cpu_model_set_fp8_linear(cpu_model *cm, int per_channel, unsigned gemms) {
-    if (cm->fp8_linear || !gemms) return;
+void cpu_model_set_fp8_linear(cpu_model *cm, const cpu_fp8_linear_opts *o) {
+    if (cm->fp8.gemms || !o->gemms) return;
     const size_t d = (size_t)cm->cfg.hidden_size, I = (size_t)cm->cfg.intermediate_size;
+    const int pc = o->weights_per_channel, nt = cm->threads;
     for (int i = 0; i < cm->cfg.depth; i++) {
         /* the weights live in cm->arena, which the model owns */
         cpu_block *b = &cm->blocks[i];
-        if (gemms & CPU_FP8_QKV) cpu_fp8_fake_quant_weight((float *)b->qkv_w, 3 * d, d, per_channel, cm->threads);
-        if (gemms & CPU_FP8_PROJ) cpu_fp8_fake_quant_weight((float *)b->proj_w, d, d, per_channel, cm->threads);
-        if (gemms & CPU_FP8_FC1) cpu_fp8_fake_quant_weight((float *)b->fc1_w, I, d, per_channel, cm->threads);
-        if (gemms & CPU_FP8_FC2) cpu_fp8_fake_quant_weight((float *)b->fc2_w, d, I, per_channel, cm->threads);
+        if (o->gemms & CPU_FP8_QKV) cpu_fp8_fake_quant_weight((float *)b->qkv_w, 3 * d, d, pc, nt);
+        if (o->gemms & CPU_FP8_PROJ) cpu_fp8_fake_quant_weight((float *)b->proj_w, d, d, pc, nt);
+        if (o->gemms & CPU_FP8_FC1) cpu_fp8_fake_quant_weight((float *)b->fc1_w, I, d, pc, nt);
+        if (o->gemms & CPU_FP8_FC2) cpu_fp8_fake_quant_weight((float *)b->fc2_w, d, I, pc, nt);
     }
-    cm->fp8_linear = per_channel ? 2 : 1;
-    cm->fp8_gemms = gemms;
+    cm->fp8 = *o;
+    if (!(cm->fp8.margin >= 1.0f)) cm->fp8.margin = 1.0f;
 }
 
-/* A block GEMM's input as the FP8 path would feed it: quantised with its own amax (current scaling, what delayed
- * scaling converges to on a steady stream). Nothing when the model is float32. */
-static void fp8_input(const cpu_model *cm, unsigned gemm, float *x, size_t n) {
-    if (cm->fp8_gemms & gemm) cpu_fp8_fake_quant(x, n, cpu_fp8_descale(x, n), cm->threads);
+/* A block GEMM's input [rows, cols] as the FP8 path would feed it: quantised with its own amax (current scaling,
+ * what delayed scaling converges to on a steady stream) times the margin, per tensor or per row. Nothing when
+ * the GEMM stays float32. */
+static void fp8_input(const cpu_model *cm, unsigned gemm, float *x, size_t rows, size_t cols) {
+    if (!(cm->fp8.gemms & gemm)) return;
+    if (!cm->fp8.inputs_per_token) {
+        cpu_fp8_fake_quant(x, rows * cols, cpu_fp8_descale(x, rows * cols) * cm->fp8.margin, cm->threads);
+        return;
+    }
+    for (size_t r = 0; r < rows; r++)
+        cpu_fp8_fake_quant(x + r * cols, cols, cpu_fp8_descale(x + r * cols, cols) * cm->fp8.margin, 1);
 }
 
 /* ---- forward ---- */
@@ -325,18 +332,18 @@ vitd_status cpu_forward(const cpu_model *cm, const vitd_batch *b, float *last_hi
     for (int i = 0; i < c->depth; i++) {
         const cpu_block *bl = &cm->blocks[i];
         cpu_layernorm(x, bl->norm1_w, bl->norm1_b, h, N, d, c->ln_eps, nt);
-        fp8_input(cm, CPU_FP8_QKV, h, N * d);
+        fp8_input(cm, CPU_FP8_QKV, h, N, d);
         cpu_linear(h, bl->qkv_w, bl->qkv_b, qkv, N, d, 3 * d, CPU_ACT_NONE, nt);
         cpu_rope_apply(qkv, 3 * d, N, (int)H, (int)hd, cosb, sinb, nt);         /* q: columns [0, d) */
         cpu_rope_apply(qkv + d, 3 * d, N, (int)H, (int)hd, cosb, sinb, nt);     /* k: columns [d, 2d) */
         st = cpu_attention(qkv, qkv + d, qkv + 2 * d, 3 * d, o, d, cu, n_seg, (int)H, (int)hd, scale, 0, nt, err);
         if (st != VITD_OK) goto fail;
-        fp8_input(cm, CPU_FP8_PROJ, o, N * d);
+        fp8_input(cm, CPU_FP8_PROJ, o, N, d);
         cpu_linear(o, bl->proj_w, bl->proj_b, t, N, d, d, CPU_ACT_NONE, nt);
         cpu_add_layernorm(x, t, bl->norm2_w, bl->norm2_b, h, N, d, c->ln_eps, nt); /* x += attn; h = LN2(x) */
-        fp8_input(cm, CPU_FP8_FC1, h, N * d);
+        fp8_input(cm, CPU_FP8_FC1, h, N, d);
         cpu_linear(h, bl->fc1_w, bl->fc1_b, mlp, N, d, I, CPU_ACT_GELU_TANH, nt);
-        fp8_input(cm, CPU_FP8_FC2, mlp, N * I);
+        fp8_input(cm, CPU_FP8_FC2, mlp, N, I);
         cpu_linear(mlp, bl->fc2_w, bl->fc2_b, t, N, I, d, CPU_ACT_NONE, nt);
         cpu_add(x, t, N * d, nt);
         /* 3.5 deepstack merger j reads the output of block deepstack_indexes[j] */

@@ -34,14 +34,19 @@ void cpu_model_free(cpu_model *cm); /* accepts NULL */
 /* The config the model was built with. */
 const vitd_vision_config *cpu_model_config(const cpu_model *cm);
 
-/* Turns the model into the twin of an FP8 linear path (issue 14): the chosen GEMMs of every block (gemms: any of
- * CPU_FP8_QKV | CPU_FP8_PROJ | CPU_FP8_FC1 | CPU_FP8_FC2, or CPU_FP8_ALL) multiply E4M3 values with float32
- * accumulation. Their weights are quantised in place now, with one scale per tensor (per_channel 0) or per output
- * channel (1); their inputs are quantised in cpu_forward with one scale per tensor from the batch's own amax.
- * Patch embedding, attention and the mergers stay float32. One way: build another model for the float32
- * reference. A second call, or gemms 0, does nothing. */
+/* Turns the model into the twin of an FP8 linear path (issue 14): the chosen GEMMs of every block multiply E4M3
+ * values with float32 accumulation. Weights are quantised in place now, one scale per tensor or per output
+ * channel; inputs in cpu_forward, one scale per tensor or per token (row) from the batch's own amax, times margin
+ * (>= 1: what delayed scaling with a safety margin does). Patch embedding, attention and the mergers stay float32.
+ * One way: build another model for the float32 reference. A second call, or gemms 0, does nothing. */
 enum { CPU_FP8_QKV = 1, CPU_FP8_PROJ = 2, CPU_FP8_FC1 = 4, CPU_FP8_FC2 = 8, CPU_FP8_ALL = 15 };
-void cpu_model_set_fp8_linear(cpu_model *cm, int per_channel, unsigned gemms);
+typedef struct {
+    unsigned gemms;        /* CPU_FP8_QKV | CPU_FP8_PROJ | CPU_FP8_FC1 | CPU_FP8_FC2, or CPU_FP8_ALL */
+    int weights_per_channel;
+    int inputs_per_token;
+    float margin;          /* the input scale's multiple of amax / 448; 0 = 1 */
+} cpu_fp8_linear_opts;
+void cpu_model_set_fp8_linear(cpu_model *cm, const cpu_fp8_linear_opts *o);
 
 /* Runs one batch (vitd.h's vitd_batch). If last_hidden is not NULL it receives the residual stream after the last
  * block, [N, hidden] float32 (HF's last_hidden_state). b->deepstack NULL skips the deepstack mergers. Every grid
