@@ -132,7 +132,8 @@ static void *client_main(void *arg) {
 static void test_single_flight(suite *S, int port, int plain) {
     enum { N = 6 };
     printf("single flight: %d concurrent requests for one new image\n", N);
-    double enc0 = metric(port, "vitd_images_total"), waits0 = metric(port, "vitd_output_cache_requests_total{result=\"wait\"}");
+    double enc0 = metric(port, "vitd_images_total");
+    double waits0 = metric(port, "vitd_output_cache_requests_total{result=\"wait\"}");
     double hits0 = metric(port, "vitd_output_cache_requests_total{result=\"hit\"}");
     client c[N];
     pthread_t t[N];
@@ -159,42 +160,49 @@ static void test_single_flight(suite *S, int port, int plain) {
               ">= 1 and %d in all", enc, waits, hits, N - 1);
 }
 
-/* The leader's client hangs up, so its encode is cancelled: the request that waited on it encodes the image. */
+/* The leader's client hangs up, so its encode is cancelled: the request that waited on it encodes the image.
+ * The hang-up must reach the server before the batcher starts the leader's image (the tens of milliseconds its
+ * decode takes); on a loaded machine (sanitizers, two cores) it sometimes does not, and the waiter is served by
+ * the leader's encode instead. So up to five rounds, each with a new key: every answer must be right, and at
+ * least one round must take the retry path. */
 static void test_leader_gone(suite *S, int port, int plain) {
     printf("single flight: the leader's client leaves\n");
-    image_file big2 = S->big;
-    big2.data = xmalloc(S->big.len + 1);
-    memcpy(big2.data, S->big.data, S->big.len);
-    big2.data[S->big.len] = 0; /* one byte after IEND: the same image, another key than the test above */
-    big2.len = S->big.len + 1;
-    const image_file *f = &big2;
-    double waits0 = metric(port, "vitd_output_cache_requests_total{result=\"wait\"}");
-    double retry0 = metric(port, "vitd_output_cache_requests_total{result=\"retry\"}");
-    /* the leader sends its image and hangs up at once: its job is cancelled when the batcher reaches it, after the
-     * tens of milliseconds its large image takes to decode */
-    int fd = loopback_connect(port, IO_TIMEOUT_S);
-    char head[256];
-    int hn = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\n"
-                      "Content-Length: %zu\r\n\r\n", f->ctype, f->len);
-    CHECK(fd >= 0 && loopback_send_all(fd, head, (size_t)hn) && loopback_send_all(fd, f->data, f->len));
-    usleep(2 * 1000);
-    client w = {.port = port, .img = f};
-    pthread_t t;
-    pthread_create(&t, NULL, client_main, &w);
-    usleep(2 * 1000); /* the waiter's body is on its way; the leader leaves */
-    if (fd >= 0) close(fd);
-    pthread_join(t, NULL);
-    resp ref;
-    CHECK(ask(plain, "/v1/encode", f, "application/vnd.safetensors", &ref));
-    bool eq = w.ok && w.r.status == 200 && w.r.len == ref.len && !memcmp(w.r.body, ref.body, ref.len);
-    double waits = metric(port, "vitd_output_cache_requests_total{result=\"wait\"}") - waits0;
-    double retries = metric(port, "vitd_output_cache_requests_total{result=\"retry\"}") - retry0;
-    printf("  the waiter: %d, %s the uncached answer (waits %.0f, of which encoded again %.0f)\n", w.r.status,
-           eq ? "equal to" : "unlike", waits, retries);
-    CHECK(eq && waits == 1 && retries == 1);
-    resp_free(&w.r);
-    resp_free(&ref);
-    free(big2.data);
+    int retried_rounds = 0, rounds = 0;
+    for (int round = 0; round < 5 && !retried_rounds; round++, rounds++) {
+        image_file big2 = S->big;
+        big2.len = S->big.len + 1 + (size_t)round;
+        big2.data = xcalloc(big2.len, 1); /* bytes after IEND: the same image, another key each round */
+        memcpy(big2.data, S->big.data, S->big.len);
+        const image_file *f = &big2;
+        double waits0 = metric(port, "vitd_output_cache_requests_total{result=\"wait\"}");
+        double retry0 = metric(port, "vitd_output_cache_requests_total{result=\"retry\"}");
+        /* the leader sends its image and hangs up at once: its job is cancelled when the batcher reaches it */
+        int fd = loopback_connect(port, IO_TIMEOUT_S);
+        char head[256];
+        int hn = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\n"
+                          "Content-Length: %zu\r\n\r\n", f->ctype, f->len);
+        CHECK(fd >= 0 && loopback_send_all(fd, head, (size_t)hn) && loopback_send_all(fd, f->data, f->len));
+        usleep(2 * 1000);
+        client w = {.port = port, .img = f};
+        pthread_t t;
+        pthread_create(&t, NULL, client_main, &w);
+        usleep(2 * 1000); /* the waiter's body is on its way; the leader leaves */
+        if (fd >= 0) close(fd);
+        pthread_join(t, NULL);
+        resp ref;
+        CHECK(ask(plain, "/v1/encode", f, "application/vnd.safetensors", &ref));
+        bool eq = w.ok && w.r.status == 200 && w.r.len == ref.len && !memcmp(w.r.body, ref.body, ref.len);
+        double waits = metric(port, "vitd_output_cache_requests_total{result=\"wait\"}") - waits0;
+        double retries = metric(port, "vitd_output_cache_requests_total{result=\"retry\"}") - retry0;
+        printf("  round %d: the waiter: %d, %s the uncached answer (waits %.0f, of which encoded again %.0f)\n",
+               round, w.r.status, eq ? "equal to" : "unlike", waits, retries);
+        CHECK(eq && waits == 1 && retries <= 1);
+        if (retries == 1) retried_rounds++;
+        resp_free(&w.r);
+        resp_free(&ref);
+        free(big2.data);
+    }
+    CHECK_MSG(retried_rounds == 1, "in %d rounds the leader's hang-up never made the waiter encode again", rounds);
 }
 
 /* A failing image fails fast (a truncated PNG: its prep task is done before the round's job is counted, unless
