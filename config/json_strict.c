@@ -76,15 +76,13 @@ static const char *find_duplicate(const cJSON *v, char *path, size_t plen, size_
                 for (const cJSON *b = a->next; b && !dup; b = b->next)
                     if (a->string && b->string && !strcmp(a->string, b->string)) dup = a->string;
         } else if (n > 16) {
-            const char **names = malloc((size_t)n * sizeof *names);
-            if (names) {
-                int k = 0;
-                for (const cJSON *c = v->child; c; c = c->next) names[k++] = c->string ? c->string : "";
-                qsort(names, (size_t)n, sizeof *names, cmp_names);
-                for (int i = 1; i < n && !dup; i++)
-                    if (!strcmp(names[i - 1], names[i])) dup = names[i];
-                free(names);
-            }
+            const char **names = xmalloc((size_t)n * sizeof *names); /* never skip the check for want of memory */
+            int k = 0;
+            for (const cJSON *c = v->child; c; c = c->next) names[k++] = c->string ? c->string : "";
+            qsort(names, (size_t)n, sizeof *names, cmp_names);
+            for (int i = 1; i < n && !dup; i++)
+                if (!strcmp(names[i - 1], names[i])) dup = names[i];
+            free(names);
         }
         if (dup) {
             snprintf(at, 160, "%s", path);

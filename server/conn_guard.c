@@ -86,7 +86,7 @@ static void *janitor_main(void *arg) {
             if (d > 0 && now >= d) shut_locked(g, e, reason_of(e->phase));
         }
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
+        clock_gettime(CLOCK_MONOTONIC, &ts); /* the cv waits on this clock: a wall-clock step cannot stall it */
         ts.tv_nsec += 200 * 1000 * 1000;
         if (ts.tv_nsec >= 1000000000L) {
             ts.tv_sec++;
@@ -104,7 +104,11 @@ conn_guard *conn_guard_create(const conn_limits *lim, metrics_vitd *metrics) {
     g->m = metrics;
     g->head.next = g->head.prev = &g->head;
     pthread_mutex_init(&g->mu, NULL);
-    pthread_cond_init(&g->cv, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&g->cv, &ca);
+    pthread_condattr_destroy(&ca);
     if (pthread_create(&g->janitor, NULL, janitor_main, g) != 0) {
         pthread_cond_destroy(&g->cv);
         pthread_mutex_destroy(&g->mu);
@@ -142,11 +146,8 @@ void conn_guard_notify(void *cls, struct MHD_Connection *c, void **socket_ctx,
     conn_guard *g = cls;
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
-        conn_entry *e = calloc(1, sizeof *e);
-        if (!e || !ci) {
-            free(e);
-            return; /* untracked: libmicrohttpd's own idle timeout still applies */
-        }
+        if (!ci) return; /* untracked (libmicrohttpd always knows the fd): its own idle timeout still applies */
+        conn_entry *e = xcalloc(1, sizeof *e);
         e->g = g;
         e->fd = ci->connect_fd;
         e->phase = CONN_IDLE;

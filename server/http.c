@@ -7,6 +7,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -468,7 +469,9 @@ static enum MHD_Result first_call(struct req *r, const char *url, const char *me
         r->must_close = true; /* what follows on this connection cannot be trusted to be a request */
         return http_respond_error(r, v.status, v.code, NULL, NULL, "%s", v.msg);
     }
-    r->body_pending = f.n_transfer_encoding ? -1 : f.n_content_length ? (long long)f.content_length : 0;
+    /* a Content-Length past LLONG_MAX (up to 19 digits pass) is clamped, never read as negative (= chunked) */
+    long long cl = f.content_length > (unsigned long long)LLONG_MAX ? LLONG_MAX : (long long)f.content_length;
+    r->body_pending = f.n_transfer_encoding ? -1 : f.n_content_length ? cl : 0;
     r->route = route_of(url, h->model_name, r->arena, &r->v2_model, &r->v2_version);
     r->v2_errors = !strncmp(url, "/v2", 3) && (url[3] == '\0' || url[3] == '/');
     bool open = r->route != RT_NOT_FOUND && http_routes[r->route].open;
@@ -667,13 +670,21 @@ vitd_status http_start(const http_opts *o, http_server **out, vitd_err *err) {
     /* libmicrohttpd's own limit stays well above max_connections: at its limit it stops accepting and clients
      * hang in the listen backlog, while the guard answers or makes room (conn_guard.h) */
     unsigned mhd_limit = 2u * (unsigned)c->max_connections + 4u * (unsigned)c->http_threads + 16u;
+    /* The guard enforces each phase's own deadline (conn_guard.h); libmicrohttpd's idle timeout would cut every
+     * phase at connection_timeout_s (a paused upload, an answer read slowly), so it is only a backstop past the
+     * longest of them. */
+    int mhd_timeout = c->connection_timeout_s;
+    if (c->header_timeout_s > mhd_timeout) mhd_timeout = c->header_timeout_s;
+    if (c->body_timeout_s > mhd_timeout) mhd_timeout = c->body_timeout_s;
+    if (c->send_timeout_s > mhd_timeout) mhd_timeout = c->send_timeout_s;
+    mhd_timeout += 5;
     h->daemon = MHD_start_daemon(
         flags, (uint16_t)c->port, NULL, NULL, on_request, h, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_NOTIFY_CONNECTION, conn_guard_notify, h->guard,
         MHD_OPTION_URI_LOG_CALLBACK, early_on_uri, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)c->http_threads, MHD_OPTION_CONNECTION_LIMIT, mhd_limit,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)c->max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
-        (unsigned)c->connection_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)256 * 1024,
+        (unsigned)mhd_timeout, MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)256 * 1024,
         MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024, MHD_OPTION_END);
     if (!h->daemon) {
         int e = errno;

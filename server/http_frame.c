@@ -48,7 +48,11 @@ void http_frame_add(http_frame *f, const char *name, const char *value) {
         return;
     }
     if (!strcasecmp(name, "Transfer-Encoding")) {
-        if (f->n_transfer_encoding++ == 0) snprintf(f->te_value, sizeof f->te_value, "%s", value);
+        if (f->n_transfer_encoding++ == 0) {
+            snprintf(f->te_value, sizeof f->te_value, "%s", value);
+            /* libmicrohttpd reads a chunked body only when the first Transfer-Encoding is this very word */
+            f->te_exact = !strcasecmp(value, "chunked");
+        }
         const char *p = value, *b, *e;
         while (next_element(&p, &b, &e)) {
             /* a coding may carry parameters after ';' */
@@ -90,6 +94,10 @@ int http_frame_check(const http_frame *f, const char *version, http_frame_verdic
                            "length cannot be known", f->te_value);
         if (f->te_other)
             return verdict(v, 501, "not_implemented", "Transfer-Encoding \"%.60s\" is not supported (only chunked)",
+                           f->te_value);
+        /* "chunked, chunked", ",chunked", "chunked\t", two headers: chunked only, but not read as chunked */
+        if (f->n_transfer_encoding > 1 || !f->te_exact)
+            return verdict(v, 400, "bad_request", "Transfer-Encoding \"%.60s\" must be exactly \"chunked\", once",
                            f->te_value);
     }
     if (http11 && f->n_host == 0)

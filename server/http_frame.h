@@ -4,6 +4,7 @@
  *   - Content-Length given twice (or as a list) with different values                          400
  *   - Content-Length and Transfer-Encoding together                                             400
  *   - Transfer-Encoding in an HTTP/1.0 request, or whose last coding is not chunked             400
+ *   - Transfer-Encoding other than one header reading exactly "chunked" ("chunked, chunked")    400
  *   - a transfer coding other than chunked (gzip, deflate, ...)                                 501
  *   - HTTP/1.1 without a Host header, or more than one Host header                              400
  * libmicrohttpd reads the first Content-Length and lets Transfer-Encoding win, which is why the answer to any of
@@ -22,6 +23,7 @@ typedef struct {
     int n_transfer_encoding;
     bool te_chunked_last;              /* the last coding seen is chunked */
     bool te_other;                     /* a coding other than chunked */
+    bool te_exact;                     /* the first Transfer-Encoding value is exactly "chunked" */
     char te_value[64];                 /* the first Transfer-Encoding value, for the message */
     int n_host;
 } http_frame;

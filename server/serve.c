@@ -213,7 +213,11 @@ static bool drain_wait(http_server *h, int sfd, int timeout_ms) {
         if (http_wait_idle(h, slice)) return true;
         if (vitd_now() >= until) return false;
         int sig = next_signal(sfd, 0);
-        if (sig) {
+        if (sig == SERVE_DEVICE_FAILED) {
+            /* the device failed during the drain: serve_on_batch marked it (exit status 3); the batches still
+             * queued fail fast and are answered 503, so the drain goes on */
+            log_msg(VITD_LOG_WARN, "device failed during the drain: queued images are answered 503");
+        } else if (sig) {
             log_msg(VITD_LOG_WARN, "second signal (%s): cancelling what is still queued", strsignal(sig));
             return false;
         }
@@ -503,9 +507,11 @@ int serve_main(int argc, char **argv) {
         io = NULL;
         http_wait_idle(http, 2000); /* give MHD a moment to send those answers */
     }
-    rc = device_failed ? SERVE_EXIT_DEVICE : 0;
+    rc = 0;
 
 done:
+    /* a device that failed at any time (warm-up, serving, the drain) exits 3, so the orchestrator restarts it */
+    if (atomic_load(&ctx.failed)) rc = SERVE_EXIT_DEVICE;
     /* reverse order; every suspended connection is resumed before MHD stops (prep and batcher first) */
     epd_announcer_stop(announcer);
     if (http) http_close_work(http);

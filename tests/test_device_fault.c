@@ -87,6 +87,47 @@ static int run_case(const char *dir, const char *model, const char *backend, con
     return 0;
 }
 
+/* The device fails during a SIGTERM drain (review of issue 13: the process then exited 0). One good batch, an
+ * upload held half-way, SIGTERM, the rest of the upload: its batch is the failing one. Returns like run_case. */
+static int run_drain_case(const char *dir, const char *model, const char *backend, const image_file *img) {
+    printf("backend %s, the device fails during the drain\n", backend);
+    setenv("VITD_FAULT_INJECT", "batch:1", 1);
+    char a_backend[64], name[64];
+    snprintf(a_backend, sizeof a_backend, "--backend=%s", backend);
+    snprintf(name, sizeof name, "drain_fault_%s", backend);
+    const char *extra[] = {a_backend, "--no-warmup", "--drain-timeout-ms=20000", "--output-cache-bytes=0", NULL};
+    server s;
+    bool up = start_server(&s, dir, model, name, extra);
+    unsetenv("VITD_FAULT_INJECT");
+    if (!up) {
+        server_wait_exit(&s, 10);
+        return -1;
+    }
+    resp r;
+    CHECK(http_do(s.port, "POST", "/v1/encode", "Content-Type: image/png\r\n", img->data, img->len, &r));
+    CHECK_MSG(r.status == 200, "good batch: %d", r.status);
+    resp_free(&r);
+    int held = loopback_connect(s.port, 30);
+    char head[256];
+    int hn = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      "Content-Length: %zu\r\n\r\n", img->len);
+    CHECK(held >= 0 && loopback_send_all(held, head, (size_t)hn) && loopback_send_all(held, img->data, 10));
+    usleep(200 * 1000);
+    kill(s.pid, SIGTERM);
+    usleep(300 * 1000);
+    CHECK(held >= 0 && loopback_send_all(held, img->data + 10, img->len - 10));
+    resp hr;
+    bool got = held >= 0 && read_response(held, &hr, false);
+    printf("  the request whose batch failed: %d %.160s\n", got ? hr.status : 0, got && hr.body ? hr.body : "");
+    CHECK_MSG(got && hr.status == 503, "the failing batch during the drain: %d", got ? hr.status : 0);
+    if (got) resp_free(&hr);
+    if (held >= 0) close(held);
+    int code = server_wait_exit(&s, 30);
+    printf("  exit status %d\n", code);
+    CHECK_EQ_INT(3, code);
+    return 0;
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     char dir[] = "/tmp/vitd_test_device_fault_XXXXXX";
@@ -101,7 +142,9 @@ int main(void) {
     int rc = run_case(dir, model, "cpu", &img);
     if (rc == 77) SKIP("this build ignores VITD_FAULT_INJECT (configured with -DVITD_FAULT_INJECTION=OFF)");
     CHECK_MSG(rc == 0, "the cpu server did not start");
+    CHECK_MSG(run_drain_case(dir, model, "cpu", &img) == 0, "the cpu server did not start");
     rc = run_case(dir, model, "gpu", &img);
+    if (rc == 0) run_drain_case(dir, model, "gpu", &img);
     if (rc == -1) printf("backend gpu: no GPU server here (no CUDA build or no GPU): the GPU case did not run\n");
     free(img.data);
     int result = check_done("test_device_fault");

@@ -37,6 +37,14 @@ int main(void) {
         {"chunked;x=1", "HTTP/1.1", {{"Host", "x"}, {"Transfer-Encoding", "chunked;x=1"}}, 400,
          "does not end with chunked"},
         {"TE in 1.0", "HTTP/1.0", {{"Transfer-Encoding", "chunked"}}, 400, "HTTP/1.0"},
+        /* chunked only, but libmicrohttpd would read the body raw until close (review of issue 13) */
+        {"chunked, chunked", "HTTP/1.1", {{"Host", "x"}, {"Transfer-Encoding", "chunked, chunked"}}, 400,
+         "exactly \"chunked\""},
+        {",chunked", "HTTP/1.1", {{"Host", "x"}, {"Transfer-Encoding", ",chunked"}}, 400, "exactly \"chunked\""},
+        {"chunked,", "HTTP/1.1", {{"Host", "x"}, {"Transfer-Encoding", "chunked,"}}, 400, "exactly \"chunked\""},
+        {"chunked tab", "HTTP/1.1", {{"Host", "x"}, {"Transfer-Encoding", "chunked\t"}}, 400, "exactly \"chunked\""},
+        {"two chunked headers", "HTTP/1.1", {{"Host", "x"}, {"Transfer-Encoding", "chunked"},
+         {"Transfer-Encoding", "chunked"}}, 400, "exactly \"chunked\""},
         {"no Host", "HTTP/1.1", {{"Content-Length", "0"}}, 400, "without a Host"},
         {"two Host", "HTTP/1.1", {{"Host", "a"}, {"host", "a"}}, 400, "more than one Host"},
     };

@@ -135,6 +135,14 @@ static void test_keepalive(int port) {
     CHECK_MSG(n == 1 && st[0] == 415, "large body: %d answers (%d)", n, st[0]);
     CHECK_MSG(closed_within(fd, 3), "large body: the connection stays open");
     close(fd);
+    /* the same with a Content-Length past 2^63 (it was read as negative, like chunked, and the answer waited) */
+    static const char huge[] = "POST /nope HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Type: text/plain\r\n"
+                               "Content-Length: 9300000000000000000\r\n\r\n";
+    fd = raw(port, huge, sizeof huge - 1);
+    n = read_n(fd, 1, st, body, sizeof body);
+    CHECK_MSG(n == 1 && st[0] == 404, "Content-Length 9.3e18: %d answers (%d)", n, st[0]);
+    CHECK_MSG(closed_within(fd, 3), "Content-Length 9.3e18: the connection stays open");
+    close(fd);
     /* a chunked body that passes discard_body_bytes while dropped: the answer is written at once */
     static const char chunked[] = "POST /v1/encode HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Type: text/plain\r\n"
                                   "Transfer-Encoding: chunked\r\n\r\n";
@@ -190,6 +198,11 @@ static void test_framing(int port) {
          "only chunked", 501},
         {"chunked, gzip", "POST /v1/encode HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
          "does not end with chunked", 400},
+        /* chunked only, but not the one word libmicrohttpd reads as chunked: it hung until the idle timeout */
+        {"chunked, chunked", "GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"
+                             "0\r\n\r\n", "exactly \"chunked\"", 400},
+        {"chunked + tab", "GET /health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\t\r\n\r\n0\r\n\r\n",
+         "exactly \"chunked\"", 400},
         {"no Host", "GET /health HTTP/1.1\r\n\r\n", "without a Host", 400},
         {"two Host", "GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "more than one Host", 400},
         {"TE in 1.0", "POST /v1/encode HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.0", 400},
@@ -461,6 +474,38 @@ static void test_per_ip(const char *dir, const char *model) {
     CHECK_EQ_INT(0, server_wait_exit(&s, 30));
 }
 
+/* Each phase keeps its own deadline even past connection_timeout_s: libmicrohttpd's idle timeout used to cut a
+ * paused upload and paused headers at connection_timeout_s (review of issue 13). */
+static void test_phase_over_idle(const char *dir, const char *model, const image_file *good) {
+    printf("phases past connection_timeout_s 2 (header_timeout_s and body_timeout_s 8)\n");
+    const char *extra[] = {"--connection-timeout-s=2", "--header-timeout-s=8", "--body-timeout-s=8", NULL};
+    server s;
+    if (!start_server(&s, dir, model, "phases", extra)) {
+        CHECK_MSG(0, "phase server did not start");
+        server_wait_exit(&s, 5);
+        return;
+    }
+    char head[256];
+    int hn = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      "Content-Length: %zu\r\n\r\n", good->len);
+    int up = raw(s.port, head, (size_t)hn);                            /* a paused upload */
+    CHECK(up >= 0 && loopback_send_all(up, good->data, good->len / 2));
+    int hd = raw(s.port, "GET /health HTTP/1.1\r\n", 22);             /* paused headers */
+    usleep(3500 * 1000);
+    int st[2] = {0};
+    CHECK(up >= 0 && loopback_send_all(up, good->data + good->len / 2, good->len - good->len / 2));
+    CHECK_MSG(up >= 0 && read_n(up, 1, st, NULL, 0) == 1 && st[0] == 200, "upload paused 3.5 s: %d", st[0]);
+    printf("  an upload paused 3.5 s: %d\n", st[0]);
+    st[0] = 0;
+    CHECK(hd >= 0 && loopback_send_all(hd, "Host: x\r\n\r\n", 11));
+    CHECK_MSG(hd >= 0 && read_n(hd, 1, st, NULL, 0) == 1 && st[0] == 200, "headers paused 3.5 s: %d", st[0]);
+    printf("  headers paused 3.5 s: %d\n", st[0]);
+    if (up >= 0) close(up);
+    if (hd >= 0) close(hd);
+    kill(s.pid, SIGTERM);
+    CHECK_EQ_INT(0, server_wait_exit(&s, 30));
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     char dir[] = "/tmp/vitd_test_http_guard_XXXXXX";
@@ -514,6 +559,7 @@ int main(void) {
     kill(slow.pid, SIGTERM);
     CHECK_EQ_INT(0, server_wait_exit(&slow, 30));
     test_per_ip(dir, model);
+    test_phase_over_idle(dir, model, &good);
     free(good.data);
     free(big.data);
     int result = check_done("test_http_guard");
