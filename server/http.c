@@ -8,6 +8,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdarg.h>
@@ -262,6 +263,9 @@ static enum MHD_Result handle_metrics(struct req *r) {
     metrics_set(m->queue_requests_s, jobs);
     metrics_set(m->queue_tokens_s, (double)queued);
     metrics_set(m->ready_s, atomic_load(&h->ready) && !atomic_load(&h->draining) ? 1 : 0);
+    struct mallinfo2 mi = mallinfo2(); /* glibc >= 2.33; walks the arenas (malloc_arenas keeps them few) */
+    metrics_set(m->heap_in_use_s, (double)(mi.uordblks + mi.hblkhd));
+    metrics_set(m->heap_held_s, (double)(mi.arena + mi.hblkhd));
     size_t len = 0;
     char *text = metrics_render(m->reg, &len);
     if (!text) return http_respond_status(r, VITD_E_NOMEM, "metrics: out of memory");

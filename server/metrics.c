@@ -484,6 +484,13 @@ metrics_vitd *metrics_vitd_create(void) {
     static const char *const reasons[METRICS_N_CONN] = {"idle_timeout", "header_timeout", "body_timeout",
                                                         "send_timeout", "evicted", "over_limit", "linger"};
     for (int i = 0; i < METRICS_N_CONN; i++) m->conn_closed_s[i] = metrics_series_get(m->conn_closed, reasons[i], NULL);
+    m->heap = metrics_gauge(r, "vitd_heap_bytes",
+                            "malloc's heap at the scrape: in_use = bytes allocated and not freed (a leak raises it), "
+                            "held = bytes malloc keeps from the system (freed memory it has not returned counts "
+                            "here and in the resident set).",
+                            "kind", NULL);
+    m->heap_in_use_s = metrics_series_get(m->heap, "in_use", NULL);
+    m->heap_held_s = metrics_series_get(m->heap, "held", NULL);
     return m;
 }
 

@@ -148,6 +148,8 @@ typedef struct {
     metrics_series *oc_hit_s, *oc_miss_s, *oc_wait_s, *oc_retry_s, *oc_evictions_s, *oc_bytes_s, *oc_entries_s;
     metrics_family *conn_open, *conn_closed;
     metrics_series *conn_open_s, *conn_closed_s[METRICS_N_CONN];
+    metrics_family *heap;                      /* vitd_heap_bytes{kind="in_use"|"held"}: malloc's view, per scrape */
+    metrics_series *heap_in_use_s, *heap_held_s;
     metrics_series *stage[METRICS_N_STAGES];   /* vitd_request_duration_seconds{stage=...} */
     metrics_series *batches[METRICS_N_ATTN];   /* vitd_batches_total{attn=...} */
     metrics_series *batch_images_s, *batch_tokens_s, *queue_tokens_s, *queue_requests_s, *images_s, *tokens_s,

@@ -768,6 +768,12 @@ static void test_metrics(suite *S, int n_422, int n_415) {
     CHECK(batches > 0 && batch_images >= images);
     CHECK(metric_value(text, "vitd_ready") == 1);
     CHECK(metric_value(text, "vitd_request_duration_seconds_count{stage=\"encode\"}") > 0);
+    /* malloc's heap at the scrape: a server that loaded a model and encoded holds megabytes, and malloc holds at
+     * least what is in use */
+    double in_use = metric_value(text, "vitd_heap_bytes{kind=\"in_use\"}");
+    double held = metric_value(text, "vitd_heap_bytes{kind=\"held\"}");
+    printf("  heap in use %.1f MB, held %.1f MB\n", in_use / 1048576, held / 1048576);
+    CHECK_MSG(in_use > 1048576 && held >= in_use, "vitd_heap_bytes: in_use %.0f, held %.0f", in_use, held);
     free(text);
 }
 
