@@ -7,7 +7,7 @@
  *     compared with `vitd encode --backend cpu` on the same files;
  *   - 64 concurrent clients sending images of different sizes, answers equal to the reference (1e-5 relative);
  *   - every kind of bad input gets its 4xx JSON with the right code (and the image index), and a good request
- *     succeeds after each; a slow client is cut off at the connection timeout;
+ *     succeeds after each; a slow client is cut off at the body timeout;
  *   - 401 with an API key; /metrics parses and counts what was sent;
  *   - drain: N requests in flight, SIGTERM, /ready 503 and new encodes 503 during the drain, all N answered 200,
  *     exit code 0.
@@ -505,7 +505,7 @@ static void test_concurrent(suite *S) {
     free(cl);
 }
 
-/* Sends headers, then part of the body, then stalls: the server must close within its connection timeout. */
+/* Sends headers, then part of the body, then stalls: the server must close at its body timeout. */
 static void test_slow_client(suite *S, int timeout_s) {
     int fd = loopback_connect(S->port, IO_TIMEOUT_S);
     CHECK(fd >= 0);
@@ -523,9 +523,9 @@ static void test_slow_client(suite *S, int timeout_s) {
     while (n > 0 && vitd_now() - t0 < IO_TIMEOUT_S); /* a 408 body, if any, then EOF */
     double waited = vitd_now() - t0;
     bool closed = n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK);
-    printf("  %-34s closed by the server after %.2f s (connection_timeout_s %d)\n", "slow client", waited,
-           timeout_s);
+    printf("  %-34s closed by the server after %.2f s (body_timeout_s %d)\n", "slow client", waited, timeout_s);
     CHECK_MSG(closed, "slow client: connection not closed (recv %zd errno %d)", n, errno);
+    CHECK_MSG(waited < timeout_s + 3, "slow client: closed after %.2f s, body_timeout_s is %d", waited, timeout_s);
     close(fd);
 }
 
@@ -773,7 +773,13 @@ static void test_metrics(suite *S, int n_422, int n_415) {
     double in_use = metric_value(text, "vitd_heap_bytes{kind=\"in_use\"}");
     double held = metric_value(text, "vitd_heap_bytes{kind=\"held\"}");
     printf("  heap in use %.1f MB, held %.1f MB\n", in_use / 1048576, held / 1048576);
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    /* the sanitizers' allocator replaces glibc's and answers mallinfo2 with zeros (the server is built like this
+     * test): nothing to check here */
+    printf("  heap figures not checked: sanitizer build\n");
+#else
     CHECK_MSG(in_use > 1048576 && held >= in_use, "vitd_heap_bytes: in_use %.0f, held %.0f", in_use, held);
+#endif
     free(text);
 }
 
@@ -1003,13 +1009,13 @@ int main(void) {
     free_args(enc);
     if (rc != 0) SKIP("`vitd encode` failed (exit %d); see %s", rc, log);
 
-    /* the main server: short connection timeout for the slow-client case, small limits for the bad inputs */
+    /* the main server: short body timeout for the slow-client case, small limits for the bad inputs */
     const size_t max_body = 4u << 20;
     const int max_images = 4, timeout_s = 2;
     char a_body[64], a_imgs[64], a_to[64];
     snprintf(a_body, sizeof a_body, "--max-body-bytes=%zu", max_body);
     snprintf(a_imgs, sizeof a_imgs, "--max-images-per-request=%d", max_images);
-    snprintf(a_to, sizeof a_to, "--connection-timeout-s=%d", timeout_s);
+    snprintf(a_to, sizeof a_to, "--body-timeout-s=%d", timeout_s);
     const char *extra[] = {a_body, a_imgs, a_to, "--max-image-pixels=250000", "--batch-delay-ms=5",
                            "--max-connections=512", "--http-threads=4", NULL};
     server srv;
