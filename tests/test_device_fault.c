@@ -26,7 +26,8 @@ static bool log_has(const char *path, const char *needle) {
     return found;
 }
 
-/* Returns 0 when it ran, 77 when this build ignores VITD_FAULT_INJECT, -1 when the server did not start. */
+/* Returns 0 when it ran, 77 when this build ignores VITD_FAULT_INJECT, -1 when the GPU server cannot start here
+ * (no GPU, or no CUDA in the build), -2 when the server did not start for another reason (a failed check). */
 static int run_case(const char *dir, const char *model, const char *backend, const image_file *img) {
     printf("backend %s\n", backend);
     setenv("VITD_FAULT_INJECT", "batch:3", 1);
@@ -39,7 +40,12 @@ static int run_case(const char *dir, const char *model, const char *backend, con
     unsetenv("VITD_FAULT_INJECT");
     if (!up) {
         server_wait_exit(&s, 10);
-        return -1;
+        /* no GPU here, or a build without CUDA: the GPU case cannot run. Anything else is a failure to start. */
+        if (strcmp(backend, "cpu") != 0 &&
+            (log_has(s.log_path, "no usable CUDA GPU") || log_has(s.log_path, "built without CUDA")))
+            return -1;
+        CHECK_MSG(0, "the %s server did not start (see %s)", backend, s.log_path);
+        return -2;
     }
     if (!log_has(s.log_path, "VITD_FAULT_INJECT")) {
         kill(s.pid, SIGTERM);
@@ -144,7 +150,7 @@ int main(void) {
     CHECK_MSG(rc == 0, "the cpu server did not start");
     CHECK_MSG(run_drain_case(dir, model, "cpu", &img) == 0, "the cpu server did not start");
     rc = run_case(dir, model, "gpu", &img);
-    if (rc == 0) run_drain_case(dir, model, "gpu", &img);
+    if (rc == 0) CHECK_MSG(run_drain_case(dir, model, "gpu", &img) == 0, "the gpu server did not start again");
     if (rc == -1) printf("backend gpu: no GPU server here (no CUDA build or no GPU): the GPU case did not run\n");
     free(img.data);
     int result = check_done("test_device_fault");
