@@ -874,7 +874,8 @@ static void test_drain(suite *S, const char *dir, const char *model) {
                       "POST /v1/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/png\r\n"
                       "X-Request-Id: gone-client-1\r\nContent-Length: %zu\r\n\r\n",
                       S->good->len);
-    CHECK(gone_fd >= 0 && loopback_send_all(gone_fd, head, (size_t)gn) && loopback_send_all(gone_fd, S->good->data, S->good->len));
+    CHECK(gone_fd >= 0 && loopback_send_all(gone_fd, head, (size_t)gn) &&
+          loopback_send_all(gone_fd, S->good->data, S->good->len));
     int fds[N];
     for (int i = 0; i < N; i++) {
         reference *ref = &S->refs[i % S->n_refs];
@@ -882,7 +883,8 @@ static void test_drain(suite *S, const char *dir, const char *model) {
         int hn = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: %s\r\n"
                           "Accept: application/vnd.safetensors\r\nContent-Length: %zu\r\n\r\n", ref->img->ctype,
                           ref->img->len);
-        CHECK(fds[i] >= 0 && loopback_send_all(fds[i], head, (size_t)hn) && loopback_send_all(fds[i], ref->img->data, ref->img->len));
+        CHECK(fds[i] >= 0 && loopback_send_all(fds[i], head, (size_t)hn) &&
+              loopback_send_all(fds[i], ref->img->data, ref->img->len));
     }
     /* wait until the server holds all N and the hung-up one (plus this /metrics request) */
     double inflight = 0, t0 = vitd_now();
@@ -942,8 +944,12 @@ static void test_drain(suite *S, const char *dir, const char *model) {
         snprintf(one, sizeof one, "%.*s", (int)(e ? e - line : (long)strlen(line)), line);
     }
     printf("  hung-up client: %s\n", one[0] ? one : "(no access line)");
-    CHECK_MSG(strstr(one, "error=cancelled") && strstr(one, "encode_ms=0.000"),
-              "hung-up request was not skipped: %s", one);
+    /* A lone request starts at once (issue 12), so the hang-up sometimes arrives after its encode began: then it
+     * is answered 200 into a closed socket. Otherwise it is skipped, never encoded. (test_serving's leader-gone
+     * case and test_sched require the skip.) */
+    bool skipped = strstr(one, "error=cancelled") && strstr(one, "encode_ms=0.000");
+    bool encoded_first = strstr(one, "status=200") != NULL;
+    CHECK_MSG(skipped || encoded_first, "hung-up request neither skipped nor encoded before it left: %s", one);
     free(text);
     free(log);
 }
@@ -958,10 +964,14 @@ static void test_timeout(suite *S, const char *dir, const char *model) {
         server_wait_exit(&s, 5);
         return;
     }
+    /* a photograph (chelsea.png: milliseconds of decoding and resizing) always reaches the queue past a 1 ms
+     * deadline; the tiny rgb8.png sometimes did not, since a lone request starts at once (issue 12) */
+    const image_file *photo = S->refs[0].img;
     for (int i = 0; i < 2; i++) {
         resp r;
-        CHECK(
-            http_do(s.port, "POST", "/v1/encode", "Content-Type: image/png\r\n", S->good->data, S->good->len, &r));
+        char ctype[96];
+        snprintf(ctype, sizeof ctype, "Content-Type: %s\r\n", photo->ctype);
+        CHECK(http_do(s.port, "POST", "/v1/encode", ctype, photo->data, photo->len, &r));
         check_error(&r, 504, "timeout", "timed out", "queued past request_timeout_ms");
         resp_free(&r);
     }
