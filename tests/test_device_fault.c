@@ -26,27 +26,48 @@ static bool log_has(const char *path, const char *needle) {
     return found;
 }
 
-/* Returns 0 when it ran, 77 when this build ignores VITD_FAULT_INJECT, -1 when the GPU server cannot start here
- * (no GPU, or no CUDA in the build), -2 when the server did not start for another reason (a failed check). */
+/* A request whose upload stops after 10 bytes of its image (the caller sends the rest later): it holds a drain
+ * open. Returns the connection, or -1 (a failed check). */
+static int hold_upload(int port, const image_file *img) {
+    int fd = loopback_connect(port, 30);
+    char head[256];
+    int hn = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                      "Content-Length: %zu\r\n\r\n", img->len);
+    CHECK(fd >= 0 && loopback_send_all(fd, head, (size_t)hn) && loopback_send_all(fd, img->data, 10));
+    usleep(200 * 1000);
+    return fd;
+}
+
+/* Starts a server on backend whose device fails at batch inject_batch (VITD_FAULT_INJECT=batch:N). Returns 0 when
+ * it is up, -1 when a GPU server cannot start here (no GPU, or no CUDA in the build), -2 when it did not start for
+ * another reason (a failed check). */
+static int start_faulty(server *s, const char *dir, const char *model, const char *backend, int inject_batch,
+                        const char *name) {
+    char inject[32], a_backend[64];
+    snprintf(inject, sizeof inject, "batch:%d", inject_batch);
+    snprintf(a_backend, sizeof a_backend, "--backend=%s", backend);
+    setenv("VITD_FAULT_INJECT", inject, 1);
+    const char *extra[] = {a_backend, "--no-warmup", "--drain-timeout-ms=20000", "--output-cache-bytes=0", NULL};
+    bool up = start_server(s, dir, model, name, extra);
+    unsetenv("VITD_FAULT_INJECT");
+    if (up) return 0;
+    server_wait_exit(s, 10);
+    /* no GPU here, or a build without CUDA: the GPU case cannot run. Anything else is a failure to start. */
+    if (strcmp(backend, "cpu") != 0 &&
+        (log_has(s->log_path, "no usable CUDA GPU") || log_has(s->log_path, "built without CUDA")))
+        return -1;
+    CHECK_MSG(0, "the %s server did not start (see %s)", backend, s->log_path);
+    return -2;
+}
+
+/* Returns 0 when it ran, 77 when this build ignores VITD_FAULT_INJECT, or start_faulty's -1 / -2. */
 static int run_case(const char *dir, const char *model, const char *backend, const image_file *img) {
     printf("backend %s\n", backend);
-    setenv("VITD_FAULT_INJECT", "batch:3", 1);
-    char a_backend[64], name[64];
-    snprintf(a_backend, sizeof a_backend, "--backend=%s", backend);
+    char name[64];
     snprintf(name, sizeof name, "fault_%s", backend);
-    const char *extra[] = {a_backend, "--no-warmup", "--drain-timeout-ms=20000", "--output-cache-bytes=0", NULL};
     server s;
-    bool up = start_server(&s, dir, model, name, extra);
-    unsetenv("VITD_FAULT_INJECT");
-    if (!up) {
-        server_wait_exit(&s, 10);
-        /* no GPU here, or a build without CUDA: the GPU case cannot run. Anything else is a failure to start. */
-        if (strcmp(backend, "cpu") != 0 &&
-            (log_has(s.log_path, "no usable CUDA GPU") || log_has(s.log_path, "built without CUDA")))
-            return -1;
-        CHECK_MSG(0, "the %s server did not start (see %s)", backend, s.log_path);
-        return -2;
-    }
+    int up = start_faulty(&s, dir, model, backend, 3, name);
+    if (up != 0) return up;
     if (!log_has(s.log_path, "VITD_FAULT_INJECT")) {
         kill(s.pid, SIGTERM);
         server_wait_exit(&s, 30);
@@ -59,12 +80,7 @@ static int run_case(const char *dir, const char *model, const char *backend, con
         resp_free(&r);
     }
     /* a request that is still uploading when the device fails: it holds the drain open */
-    int held = loopback_connect(s.port, 30);
-    char head[256];
-    int hn = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                      "Content-Length: %zu\r\n\r\n", img->len);
-    CHECK(held >= 0 && loopback_send_all(held, head, (size_t)hn) && loopback_send_all(held, img->data, 10));
-    usleep(200 * 1000);
+    int held = hold_upload(s.port, img);
     /* the fourth batch: the device fails */
     double t0 = vitd_now();
     CHECK(http_do(s.port, "POST", "/v1/encode", "Content-Type: image/png\r\n", img->data, img->len, &r));
@@ -97,28 +113,16 @@ static int run_case(const char *dir, const char *model, const char *backend, con
  * upload held half-way, SIGTERM, the rest of the upload: its batch is the failing one. Returns like run_case. */
 static int run_drain_case(const char *dir, const char *model, const char *backend, const image_file *img) {
     printf("backend %s, the device fails during the drain\n", backend);
-    setenv("VITD_FAULT_INJECT", "batch:1", 1);
-    char a_backend[64], name[64];
-    snprintf(a_backend, sizeof a_backend, "--backend=%s", backend);
+    char name[64];
     snprintf(name, sizeof name, "drain_fault_%s", backend);
-    const char *extra[] = {a_backend, "--no-warmup", "--drain-timeout-ms=20000", "--output-cache-bytes=0", NULL};
     server s;
-    bool up = start_server(&s, dir, model, name, extra);
-    unsetenv("VITD_FAULT_INJECT");
-    if (!up) {
-        server_wait_exit(&s, 10);
-        return -1;
-    }
+    int up = start_faulty(&s, dir, model, backend, 1, name);
+    if (up != 0) return up;
     resp r;
     CHECK(http_do(s.port, "POST", "/v1/encode", "Content-Type: image/png\r\n", img->data, img->len, &r));
     CHECK_MSG(r.status == 200, "good batch: %d", r.status);
     resp_free(&r);
-    int held = loopback_connect(s.port, 30);
-    char head[256];
-    int hn = snprintf(head, sizeof head, "POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                      "Content-Length: %zu\r\n\r\n", img->len);
-    CHECK(held >= 0 && loopback_send_all(held, head, (size_t)hn) && loopback_send_all(held, img->data, 10));
-    usleep(200 * 1000);
+    int held = hold_upload(s.port, img);
     kill(s.pid, SIGTERM);
     usleep(300 * 1000);
     CHECK(held >= 0 && loopback_send_all(held, img->data + 10, img->len - 10));
