@@ -81,6 +81,19 @@ static void expect_json_error(const char *body, const char *needle, const char *
     cJSON_Delete(j);
 }
 
+/* Sends req on a new connection and expects exactly one answer with status, then the server closing within
+ * close_s. The answer's body goes to body (cap bytes). Returns whether the answer was the expected one. */
+static bool answered_then_closed(int port, const char *req, size_t len, int status, double close_s, const char *what,
+                                 char *body, size_t cap) {
+    int st[2] = {0};
+    int fd = raw(port, req, len);
+    int n = read_n(fd, 1, st, body, cap);
+    CHECK_MSG(n == 1 && st[0] == status, "%s: %d answers (%d), want %d", what, n, st[0], status);
+    CHECK_MSG(closed_within(fd, close_s), "%s: the connection stays open", what);
+    if (fd >= 0) close(fd);
+    return n == 1 && st[0] == status;
+}
+
 /* ---- keep-alive ---- */
 
 static void test_keepalive(int port) {
@@ -103,8 +116,8 @@ static void test_keepalive(int port) {
         int status;
     } early[] = {
         {"404", "GET /nope HTTP/1.1\r\nHost: x\r\n" AUTH "\r\n", 404},
-        {"401 with a body", "POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n",
-         401},
+        {"401 with a body", "POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                            "Content-Length: 1000\r\n\r\n", 401},
         {"405", "DELETE /v1/encode HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Length: 3\r\n\r\n", 405},
         {"415 with a body", "POST /v1/encode HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Type: text/plain\r\n"
                             "Content-Length: 5000\r\n\r\n", 415},
@@ -130,19 +143,11 @@ static void test_keepalive(int port) {
     /* a body over discard_body_bytes (64 KiB here) is not worth reading: answered, then closed */
     static const char big[] = "POST /v1/encode HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Type: text/plain\r\n"
                               "Content-Length: 200000\r\n\r\n";
-    fd = raw(port, big, sizeof big - 1);
-    n = read_n(fd, 1, st, body, sizeof body);
-    CHECK_MSG(n == 1 && st[0] == 415, "large body: %d answers (%d)", n, st[0]);
-    CHECK_MSG(closed_within(fd, 3), "large body: the connection stays open");
-    close(fd);
+    answered_then_closed(port, big, sizeof big - 1, 415, 3, "large body", body, sizeof body);
     /* the same with a Content-Length past 2^63 (it was read as negative, like chunked, and the answer waited) */
     static const char huge[] = "POST /nope HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Type: text/plain\r\n"
                                "Content-Length: 9300000000000000000\r\n\r\n";
-    fd = raw(port, huge, sizeof huge - 1);
-    n = read_n(fd, 1, st, body, sizeof body);
-    CHECK_MSG(n == 1 && st[0] == 404, "Content-Length 9.3e18: %d answers (%d)", n, st[0]);
-    CHECK_MSG(closed_within(fd, 3), "Content-Length 9.3e18: the connection stays open");
-    close(fd);
+    answered_then_closed(port, huge, sizeof huge - 1, 404, 3, "Content-Length 9.3e18", body, sizeof body);
     /* a chunked body that passes discard_body_bytes while dropped: the answer is written at once */
     static const char chunked[] = "POST /v1/encode HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Type: text/plain\r\n"
                                   "Transfer-Encoding: chunked\r\n\r\n";
@@ -209,14 +214,11 @@ static void test_framing(int port) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         double t0 = now();
-        fd = raw(port, bad[i].req, strlen(bad[i].req));
-        n = read_n(fd, 1, st, body, sizeof body);
-        CHECK_MSG(n == 1 && st[0] == bad[i].status, "%s: %d answers (%d), want %d", bad[i].what, n, st[0],
-                  bad[i].status);
-        if (n == 1) expect_json_error(body, bad[i].needle, bad[i].what);
-        CHECK_MSG(closed_within(fd, 2), "%s: the connection stays open", bad[i].what);
-        printf("  %-16s -> %d in %.0f ms, closed\n", bad[i].what, st[0], (now() - t0) * 1e3);
-        close(fd);
+        body[0] = 0;
+        if (answered_then_closed(port, bad[i].req, strlen(bad[i].req), bad[i].status, 2, bad[i].what, body,
+                                 sizeof body))
+            expect_json_error(body, bad[i].needle, bad[i].what);
+        printf("  %-16s -> %d in %.0f ms\n", bad[i].what, bad[i].status, (now() - t0) * 1e3);
     }
     /* HTTP/1.0 needs no Host */
     fd = raw(port, "GET /health HTTP/1.0\r\n\r\n", 24);
