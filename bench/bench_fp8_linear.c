@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "checkpoint.h"
 #include "cpu_forward.h"
 #include "image.h"
@@ -63,10 +64,6 @@ static vitd_status outlier_get(void *ctx, const char *name, float *out, size_t n
     return st;
 }
 
-typedef struct {
-    double cos, rel;
-} diff;
-
 /* "qkv,fc2" -> CPU_FP8_QKV | CPU_FP8_FC2; "all"; 0 for anything else */
 static unsigned parse_gemms(const char *s) {
     static const struct { const char *name; unsigned bit; } k[] = {
@@ -91,18 +88,6 @@ static const char *gemms_name(unsigned m, char *buf, size_t n) {
     size_t len = strlen(buf);
     if (len) buf[len - 1] = 0;
     return buf;
-}
-
-static diff compare(const float *a, const float *ref, size_t n) {
-    double ab = 0, aa = 0, bb = 0, dd = 0;
-    for (size_t i = 0; i < n; i++) {
-        ab += (double)a[i] * ref[i];
-        aa += (double)a[i] * a[i];
-        bb += (double)ref[i] * ref[i];
-        dd += ((double)a[i] - ref[i]) * ((double)a[i] - ref[i]);
-    }
-    diff r = {aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 0, bb > 0 ? sqrt(dd / bb) : 0};
-    return r;
 }
 
 typedef struct {
@@ -224,9 +209,9 @@ int main(int argc, char **argv) {
                 fprintf(stderr, "bench_fp8_linear: %s\n", err.msg);
                 return 1;
             }
-            diff e = compare(emb, im[0].emb_ref, im[0].tokens * (size_t)D);
+            cmp_stats e = cmp_f32(emb, im[0].emb_ref, im[0].tokens * (size_t)D, 0, 0);
             printf("planted outliers=%g float32 vs plain float32: image=%s emb_cos=%.8f emb_rel=%.2e\n", factors[f],
-                   im[0].name, e.cos, e.rel);
+                   im[0].name, e.cosine, e.rel_l2);
             cpu_model_free(p);
         }
         for (int si = 0; si < n_sets; si++)
@@ -249,19 +234,19 @@ int main(int argc, char **argv) {
                         return 1;
                     }
                     const size_t n = im[i].tokens * (size_t)D;
-                    diff e = compare(emb, im[i].emb_ref, n);
+                    cmp_stats e = cmp_f32(emb, im[i].emb_ref, n, 0, 0);
                     double ds_cos = 1.0, ds_rel = 0.0;
                     for (int j = 0; j < nds; j++) {
-                        diff dj = compare(ds + (size_t)j * n, im[i].ds_ref + (size_t)j * n, n);
-                        if (dj.cos < ds_cos) ds_cos = dj.cos;
-                        if (dj.rel > ds_rel) ds_rel = dj.rel;
+                        cmp_stats dj = cmp_f32(ds + (size_t)j * n, im[i].ds_ref + (size_t)j * n, n, 0, 0);
+                        if (dj.cosine < ds_cos) ds_cos = dj.cosine;
+                        if (dj.rel_l2 > ds_rel) ds_rel = dj.rel_l2;
                     }
-                    if (e.cos < worst) worst = e.cos;
+                    if (e.cosine < worst) worst = e.cosine;
                     if (ds_cos < worst) worst = ds_cos;
                     printf("fp8_linear outliers=%g gemms=%s weights=%s inputs=%s margin=%g image=%s tokens=%zu "
                            "emb_cos=%.6f emb_rel=%.4f ds_cos_min=%.6f ds_rel_max=%.4f (%.1f s)\n",
                            factors[f], gname, wname, per_token ? "per-token" : "per-tensor", margin, im[i].name,
-                           im[i].tokens, e.cos, e.rel, ds_cos, ds_rel, vitd_now() - t0);
+                           im[i].tokens, e.cosine, e.rel_l2, ds_cos, ds_rel, vitd_now() - t0);
                     fflush(stdout);
                 }
                 printf("summary outliers=%g gemms=%s weights=%s inputs=%s margin=%g lowest_cos=%.6f\n", factors[f],

@@ -579,11 +579,6 @@ static void bench_one(const char *label, const vitd_vision_config *c, vitd_grid 
 /* The FP8 linear twin (cpu_model_set_fp8_linear): the same weights as the float32 model, the block GEMMs on E4M3
  * values. Close to float32 but not equal (the quantisation is applied), per channel at least as close here, and
  * a second call changes nothing. */
-static double cosine(const float *a, const float *b, size_t n) {
-    double ab = 0, aa = 0, bb = 0;
-    for (size_t i = 0; i < n; i++) ab += (double)a[i] * b[i], aa += (double)a[i] * a[i], bb += (double)b[i] * b[i];
-    return ab / sqrt(aa * bb);
-}
 
 static void check_fp8_linear(void) {
     vitd_vision_config c = small_config();
@@ -615,13 +610,9 @@ static void check_fp8_linear(void) {
         free(ws);
     }
     for (int mode = 0; mode < 2 && ref.emb && q[mode].emb; mode++) {
-        const double ce = cosine(q[mode].emb, ref.emb, Nm * Dout);
-        const double cd = cosine(q[mode].ds, ref.ds, 2 * Nm * Dout);
-        double max_abs = 0;
-        for (size_t i = 0; i < Nm * Dout; i++) {
-            const double e = fabs((double)q[mode].emb[i] - ref.emb[i]);
-            if (e > max_abs) max_abs = e;
-        }
+        const cmp_stats se = cmp_f32(q[mode].emb, ref.emb, Nm * Dout, 0, 0);
+        const double ce = se.cosine, cd = cmp_f32(q[mode].ds, ref.ds, 2 * Nm * Dout, 0, 0).cosine;
+        const double max_abs = se.max_abs;
         printf("fp8 linear twin (%s weights) vs float32: embeddings cos %.6f, deepstack cos %.6f, max abs %.3e\n",
                mode ? "per-channel" : "per-tensor", ce, cd, max_abs);
         CHECK_MSG(ce > 0.99 && cd > 0.99, "fp8 linear twin too far from float32: cos %.6f / %.6f", ce, cd);
