@@ -355,10 +355,7 @@ static long rss_kib(pid_t pid) {
 
 /* malloc's bytes in use in the server (vitd_heap_bytes{kind="in_use"} from /metrics), KiB; 0 when unread. */
 static long heap_kib(int port) {
-    resp r;
-    if (!http_do(port, "GET", "/metrics", NULL, NULL, 0, &r)) return 0;
-    double v = metric_value(r.body, "vitd_heap_bytes{kind=\"in_use\"}");
-    resp_free(&r);
+    double v = metric_at(port, NULL, "vitd_heap_bytes{kind=\"in_use\"}");
     return v > 0 ? (long)(v / 1024) : 0;
 }
 

@@ -383,6 +383,16 @@ static inline double metric_value(const char *text, const char *series) {
     return -1;
 }
 
+/* Value of one series in the server's /metrics (headers: extra request headers such as an API key, or NULL);
+ * -1 when the server does not answer 200 or the series is absent. */
+static inline double metric_at(int port, const char *headers, const char *series) {
+    resp r;
+    double v = -1;
+    if (http_do(port, "GET", "/metrics", headers, NULL, 0, &r) && r.status == 200) v = metric_value(r.body, series);
+    resp_free(&r);
+    return v;
+}
+
 /* Every non-comment line is `name{labels} value` with a parseable number. */
 static inline bool metrics_parse_ok(const char *text, int *n_lines) {
     *n_lines = 0;

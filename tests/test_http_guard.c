@@ -167,13 +167,6 @@ static void test_keepalive(int port) {
 
 /* ---- framing ---- */
 
-static double metric_of(int port, const char *series) {
-    resp r;
-    double v = -1;
-    if (http_do(port, "GET", "/metrics", AUTH, NULL, 0, &r) && r.status == 200) v = metric_value(r.body, series);
-    resp_free(&r);
-    return v;
-}
 
 static void test_framing(int port) {
     printf("framing\n");
@@ -184,14 +177,14 @@ static void test_framing(int port) {
     char smuggle[1024];
     snprintf(smuggle, sizeof smuggle, "POST /v1/encode HTTP/1.1\r\nHost: x\r\n" AUTH "Content-Type: image/png\r\n"
              "Content-Length: 0\r\nContent-Length: %zu\r\n\r\n%s", sizeof hidden - 1, hidden);
-    double model0 = metric_of(port, "vitd_requests_total{route=\"/v1/model\",status=\"200\"}");
+    double model0 = metric_at(port, AUTH, "vitd_requests_total{route=\"/v1/model\",status=\"200\"}");
     int fd = raw(port, smuggle, strlen(smuggle));
     int n = read_n(fd, 2, st, body, sizeof body);
     CHECK_MSG(n == 1 && st[0] == 400, "conflicting Content-Length: %d answers (%d)", n, st[0]);
     expect_json_error(body, "Content-Length", "conflicting Content-Length");
     CHECK(closed_within(fd, 2));
     close(fd);
-    double model1 = metric_of(port, "vitd_requests_total{route=\"/v1/model\",status=\"200\"}");
+    double model1 = metric_at(port, AUTH, "vitd_requests_total{route=\"/v1/model\",status=\"200\"}");
     CHECK_MSG(model1 == model0, "the smuggled request ran (%.0f -> %.0f)", model0, model1);
     struct {
         const char *what, *req, *needle;

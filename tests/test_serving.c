@@ -56,13 +56,6 @@ static bool ask(int port, const char *path, const image_file *f, const char *acc
     return http_do(port, "POST", path, h, f->data, f->len, r);
 }
 
-static double metric(int port, const char *series) {
-    resp r;
-    if (!http_do(port, "GET", "/metrics", NULL, NULL, 0, &r)) return -1;
-    double v = metric_value(r.body, series);
-    resp_free(&r);
-    return v;
-}
 
 /* Every answer form: a miss and the hit after it on the caching server, and the uncached server, all equal. */
 static void test_identical(suite *S, int cached, int plain) {
@@ -94,8 +87,8 @@ static void test_identical(suite *S, int cached, int plain) {
             resp_free(&a), resp_free(&b), resp_free(&c);
         }
     }
-    double hits = metric(cached, "vitd_output_cache_requests_total{result=\"hit\"}");
-    double plain_hits = metric(plain, "vitd_output_cache_requests_total{result=\"hit\"}");
+    double hits = metric_at(cached, NULL, "vitd_output_cache_requests_total{result=\"hit\"}");
+    double plain_hits = metric_at(plain, NULL, "vitd_output_cache_requests_total{result=\"hit\"}");
     printf("  %d of %d answers byte-identical (miss, hit, no cache); hits %.0f (uncached server: %.0f)\n", same,
            total, hits, plain_hits);
     CHECK_MSG(hits >= total, "only %.0f hits for %d repeated requests", hits, total);
@@ -132,9 +125,9 @@ static void *client_main(void *arg) {
 static void test_single_flight(suite *S, int port, int plain) {
     enum { N = 6 };
     printf("single flight: %d concurrent requests for one new image\n", N);
-    double enc0 = metric(port, "vitd_images_total");
-    double waits0 = metric(port, "vitd_output_cache_requests_total{result=\"wait\"}");
-    double hits0 = metric(port, "vitd_output_cache_requests_total{result=\"hit\"}");
+    double enc0 = metric_at(port, NULL, "vitd_images_total");
+    double waits0 = metric_at(port, NULL, "vitd_output_cache_requests_total{result=\"wait\"}");
+    double hits0 = metric_at(port, NULL, "vitd_output_cache_requests_total{result=\"hit\"}");
     client c[N];
     pthread_t t[N];
     for (int i = 0; i < N; i++) {
@@ -150,9 +143,9 @@ static void test_single_flight(suite *S, int port, int plain) {
         resp_free(&c[i].r);
     }
     resp_free(&ref);
-    double enc = metric(port, "vitd_images_total") - enc0;
-    double waits = metric(port, "vitd_output_cache_requests_total{result=\"wait\"}") - waits0;
-    double hits = metric(port, "vitd_output_cache_requests_total{result=\"hit\"}") - hits0;
+    double enc = metric_at(port, NULL, "vitd_images_total") - enc0;
+    double waits = metric_at(port, NULL, "vitd_output_cache_requests_total{result=\"wait\"}") - waits0;
+    double hits = metric_at(port, NULL, "vitd_output_cache_requests_total{result=\"hit\"}") - hits0;
     printf("  %d of %d answers equal to the uncached server's; images encoded %.0f, waits %.0f, hits %.0f\n", equal,
            N, enc, waits, hits);
     CHECK_EQ_INT(N, equal);
@@ -174,8 +167,8 @@ static void test_leader_gone(suite *S, int port, int plain) {
         big2.data = xcalloc(big2.len, 1); /* bytes after IEND: the same image, another key each round */
         memcpy(big2.data, S->big.data, S->big.len);
         const image_file *f = &big2;
-        double waits0 = metric(port, "vitd_output_cache_requests_total{result=\"wait\"}");
-        double retry0 = metric(port, "vitd_output_cache_requests_total{result=\"retry\"}");
+        double waits0 = metric_at(port, NULL, "vitd_output_cache_requests_total{result=\"wait\"}");
+        double retry0 = metric_at(port, NULL, "vitd_output_cache_requests_total{result=\"retry\"}");
         /* the leader sends its image and hangs up at once: its job is cancelled when the batcher reaches it */
         int fd = loopback_connect(port, IO_TIMEOUT_S);
         char head[256];
@@ -192,8 +185,8 @@ static void test_leader_gone(suite *S, int port, int plain) {
         resp ref;
         CHECK(ask(plain, "/v1/encode", f, "application/vnd.safetensors", &ref));
         bool eq = w.ok && w.r.status == 200 && w.r.len == ref.len && !memcmp(w.r.body, ref.body, ref.len);
-        double waits = metric(port, "vitd_output_cache_requests_total{result=\"wait\"}") - waits0;
-        double retries = metric(port, "vitd_output_cache_requests_total{result=\"retry\"}") - retry0;
+        double waits = metric_at(port, NULL, "vitd_output_cache_requests_total{result=\"wait\"}") - waits0;
+        double retries = metric_at(port, NULL, "vitd_output_cache_requests_total{result=\"retry\"}") - retry0;
         printf("  round %d: the waiter: %d, %s the uncached answer (waits %.0f, of which encoded again %.0f)\n",
                round, w.r.status, eq ? "equal to" : "unlike", waits, retries);
         CHECK(eq && waits == 1 && retries <= 1);
@@ -257,12 +250,13 @@ static void test_bound(suite *S) {
         CHECK(ask(s.port, "/v1/encode", &v[i], "application/vnd.safetensors", &r) && r.status == 200);
         resp_free(&r);
     }
-    double ev = metric(s.port, "vitd_output_cache_evictions_total"), bytes = metric(s.port, "vitd_output_cache_bytes");
-    double miss0 = metric(s.port, "vitd_output_cache_requests_total{result=\"miss\"}");
+    double ev = metric_at(s.port, NULL, "vitd_output_cache_evictions_total");
+    double bytes = metric_at(s.port, NULL, "vitd_output_cache_bytes");
+    double miss0 = metric_at(s.port, NULL, "vitd_output_cache_requests_total{result=\"miss\"}");
     resp r;
     CHECK(ask(s.port, "/v1/encode", &v[0], "application/vnd.safetensors", &r) && r.status == 200); /* evicted */
     resp_free(&r);
-    double miss = metric(s.port, "vitd_output_cache_requests_total{result=\"miss\"}") - miss0;
+    double miss = metric_at(s.port, NULL, "vitd_output_cache_requests_total{result=\"miss\"}") - miss0;
     printf("  4 images into a cache of %zu bytes: %.0f evicted, %.0f bytes held; the first again: %s\n", bound, ev,
            bytes, miss == 1 ? "a miss" : "a hit");
     CHECK(ev >= 2 && bytes <= (double)bound && miss == 1);
