@@ -29,6 +29,13 @@ extern "C" {
 cudaError_t ln_bf16(const uint16_t *x, const uint16_t *gamma, const uint16_t *beta, uint16_t *y, int rows, int dim,
                     float eps, cudaStream_t stream);
 
+/* LayerNorm feeding an FP8 GEMM (issue 14): exactly one of y (bf16, as ln_bf16) and y8 (E4M3 [rows, dim] =
+ * satfinite(y_f32 * *scale), quantised from the float32 value, scale a device float); amax (or NULL) gets
+ * max |y_f32| folded in with atomicMax (not reset). dim % 8 == 0, dim <= 8192, 16-byte aligned pointers
+ * (cudaErrorInvalidValue otherwise). Twin: cpu_layernorm, then cpu_e4m3_from_f32(y * scale). */
+cudaError_t ln_quant(const uint16_t *x, const uint16_t *gamma, const uint16_t *beta, int rows, int dim, float eps,
+                     uint16_t *y, uint8_t *y8, const float *scale, float *amax, cudaStream_t stream);
+
 /* ---- kernels/pos_embed.cu ---- */
 
 /* Adds the bilinearly interpolated learned position embedding (MODEL.md 3.2, transformers 5.17) to the patch

@@ -112,6 +112,39 @@ cudaError_t fp8_quant_ring_update(float *state, int history_len, cudaStream_t st
 cudaError_t fp8_quant_dequant_o(const uint8_t *o8, int n_tokens, int n_heads, int head_dim, int dp,
                                 float *scalars, int history_len, uint16_t *out, cudaStream_t stream);
 
+/* ---- FP8 linear layers (kernels/fp8_linear.cu; issue 14) ----
+ * Per layer one float block of lin8_state_floats(hist) floats (zeroed once; static scales: DESCALE and SCALE
+ * filled on the host, no ring), for the three GEMM inputs quantised by vitd's own producers: t = 0 the QKV
+ * GEMM's (LayerNorm 1), 1 fc1's (LayerNorm 2), 2 fc2's (fc1's E4M3 output). The output projection reads the FP8
+ * attention's o8 with the attention state's DESCALE_V (SCALE_O = 1 / DESCALE_V).
+ * Every value cuBLASLt reads or writes sits in its own 16-byte slot (LIN8_AT(field, t) = field + 4t): cuBLASLt
+ * refuses scale pointers that are only 4-byte aligned (CUBLAS_STATUS_NOT_SUPPORTED, seen on the H100).
+ *   DESCALE_t at 4t:       x ~ DESCALE_t * x8 (cuBLASLt's B scale)
+ *   SCALE_t at 12 + 4t:    1 / DESCALE_t: x8 = satfinite(x * SCALE_t) (ln_quant's scale, cuBLASLt's D scale)
+ *   AMAX_t at 24 + 4t:     amax of the batch being run (ln_quant folds with atomicMax; cuBLASLt's AMAX_D sets)
+ *   [36]                   batches recorded (uint32 bits)
+ *   [40, 40 + 3*hist)      ring: input t's amax of the last hist batches at 40 + t*hist (0 = empty) */
+enum { LIN8_INPUTS = 3, LIN8_DESCALE = 0, LIN8_SCALE = 12, LIN8_AMAX = 24, LIN8_STEPS = 36, LIN8_RING = 40 };
+#define LIN8_AT(field, t) ((field) + 4 * (t))
+
+static inline size_t lin8_state_floats(int history_len) {
+    size_t n = (size_t)LIN8_RING + LIN8_INPUTS * (size_t)(history_len > 0 ? history_len : 0);
+    return (n + 31) / 32 * 32;
+}
+
+/* *amax = max(*amax, max |x[i]|) over x [n] bf16 (NaN ignored): a weight's amax at load, fc1's output in a
+ * layer's first batch (cuBLASLt's AMAX_D exists for FP8 GEMMs only). */
+cudaError_t fp8_amax_bf16(const uint16_t *x, size_t n, float *amax, cudaStream_t stream);
+/* out[i] = E4M3_satfinite(x[i] * (1 / *descale)) (cpu_fp8_fake_quant's quantiser). */
+cudaError_t fp8_quant_bf16(const uint16_t *x, size_t n, const float *descale, uint8_t *out, cudaStream_t stream);
+/* In place over v[0], v[stride], ... v[(n-1)*stride]: amax -> descale = amax / 448, or 1 for 0 (cpu_fp8_descale).
+ * The engine keeps each weight's scale in its own 16-byte slot (stride 4): cuBLASLt's alignment. */
+cudaError_t fp8_weight_descale(float *amax_to_descale, int n, int stride, cudaStream_t stream);
+/* After a batch: for each of `layers` state blocks (stride floats apart) and input t, push AMAX_t into the ring at
+ * steps % hist, reset it, count the batch, set DESCALE_t = max(ring) / 448 (1/448^2 for 0) and SCALE_t =
+ * 1 / DESCALE_t. One launch for the whole tower. */
+cudaError_t lin8_ring_update(float *state, int layers, size_t stride, int history_len, cudaStream_t stream);
+
 /* out[i] = E4M3_satfinite(x[i]), round to nearest even: the hardware conversion the kernels use, exposed so
  * tests can hold the CPU quantiser to it over many bit patterns. */
 cudaError_t fp8_quant_f32(const float *x, size_t n, uint8_t *out, cudaStream_t stream);

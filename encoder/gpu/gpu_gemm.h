@@ -1,5 +1,13 @@
-/* gpu_gemm.h — the engine's linear layers through cuBLASLt: BF16 in, FP32 accumulate, BF16 out, with the epilogues
- * cuBLASLt fuses (bias; bias + tanh-GELU) and an optional residual accumulate (y += x W^T + b, by beta = 1 with C = D).
+/* gpu_gemm.h — the engine's linear layers through cuBLASLt: BF16 or FP8 E4M3 in, FP32 accumulate, BF16 (or E4M3)
+ * out, with the epilogues cuBLASLt fuses (bias; bias + tanh-GELU) and an optional residual accumulate
+ * (y += x W^T + b, by beta = 1 with C = D).
+ *
+ * FP8 (gpu_gemm_run with x8/w8 set): both operands E4M3 with one float32 dequantisation factor each on the device
+ * (x ~ x_descale * x8, W ~ w_descale * w8; per tensor: cuBLASLt on Hopper takes scalar scales), products summed in
+ * float32 with cuBLASLt's periodic promotion (fast accumulation off; VITD_FP8_FAST_ACCUM=1 in the environment turns
+ * it on, for measuring what it costs and buys: bench/RESULTS.md issue 14). The output is bf16, or E4M3 (y8 =
+ * satfinite(y * y_scale), y_scale a device float) with the amax of the unscaled output written to y_amax: that is
+ * how fc1 hands fc2 its input without a pass over memory. Shapes: in and out multiples of 16 (cuBLASLt's FP8 rule).
  *
  * Layout: PyTorch's row-major convention. x [n, in], W [out, in] (nn.Linear weight), bias [out], y [n, out].
  * Internally this is the column-major product y^T = W x^T (cuBLASLt is column-major), so no data is transposed.
@@ -31,5 +39,23 @@ void gpu_gemm_free(gpu_gemm *g);
  * accumulate requires epi != GELU (the residual is added after the epilogue otherwise). */
 vitd_status gpu_gemm_bf16(gpu_gemm *g, const void *x, const void *w, const void *bias, void *y, int n, int in,
                           int out, gemm_epilogue epi, int accumulate, cudaStream_t stream, vitd_err *err);
+
+/* One GEMM of either precision (the FP8 fields NULL: gpu_gemm_bf16's). */
+typedef struct {
+    const void *x, *w;           /* bf16 operands, or E4M3 when fp8 */
+    int fp8;                     /* 1: x and w are E4M3 with x_descale / w_descale */
+    const float *x_descale, *w_descale; /* device float32 each (fp8) */
+    const void *bias;            /* bf16 [out] or NULL */
+    void *y;                     /* bf16 [n, out], or E4M3 when y_scale is set */
+    const float *y_scale;        /* fp8 only: device float, y8 = satfinite(y * *y_scale); NULL = bf16 output */
+    float *y_amax;               /* fp8 only: device float set to max |y| before scaling, or NULL */
+    int n, in, out;
+    gemm_epilogue epi;
+    int accumulate;              /* bf16 output only */
+} gemm_args;
+vitd_status gpu_gemm_run(gpu_gemm *g, const gemm_args *a, cudaStream_t stream, vitd_err *err);
+
+/* 1 when cuBLASLt can run an FP8 GEMM of these sizes (in and out multiples of 16). */
+int gpu_gemm_fp8_shape_ok(int in, int out);
 
 #endif
