@@ -28,6 +28,7 @@
 
 static const char *const k_backend[] = {"cpu", "gpu", "auto", NULL};
 static const char *const k_attn[] = {"auto", "fp8", "bf16", NULL};
+static const char *const k_linear[] = {"bf16", "fp8", "auto", NULL};
 static const char *const k_dtype[] = {"auto", "float32", "bfloat16", "float16", NULL};
 static const char *const k_level[] = {"debug", "info", "warn", "error", NULL};
 static const char *const k_format[] = {"text", "json", NULL};
@@ -48,6 +49,17 @@ static const config_option k_options[] = {
      "Encoder backend: cpu, gpu, or auto (gpu when a usable GPU exists, else cpu).", OFF(backend)},
     {"attn_dtype", "VITD_ATTN_DTYPE", CONFIG_ENUM, "auto", 0, 0, k_attn, NULL, false,
      "GPU attention precision: fp8, bf16, or auto (fp8 where cuDNN supports it, else bf16).", OFF(attn_dtype)},
+    {"linear_dtype", "VITD_LINEAR_DTYPE", CONFIG_ENUM, "bf16", 0, 0, k_linear, NULL, false,
+     "GPU linear layers (the blocks' GEMMs): bf16, fp8 (E4M3 with dynamic scales), or auto (fp8 where measured "
+     "faster at start-up).", OFF(linear_dtype)},
+    {"linear_fp8_gemms", "VITD_LINEAR_FP8_GEMMS", CONFIG_STRING, "qkv,fc1", 1, 63, NULL, NULL, false,
+     "The block GEMMs FP8 linear runs in E4M3: comma list of qkv, proj, fc1, fc2 (fc2 needs fc1), or all.",
+     OFF(linear_fp8_gemms)},
+    {"cuda_graphs", "VITD_CUDA_GRAPHS", CONFIG_BOOL, "true", 0, 1, NULL, NULL, false,
+     "GPU: capture a batch shape seen twice in CUDA graphs and replay them (removes launch overhead).",
+     OFF(cuda_graphs)},
+    {"graph_max_tokens", "VITD_GRAPH_MAX_TOKENS", CONFIG_INT, "16384", 1, 16777216, NULL, NULL, false,
+     "GPU: largest batch (patches) captured in CUDA graphs.", OFF(graph_max_tokens)},
     {"model_name", "VITD_MODEL_NAME", CONFIG_STRING, "", 0, 255, NULL, NULL, false,
      "Name the model is served under (/v1/model, KServe v2's /v2/models/<name>, the answers' model field); "
      "empty = the model directory's last component.",

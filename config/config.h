@@ -36,6 +36,14 @@
  *   backend                 enum    auto            cpu | gpu | auto (gpu when a usable GPU exists, else cpu).
  *   attn_dtype              enum    auto            auto | fp8 | bf16: attention precision on the GPU; auto
  *                                                   picks fp8 where cuDNN supports it, else bf16.
+ *   linear_dtype            enum    bf16            bf16 | fp8 | auto: the blocks' GEMMs on the GPU; fp8 runs the
+ *                                                   GEMMs named by linear_fp8_gemms in E4M3 (dynamic scales),
+ *                                                   auto only where measured faster at start-up (README "FP8
+ *                                                   linear layers" has the accuracy measured).
+ *   linear_fp8_gemms        string  "qkv,fc1"       comma list of qkv, proj, fc1, fc2 (fc2 needs fc1), or all.
+ *   cuda_graphs             bool    true            GPU: capture a batch shape seen twice in CUDA graphs (block
+ *                                                   segments) and replay them.
+ *   graph_max_tokens        int     16384 [1,2^24]  GPU: largest batch (patches) captured.
  *   device                  int     0      [0,63]   CUDA device ordinal.
  *   encoder_threads         int     0      [0,1024] CPU backend threads; 0 = one per core.
  *   warmup                  bool    true            run one batch of each shape bucket at start-up before
@@ -187,6 +195,10 @@ typedef struct vitd_config {
     char model_name[VITD_CONFIG_STR_MAX]; /* "" = the model directory's last component (at most 255 bytes) */
     const char *backend;            /* "cpu" | "gpu" | "auto" */
     const char *attn_dtype;         /* "auto" | "fp8" | "bf16" */
+    const char *linear_dtype;       /* "bf16" | "fp8" | "auto" */
+    char linear_fp8_gemms[VITD_CONFIG_STR_MAX];
+    bool cuda_graphs;
+    int graph_max_tokens;
     int device;
     int encoder_threads;            /* 0 = cores */
     bool warmup;

@@ -133,6 +133,13 @@ vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *op
     if (am == ATTN_MODE_FP8 && !strcmp(want, "cpu"))
         return vitd_fail(err, VITD_E_UNSUPPORTED, "attn_dtype fp8 needs the GPU backend (backend is cpu); use "
                          "attn_dtype auto or bf16");
+    const char *lin = o.linear_dtype && *o.linear_dtype ? o.linear_dtype : "bf16";
+    if (strcmp(lin, "bf16") && strcmp(lin, "fp8") && strcmp(lin, "auto"))
+        return vitd_fail(err, VITD_E_INVALID_ARG, "linear_dtype '%s' is not one of bf16, fp8, auto", lin);
+    const int lin_fp8 = !strcmp(lin, "fp8");
+    if (lin_fp8 && !strcmp(want, "cpu"))
+        return vitd_fail(err, VITD_E_UNSUPPORTED, "linear_dtype fp8 needs the GPU backend (backend is cpu); use "
+                         "linear_dtype auto or bf16");
 
     /* a static scales file is configuration: wrong is a start-up error on every backend (naming the layer) */
     if (am != ATTN_MODE_BF16 && o.fp8_scales && *o.fp8_scales) {
@@ -162,16 +169,16 @@ vitd_status vitd_encoder_create(const vitd_model *m, const vitd_encoder_opts *op
             return vitd_fail(err, s, "backend gpu: %s", gerr.msg);
         }
         /* asking for FP8 explicitly is an error wherever it cannot run, the CPU included */
-        if (am == ATTN_MODE_FP8) {
+        if (am == ATTN_MODE_FP8 || lin_fp8) {
             free(e);
             return vitd_fail(err, s, "backend auto: %s", gerr.msg);
         }
         vitd_log(VITD_LOG_WARN, "backend auto: GPU unusable, using the CPU backend: %s", gerr.msg);
 #else
-        if (am == ATTN_MODE_FP8) {
+        if (am == ATTN_MODE_FP8 || lin_fp8) {
             free(e);
-            return vitd_fail(err, VITD_E_UNSUPPORTED, "attn_dtype fp8 needs the GPU backend: this vitd was built "
-                             "without CUDA; use attn_dtype auto or bf16");
+            return vitd_fail(err, VITD_E_UNSUPPORTED, "%s fp8 needs the GPU backend: this vitd was built "
+                             "without CUDA; use auto or bf16", lin_fp8 ? "linear_dtype" : "attn_dtype");
         }
         if (strcmp(want, "gpu") == 0) {
             free(e);
@@ -400,6 +407,13 @@ void vitd_encoder_free(vitd_encoder *e) {
 const char *vitd_encoder_backend(const vitd_encoder *e) { return e->ops->name; }
 int vitd_encoder_native_bf16(const vitd_encoder *e) { return strcmp(e->ops->name, "gpu") == 0; }
 const char *vitd_encoder_attn_dtype(const vitd_encoder *e) { return e->ops->attn_dtype(e->impl); }
+
+const char *vitd_encoder_linear_dtype(const vitd_encoder *e) {
+#ifdef VITD_HAVE_CUDA
+    if (e->ops == &gpu_backend) return gpu_engine_linear_dtype(e->impl);
+#endif
+    return e->ops->name && !strcmp(e->ops->name, "cpu") ? "fp32" : "bf16";
+}
 
 const char *vitd_encoder_last_attn(const vitd_encoder *e) {
     int i = atomic_load(&((vitd_encoder *)e)->last);

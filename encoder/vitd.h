@@ -162,6 +162,13 @@ typedef struct {
     const char *attn_route_file;  /* GPU, attn_dtype auto: the routing table's timings are read from this file
                                      when it was measured on the same GPU, cuDNN and attention shape, else
                                      measured and written there (attn_route.h); NULL or "" = measure */
+    /* FP8 linear layers (GPU; README "FP8 linear layers"): */
+    const char *linear_dtype;     /* "bf16" (NULL or "": the default), "fp8", or "auto" (FP8 where measured faster) */
+    const char *linear_fp8_gemms; /* the block GEMMs FP8 linear runs in E4M3: a comma list of qkv, proj, fc1, fc2
+                                     (fc2 needs fc1: it reads fc1's E4M3 output); NULL or "" = "qkv,fc1" */
+    /* CUDA graphs (GPU): a batch shape seen twice is captured (per block segment) and replayed after */
+    int no_cuda_graphs;           /* 1: never capture (0, the default: graphs on) */
+    size_t graph_max_tokens;      /* largest batch (patches) that is captured; 0 = 16384 */
     int defer_plan_builds;        /* GPU, for servers: 1 = no batch waits for a cuDNN plan build (50-170 ms): a
                                      batch whose plan is missing runs on a plan at hand (packed BF16, or BF16
                                      instead of auto's FP8) and vitd_encoder_idle() builds the plan later */
@@ -232,6 +239,8 @@ void vitd_encoder_free(vitd_encoder *e);
  * or never faster), "fp8" (asked for), "auto" (each batch routed to the faster of bf16 and fp8 by its shape). */
 const char *vitd_encoder_backend(const vitd_encoder *e);
 const char *vitd_encoder_attn_dtype(const vitd_encoder *e);
+/* Its linear layers' mode: "fp32" (CPU), "bf16", "fp8" or "auto" (README "FP8 linear layers"). */
+const char *vitd_encoder_linear_dtype(const vitd_encoder *e);
 
 /* 1 when the backend's outputs are bfloat16 values (the GPU engine's), so asking for bfloat16 outputs
  * (vitd_batch.image_bf16) loses nothing and skips a conversion; 0 when they are float32 (the CPU reference). */

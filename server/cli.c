@@ -62,7 +62,8 @@ static int parse_double(const char *s, const char *flag, double lo, double hi, d
     return 0;
 }
 
-/* The encoder flags shared by encode and calibrate: --backend, --attn-dtype, --device, --fp8-*. Returns 1 if
+/* The encoder flags shared by encode and calibrate: --backend, --attn-dtype, --linear-dtype, --linear-fp8-gemms,
+ * --no-cuda-graphs, --device, --fp8-*. Returns 1 if
  * argv[*i] was one of them (value stored), 0 if not, -1 on a usage error (printed). */
 static int encoder_flag(int argc, char **argv, int *i, vitd_encoder_opts *eo, int *bad) {
     const char *v;
@@ -74,6 +75,16 @@ static int encoder_flag(int argc, char **argv, int *i, vitd_encoder_opts *eo, in
             return -1;
         }
         eo->attn_dtype = v;
+    } else if ((v = flag_value(argc, argv, i, "--linear-dtype", bad))) {
+        if (strcmp(v, "auto") && strcmp(v, "fp8") && strcmp(v, "bf16")) {
+            fprintf(stderr, "vitd: --linear-dtype must be bf16, fp8 or auto, got '%s'\n", v);
+            return -1;
+        }
+        eo->linear_dtype = v;
+    } else if ((v = flag_value(argc, argv, i, "--linear-fp8-gemms", bad))) {
+        eo->linear_fp8_gemms = v;
+    } else if (!strcmp(argv[*i], "--no-cuda-graphs")) {
+        eo->no_cuda_graphs = 1;
     } else if ((v = flag_value(argc, argv, i, "--device", bad))) {
         if (parse_long(v, "--device", 0, 1023, &n)) return -1;
         eo->device = (int)n;
@@ -104,9 +115,10 @@ static int parse_dtype(const char *s, st_dtype *out) {
 
 static void demo_usage(FILE *f) {
     fprintf(f, "usage: vitd demo-model --out DIR [--preset tiny|2b|4b|8b|32b] [--seed N] [--dtype bf16|f16|f32]\n"
-               "                       [--shards N] [--prefix model.visual.|visual.]\n"
+               "                       [--shards N] [--prefix model.visual.|visual.] [--outliers F]\n"
                "Writes a deterministic random Qwen3-VL checkpoint (config.json, preprocessor_config.json,\n"
-               "safetensors) in the real Hugging Face layout. Default preset: tiny.\n");
+               "safetensors) in the real Hugging Face layout. Default preset: tiny. --outliers F plants 4 channels\n"
+               "F times larger in every block's QKV and fc1 inputs without changing the function (FP8 tests).\n");
 }
 
 int cli_demo_model(int argc, char **argv) {
@@ -138,6 +150,10 @@ int cli_demo_model(int argc, char **argv) {
             o.shards = (int)n;
         } else if ((v = flag_value(argc, argv, &i, "--prefix", &bad))) {
             o.prefix = v;
+        } else if ((v = flag_value(argc, argv, &i, "--outliers", &bad))) {
+            double f;
+            if (parse_double(v, "--outliers", 1, 1e6, &f)) return 2;
+            o.outliers = (float)f;
         } else {
             if (!bad) fprintf(stderr, "vitd demo-model: unknown argument '%s'\n", argv[i]);
             demo_usage(stderr);
@@ -307,6 +323,8 @@ static void encode_usage(FILE *f) {
                "                   [--no-deepstack] [--layout separate|concat] [--one-by-one] [--threads N]\n"
                "                   [--device N] [--fp8-scales FILE] [--fp8-save-scales FILE] [--fp8-save-margin X]\n"
                "                   [--fp8-history N] [--attn-route-file FILE]\n"
+               "                   [--linear-dtype bf16|fp8|auto] [--linear-fp8-gemms qkv,proj,fc1,fc2] "
+               "[--no-cuda-graphs]\n"
                "Encodes the images in one batch (--one-by-one: each alone) and writes per image\n"
                "image.<i>.embeddings [tokens, out_hidden], image.<i>.deepstack.<layer> and image.<i>.grid_thw.\n"
                "--format json prints the same answer as the HTTP service's JSON instead.\n");

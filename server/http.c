@@ -288,6 +288,7 @@ static enum MHD_Result handle_model(struct req *r) {
     cJSON_AddStringToObject(root, "path", vitd_model_path(h->o.model));
     cJSON_AddStringToObject(root, "backend", h->o.backend ? h->o.backend : "");
     cJSON_AddStringToObject(root, "attn_dtype", h->o.attn_dtype ? h->o.attn_dtype : "");
+    cJSON_AddStringToObject(root, "linear_dtype", h->o.encoder ? vitd_encoder_linear_dtype(h->o.encoder) : "");
     /* attention: the setting, the path(s) in use, the last batch's path and the batches per path */
     cJSON *at = cJSON_AddObjectToObject(root, "attention");
     cJSON_AddStringToObject(at, "setting", c->attn_dtype ? c->attn_dtype : "");

@@ -381,6 +381,10 @@ int serve_main(int argc, char **argv) {
     vitd_encoder_opts eo = vitd_encoder_opts_default();
     eo.backend = cfg.backend;
     eo.attn_dtype = cfg.attn_dtype;
+    eo.linear_dtype = cfg.linear_dtype;
+    eo.linear_fp8_gemms = cfg.linear_fp8_gemms;
+    eo.no_cuda_graphs = !cfg.cuda_graphs;
+    eo.graph_max_tokens = (size_t)cfg.graph_max_tokens;
     eo.device = cfg.device;
     eo.threads = cfg.encoder_threads;
     eo.max_batch_tokens = encoder_tokens;
@@ -410,6 +414,7 @@ int serve_main(int argc, char **argv) {
         log_str(&l, "backend", vitd_encoder_backend(enc));
         log_str(&l, "attn_dtype", ctx.attn);
         log_str(&l, "attn_setting", cfg.attn_dtype);
+        log_str(&l, "linear_dtype", vitd_encoder_linear_dtype(enc));
         log_double(&l, "ms", (vitd_now() - t0) * 1e3);
         log_end(&l);
     }

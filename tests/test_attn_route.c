@@ -159,6 +159,20 @@ static void check_encoder_errors(const char *model_dir) {
     o.backend = "cpu";
 #endif
     o.attn_dtype = "auto";
+    /* FP8 linear layers (issue 14): a bad name is an argument error, fp8 where only the CPU runs a start-up one;
+     * auto and bf16 run the CPU reference (float32) */
+    o.linear_dtype = "int8";
+    CHECK_EQ_INT(VITD_E_INVALID_ARG, vitd_encoder_create(m, &o, &e, &err));
+    CHECK_STR_CONTAINS(err.msg, "linear_dtype 'int8'");
+    o.linear_dtype = "fp8";
+    CHECK_EQ_INT(VITD_E_UNSUPPORTED, vitd_encoder_create(m, &o, &e, &err));
+    CHECK_STR_CONTAINS(err.msg, "linear_dtype fp8 needs the GPU");
+    o.linear_dtype = "auto";
+    CHECK_OK(vitd_encoder_create(m, &o, &e, &err), &err);
+    if (e) CHECK(!strcmp(vitd_encoder_linear_dtype(e), "fp32"));
+    vitd_encoder_free(e);
+    e = NULL;
+    o.linear_dtype = NULL;
     o.fp8_history = 0;
     CHECK_EQ_INT(VITD_E_INVALID_ARG, vitd_encoder_create(m, &o, &e, &err));
     CHECK_STR_CONTAINS(err.msg, "fp8_history");
@@ -313,6 +327,13 @@ static void check_cli(const char *model_dir) {
              "--format json", model_dir, VITD_SOURCE_DIR);
     CHECK_EQ_INT(1, check_run_vitd(tmpdir, a, NULL, e, sizeof e));
     CHECK_STR_CONTAINS(e, "attn_dtype fp8 needs the GPU");
+    snprintf(a, sizeof a, "encode --model %s --linear-dtype int4 x.png --format json", model_dir);
+    CHECK_EQ_INT(2, check_run_vitd(tmpdir, a, NULL, e, sizeof e));
+    CHECK_STR_CONTAINS(e, "--linear-dtype");
+    snprintf(a, sizeof a, "encode --model %s --backend cpu --linear-dtype fp8 %s/tests/fixtures/images/chelsea.png "
+             "--format json", model_dir, VITD_SOURCE_DIR);
+    CHECK_EQ_INT(1, check_run_vitd(tmpdir, a, NULL, e, sizeof e));
+    CHECK_STR_CONTAINS(e, "linear_dtype fp8 needs the GPU");
     /* the FP8 flags are accepted with bf16/cpu (parsed, then unused) */
     snprintf(a, sizeof a, "encode --model %s --backend cpu --attn-dtype bf16 --fp8-history 4 --fp8-save-margin 2 "
              "--fp8-save-scales %s/unused.json %s/tests/fixtures/images/chelsea.png --format json", model_dir, tmpdir,

@@ -53,50 +53,17 @@
 #include <emmintrin.h>
 #endif
 
-#include "attn_route.h"
 #include "checkpoint.h"
-#include "cpu_ops.h"
 #include "engine_kernels.h"
+#include "engine_priv.h"
 #include "fp8_kernels.h"
 #include "fp8_scales.h"
-#include "gpu_attn.h"
-#include "gpu_common.h"
-#include "gpu_gemm.h"
 #include "util.h"
 
-#define ENGINE_GEMM_WORKSPACE ((size_t)32 << 20)
-#define ENGINE_CHUNK_ROWS 4096    /* pixel rows per upload chunk (a multiple of 64 keeps GEMM pointers aligned) */
-#define ENGINE_MAX_CHUNKS 64
-#define ENGINE_PROF_MARKS 1024
-#define ENGINE_MEM_MARGIN ((size_t)512 << 20) /* cuDNN/cuBLAS handles, kernels' code, plan workspaces */
-
-/* ---- weights ---- */
-
-typedef struct {
-    uint16_t *n1w, *n1b;     /* [d] */
-    uint16_t *qkv_w, *qkv_b; /* [3d, d], [3d] */
-    uint16_t *proj_w;        /* [d, H*dp]: proj weight with zero columns at the pad lanes */
-    uint16_t *proj_b;        /* [d] */
-    uint16_t *n2w, *n2b;     /* [d] */
-    uint16_t *fc1_w, *fc1_b; /* [I, d], [I] */
-    uint16_t *fc2_w, *fc2_b; /* [d, I], [d] */
-} eng_block;
-
-typedef struct {
-    uint16_t *nw, *nb;       /* [d] (final, pre-shuffle) or [g*d] (deepstack, post-shuffle) */
-    uint16_t *fc1_w, *fc1_b; /* [g*d, g*d], [g*d] */
-    uint16_t *fc2_w, *fc2_b; /* [Dout, g*d], [Dout] */
-} eng_merger;
-
-/* Profiling stages (device stages first). */
-enum {
-    ST_EMBED, ST_POS_ROPE, ST_LN, ST_QKV, ST_ROPE_PACK, ST_ATTN, ST_PROJ, ST_FC1, ST_FC2, ST_DEEPSTACK, ST_MERGER,
-    ST_FP8_QUANT, ST_FP8_DEQUANT, ST_D2H_TAIL, ST_HOST_IN, ST_HOST_OUT, ST_HOST_WAIT, ST_WALL, ST_COUNT
-};
 static const char *const stage_names[ST_COUNT] = {
     "h2d_wait+patch_embed", "pos_embed+rope_tables", "layernorm", "qkv_gemm", "rope_pack", "attention",
     "proj_gemm+residual", "fc1_gemm+gelu", "fc2_gemm+residual", "deepstack_mergers", "final_merger",
-    "fp8_rope_quant(+amax)", "fp8_dequant+ring", "d2h_tail(final)", "host_pixels_to_bf16", "host_outputs_to_f32",
+    "fp8_rope_quant(+amax)", "fp8_dequant+ring", "fp8_linear_scales", "d2h_tail(final)", "host_pixels_to_bf16", "host_outputs_to_f32",
     "host_wait", "wall_total"};
 
 /* ---- host worker pool ----
@@ -104,25 +71,6 @@ static const char *const stage_names[ST_COUNT] = {
  * call (cpu_parallel_for): with 15 threads started per 6 MB chunk, 77 MB of pixels took 7 ms on the GPU machine
  * (11 GB/s read), most of it suspected to be thread start-up. pool_run splits [0, n) into contiguous parts, one per
  * worker plus the caller, and returns when all are done. Used by the engine's one calling thread only. */
-typedef struct {
-    pthread_t *tid;
-    int n_workers;         /* threads besides the caller */
-    int n_started;
-    pthread_mutex_t mu;
-    pthread_cond_t cv_work, cv_done;
-    unsigned long gen;     /* job number, guarded by mu */
-    int pending;           /* workers still on the current job, guarded by mu */
-    int stop;              /* guarded by mu */
-    int parts;             /* parts of the current job (<= n_workers + 1) */
-    cpu_range_fn fn;
-    void *ctx;
-    size_t n;
-} host_pool;
-
-typedef struct {
-    host_pool *p;
-    int index;             /* this worker's part is index + 1 */
-} pool_arg;
 
 static void *pool_worker(void *arg) {
     pool_arg *a = arg;
@@ -205,23 +153,6 @@ static void pool_run(host_pool *p, size_t n, size_t min_items, cpu_range_fn fn, 
     pthread_mutex_unlock(&p->mu);
 }
 
-/* One batch in flight (ENGINE_SLOTS of them: vitd.h's pipeline): its pinned staging, its geometry, its output
- * copies' completion events and the caller's batch (output pointers). A slot is written by submit and is free
- * again after the wait that finishes its batch, by which time every copy that read or wrote its staging is done. */
-typedef struct {
-    uint16_t *h_pix;   /* [N, K] */
-    uint16_t *h_out;   /* [n_out][N/g, Dout] */
-    int32_t *h_tok;    /* [N, 4] */
-    int32_t *h_cu;     /* [max_images + 1] */
-    int *h_lens;       /* [max_images] (plain heap) */
-    size_t *row0;      /* [max_images + 1] first batch row (patch) of each image */
-    cudaEvent_t ev_d2h[1 + VITD_MAX_DEEPSTACK];
-    vitd_batch b;
-    int n_tokens, n_seg, fp8, want_ds;
-    double t_submit, host_in;
-} eng_slot;
-
-#define ENGINE_SLOTS VITD_ENCODER_PIPELINE
 
 /* pool_run over [begin, end) instead of [0, n). */
 typedef struct {
@@ -240,85 +171,6 @@ static void pool_run_range(host_pool *p, size_t begin, size_t end, size_t min_it
     pool_run(p, end - begin, min_items, shifted_range, &j);
 }
 
-struct gpu_engine {
-    vitd_vision_config cfg;
-    int device;
-    char device_name[256];
-    int d, I, H, hd, dp, Dout, K, side, m, g, n_out; /* n_out = 1 + n_deepstack output slots */
-    size_t max_tokens;
-    int max_images;
-    int host_threads;
-    host_pool pool;          /* host_threads - 1 workers for the host conversions */
-
-    /* weights: one device allocation */
-    void *d_weights;
-    size_t weight_bytes;
-    uint16_t *patch_w, *patch_b; /* [d, K], [d] */
-    float *pos_table;            /* [side*side, d] float32 */
-    float *inv_freq;             /* [hd/4] */
-    eng_block *blocks;
-    eng_merger merger, ds[VITD_MAX_DEEPSTACK];
-
-    /* activations: one device allocation, sized for max_tokens (+ attention slack rows) */
-    void *d_act;
-    size_t act_bytes;
-    uint16_t *pix;           /* [N, K] */
-    uint16_t *x, *h;         /* [N, d] residual stream; LayerNorm output */
-    uint16_t *qkv;           /* [N, 3d]; also the mergers' fc1 output [N/g, g*d] */
-    uint16_t *q, *k, *v, *o; /* [N + slack, H, dp] */
-    uint16_t *mlp;           /* [N, I] */
-    uint16_t *out[1 + VITD_MAX_DEEPSTACK]; /* [N/g, Dout]: slot 0 final merger, slot 1+j deepstack j */
-    float *cos_t, *sin_t;    /* [N, hd/2] */
-    int32_t *tok;            /* [N, 4] {row, col, h, w} */
-    int32_t *cu;             /* [max_images + 1] */
-
-    /* batches in flight, oldest at slot[head] */
-    eng_slot slot[ENGINE_SLOTS];
-    int head, n_flight;
-
-    /* streams: compute, uploads (pixels), downloads (outputs); the two copy directions never queue behind each
-     * other, so the next batch's pixels go up while this batch's outputs wait for their kernels */
-    cudaStream_t s_main, s_up, s_down;
-    cudaEvent_t ev_chunk[ENGINE_MAX_CHUNKS];
-    cudaEvent_t ev_embed;                         /* patch embedding done: the device pixel buffer is free */
-    cudaEvent_t ev_out[1 + VITD_MAX_DEEPSTACK];   /* output slot written (compute stream) */
-    cudaEvent_t ev_out_free[1 + VITD_MAX_DEEPSTACK]; /* output slot's last D2H copy done: may be written again */
-    gpu_gemm *gemm;
-    gpu_attn_ctx *attn;
-
-    /* FP8 attention (fp8_kernels.h has the per-layer call order and the state block layout) */
-    attn_mode attn_setting;      /* what the options asked for */
-    int fp8_ok;                  /* the FP8 path is ready: buffers, state, plans */
-    int fp8_static;              /* static scales from a file: no amax, no ring */
-    int fp8_hist;                /* amax ring length (0 with static scales) */
-    size_t fp8_stride;           /* floats per state block (fp8_state_floats) */
-    float *d_fp8;                /* [depth + 1][fp8_stride]: one state block per layer, then the timing probe's */
-    void *d_fp8_buf;             /* one allocation for q8, k8, v8, o8 */
-    uint8_t *q8, *k8, *v8, *o8;  /* [N + slack, H, dp] E4M3 */
-    long *fp8_steps;             /* [depth] FP8 steps run per layer (host count: first-batch pre-pass) */
-    char *fp8_save_path;         /* auto-save target or NULL */
-    double fp8_save_margin;
-    int fp8_saved;               /* the auto-save has been attempted */
-    float *d_calib;              /* [depth][4] amax of Q, K, V over all batches (fp8_calibrate), or NULL */
-    attn_route_entry route[ATTN_ROUTE_MAX]; /* auto: measured shapes and decisions */
-    int n_route;
-    int route_any_fp8;           /* some shape routes to FP8 */
-    int force;                   /* -1: by setting; 0: bf16; 1: fp8 (gpu_engine_set_attn) */
-    int defer;                   /* opts->defer_plan_builds (set after start-up warming) */
-    char *route_file;            /* opts->attn_route_file or NULL */
-    long deferred_fp8;           /* batches auto ran BF16 because their FP8 plan was still being deferred */
-    int last_path;               /* -1 none, 0 bf16, 1 fp8 */
-    char fp8_fallback[300];      /* why FP8 does not run though allowed ("" otherwise) */
-
-    /* profiling */
-    int prof_on;
-    cudaEvent_t *prof_ev; /* [ENGINE_PROF_MARKS] */
-    int prof_stage[ENGINE_PROF_MARKS];
-    int prof_n;
-    double prof_ms[ST_COUNT];
-    int prof_calls[ST_COUNT];
-    int prof_valid;
-};
 
 /* ---- host conversions ---- */
 
@@ -570,6 +422,10 @@ static size_t plan_activations(gpu_engine *g, char *base) {
     TAKE(g->qkv, N * 3 * d * 2);
     for (int i = 0; i < 4; i++) TAKE(*attn_bufs[i], rows_attn * row_attn * 2);
     TAKE(g->mlp, N * (size_t)g->I * 2);
+    if (g->lin_setting != LIN8_MODE_BF16) {
+        TAKE(g->h8, N * d);
+        TAKE(g->mlp8, N * (size_t)g->I);
+    }
     for (int j = 0; j < g->n_out; j++) TAKE(g->out[j], Nm * g->Dout * 2);
     TAKE(g->cos_t, N * (size_t)g->hd / 2 * 4);
     TAKE(g->sin_t, N * (size_t)g->hd / 2 * 4);
@@ -586,6 +442,8 @@ void gpu_engine_free(gpu_engine *g) {
     if (g->s_main) cudaStreamSynchronize(g->s_main);
     if (g->s_up) cudaStreamSynchronize(g->s_up);
     if (g->s_down) cudaStreamSynchronize(g->s_down);
+    graph_free_all(g);
+    lin8_free(g);
     gpu_attn_free(g->attn);
     gpu_gemm_free(g->gemm);
     pool_stop(&g->pool);
@@ -727,14 +585,20 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
         g->fp8_save_margin = opts->fp8_save_margin > 0 ? opts->fp8_save_margin : 1.5;
     }
 
+    if ((st = lin8_parse(g, opts, err)) != VITD_OK) goto fail;
+    g->lin_force = -1;
+    g->last_lin = -1;
+    g->graphs_on = !opts->no_cuda_graphs;
+    g->graph_max_tokens = opts->graph_max_tokens ? opts->graph_max_tokens : 16384;
+
     /* Memory plan vs what the device has free. */
     g->weight_bytes = weights_size(g);
     g->act_bytes = plan_activations(g, NULL);
     const size_t attn_ws = gpu_attn_opts_default().workspace_bytes;
     const size_t fp8_one = round256((g->max_tokens + GPU_ATTN_SLACK_ROWS) * (size_t)g->H * g->dp);
     const size_t fp8_bytes = want_fp8 ? 4 * fp8_one + ((size_t)c->depth + 1) * g->fp8_stride * 4 : 0;
-    const size_t need = g->weight_bytes + g->act_bytes + fp8_bytes + ENGINE_GEMM_WORKSPACE + attn_ws +
-                        ENGINE_MEM_MARGIN;
+    const size_t need = g->weight_bytes + g->act_bytes + fp8_bytes + lin8_bytes(g) + ENGINE_GEMM_WORKSPACE +
+                        attn_ws + ENGINE_MEM_MARGIN;
     size_t mem_free = 0, mem_total = 0;
     CUDA_TRY(cudaMemGetInfo(&mem_free, &mem_total));
     if (need > mem_free) {
@@ -823,6 +687,7 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
         st = VITD_OK;
     }
     g->fp8_ok = want_fp8;
+    if ((st = lin8_setup(g, opts, err)) != VITD_OK) goto fail;
     g->defer = opts->defer_plan_builds != 0; /* from here on: the warming above built what it wanted */
     gpu_attn_set_defer(g->attn, g->defer);
     if (g->fp8_fallback[0])
@@ -921,7 +786,7 @@ int gpu_engine_profile(const gpu_engine *g, gpu_engine_stage *out, int max) {
 }
 
 /* Records a mark on the compute stream: the time since the previous mark belongs to `stage`. */
-static void prof_mark(gpu_engine *g, int stage) {
+void engine_prof_mark(gpu_engine *g, int stage) {
     if (!g->prof_on || g->prof_n >= ENGINE_PROF_MARKS) return;
     if (cudaEventRecord(g->prof_ev[g->prof_n], g->s_main) == cudaSuccess) g->prof_stage[g->prof_n++] = stage;
 }
@@ -942,22 +807,24 @@ static vitd_status attention_bf16(gpu_engine *g, int n_tokens, float *calib, vit
     vitd_status st = VITD_OK;
     KTRY(rope_pack_qkv_bf16(g->qkv, g->cos_t, g->sin_t, n_tokens, g->H, g->hd, g->dp, g->q, g->k, g->v, g->s_main));
     if (calib) KTRY(fp8_quant_qkv_amax(g->qkv, g->cos_t, g->sin_t, n_tokens, g->H, g->hd, calib, g->s_main));
-    prof_mark(g, ST_ROPE_PACK);
+    engine_prof_mark(g, ST_ROPE_PACK);
     st = gpu_attn_bf16(g->attn, g->q, g->k, g->v, g->o, g->s_main, err);
-    prof_mark(g, ST_ATTN);
+    engine_prof_mark(g, ST_ATTN);
 fail:
     return st;
 }
 
 /* The FP8 attention step on state block L, in fp8_kernels.h's order: (first: amax pre-pass of this batch and
- * its scales) -> rotary + quantise + pad (+ amax) -> cuDNN FP8 -> dequantise (+ ring update). The result lands in
- * o [N, H, dp] like the BF16 step's: the dequantisation runs with head_dim = dp, and o8's pad lanes are exactly 0
- * (V's are), so the output projection reads the same padded layout through its zero weight columns.
+ * its scales) -> rotary + quantise + pad (+ amax) -> cuDNN FP8 attention -> dequantise (+ ring update). The result
+ * lands in o [N, H, dp] like the BF16 step's: the dequantisation runs with head_dim = dp, and o8's pad lanes are
+ * exactly 0 (V's are), so the output projection reads the same padded layout through its zero weight columns.
+ * keep_o8: the output projection runs in FP8 and reads o8 itself (with DESCALE_V = 1 / SCALE_O): no
+ * dequantisation here, and the caller runs the ring update after the projection.
  * Dynamic scales: the first batch of a layer has an empty ring, so its scales come from its own amax (the
  * pre-pass reads the same values the quantiser will, so nothing saturates); every later batch uses the maximum
  * over the last fp8_hist batches, updated on the GPU after the attention (no host sync). Static: the slots were
  * filled at creation; no amax, no ring. */
-static vitd_status attention_fp8(gpu_engine *g, float *L, int n_tokens, int first, vitd_err *err) {
+static vitd_status attention_fp8(gpu_engine *g, float *L, int n_tokens, int first, int keep_o8, vitd_err *err) {
     vitd_status st = VITD_OK;
     float *amax = g->fp8_static ? NULL : L + FP8_STATE_AMAX;
     if (first && amax) {
@@ -966,22 +833,107 @@ static vitd_status attention_fp8(gpu_engine *g, float *L, int n_tokens, int firs
     }
     KTRY(fp8_quant_qkv_rope(g->qkv, g->cos_t, g->sin_t, n_tokens, g->H, g->hd, g->dp, L, amax, g->q8, g->k8, g->v8,
                             g->s_main));
-    prof_mark(g, ST_FP8_QUANT);
+    engine_prof_mark(g, ST_FP8_QUANT);
     if ((st = gpu_attn_fp8(g->attn, g->q8, g->k8, g->v8, g->o8, L, g->s_main, err)) != VITD_OK) goto fail;
-    prof_mark(g, ST_ATTN);
-    KTRY(fp8_quant_dequant_o(g->o8, n_tokens, g->H, g->dp, g->dp, L, g->fp8_hist, g->o, g->s_main));
-    prof_mark(g, ST_FP8_DEQUANT);
+    engine_prof_mark(g, ST_ATTN);
+    if (!keep_o8) {
+        KTRY(fp8_quant_dequant_o(g->o8, n_tokens, g->H, g->dp, g->dp, L, g->fp8_hist, g->o, g->s_main));
+        engine_prof_mark(g, ST_FP8_DEQUANT);
+    }
 fail:
     return st;
 }
 
-/* The attention step of block `layer` on the path chosen for the batch (fp8 = 1: FP8). */
-static vitd_status attention_step(gpu_engine *g, int layer, int n_tokens, int fp8, vitd_err *err) {
+/* The attention step of block `layer` on the path chosen for the batch (fp8 = 1: FP8; keep_o8 as above). */
+static vitd_status attention_step(gpu_engine *g, int layer, int n_tokens, int fp8, int keep_o8, vitd_err *err) {
     if (!fp8) return attention_bf16(g, n_tokens, g->d_calib ? g->d_calib + (size_t)layer * 4 : NULL, err);
     float *L = g->d_fp8 + (size_t)layer * g->fp8_stride;
-    vitd_status st = attention_fp8(g, L, n_tokens, g->fp8_steps[layer] == 0, err);
+    vitd_status st = attention_fp8(g, L, n_tokens, g->fp8_steps[layer] == 0, keep_o8, err);
     if (st == VITD_OK) g->fp8_steps[layer]++;
     return st;
+}
+
+/* LayerNorm feeding GEMM input t (0: QKV, 1: fc1) of layer S's state: E4M3 with its amax when the GEMM runs FP8,
+ * bf16 with the amax in a calibrating pass, plain bf16 otherwise. */
+static cudaError_t block_ln(gpu_engine *g, const eng_pass *p, unsigned bit, float *S, int t, const uint16_t *w,
+                            const uint16_t *b) {
+    const float eps = (float)g->cfg.ln_eps;
+    float *amax = S && !g->lin_static ? S + LIN8_AT(LIN8_AMAX, t) : NULL;
+    if (p->lin & bit)
+        return ln_quant(g->x, w, b, p->N, g->d, eps, NULL, g->h8, S + LIN8_AT(LIN8_SCALE, t), amax, g->s_main);
+    if (p->lin_calib) return ln_quant(g->x, w, b, p->N, g->d, eps, g->h, NULL, NULL, amax, g->s_main);
+    return ln_bf16(g->x, w, b, g->h, p->N, g->d, eps, g->s_main);
+}
+
+/* One transformer block (MODEL.md 3.4) of pass p. FP8 GEMMs (p->lin) read E4M3 operands made by their producers:
+ * QKV and fc1 the LayerNorm's, proj the FP8 attention's o8, fc2 fc1's E4M3 output (cuBLASLt's D scale and amax). */
+static vitd_status run_block(gpu_engine *g, const eng_pass *p, int i, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    const eng_block *bl = &g->blocks[i];
+    const int N = p->N, d = g->d;
+    float *S = g->d_lin ? g->d_lin + (size_t)i * g->lin_stride : NULL;
+    const float *W = g->d_wscale ? g->d_wscale + (size_t)i * 16 : NULL; /* 16-byte slot per GEMM */
+    const int proj8 = (p->lin & LIN8_PROJ) && p->fp8;
+    gemm_args a;
+
+    KTRY(block_ln(g, p, LIN8_QKV, S, 0, bl->n1w, bl->n1b));
+    engine_prof_mark(g, ST_LN);
+    a = (gemm_args){.x = g->h, .w = bl->qkv_w, .bias = bl->qkv_b, .y = g->qkv, .n = N, .in = d, .out = 3 * d,
+                    .epi = GEMM_EPI_BIAS};
+    if (p->lin & LIN8_QKV) {
+        a.x = g->h8, a.w = bl->qkv_w8, a.fp8 = 1;
+        a.x_descale = S + LIN8_AT(LIN8_DESCALE, 0), a.w_descale = W + 0;
+    }
+    if ((st = gpu_gemm_run(g->gemm, &a, g->s_main, err)) != VITD_OK) goto fail;
+    engine_prof_mark(g, ST_QKV);
+
+    if ((st = attention_step(g, i, N, p->fp8, proj8, err)) != VITD_OK) goto fail;
+    a = (gemm_args){.x = g->o, .w = bl->proj_w, .bias = bl->proj_b, .y = g->x, .n = N, .in = g->H * g->dp,
+                    .out = d, .epi = GEMM_EPI_BIAS, .accumulate = 1};
+    if (proj8) {
+        float *L = g->d_fp8 + (size_t)i * g->fp8_stride;
+        a.x = g->o8, a.w = bl->proj_w8, a.fp8 = 1;
+        a.x_descale = L + ATTN_FP8_DESCALE_V * ATTN_FP8_SLOT_FLOATS, a.w_descale = W + 4;
+        if ((st = gpu_gemm_run(g->gemm, &a, g->s_main, err)) != VITD_OK) goto fail;
+        if (!g->fp8_static) KTRY(fp8_quant_ring_update(L, g->fp8_hist, g->s_main));
+    } else if ((st = gpu_gemm_run(g->gemm, &a, g->s_main, err)) != VITD_OK) {
+        goto fail;
+    }
+    engine_prof_mark(g, ST_PROJ);
+
+    KTRY(block_ln(g, p, LIN8_FC1, S, 1, bl->n2w, bl->n2b));
+    engine_prof_mark(g, ST_LN);
+    a = (gemm_args){.x = g->h, .w = bl->fc1_w, .bias = bl->fc1_b, .y = g->mlp, .n = N, .in = d, .out = g->I,
+                    .epi = GEMM_EPI_BIAS_GELU_TANH};
+    if (p->lin & LIN8_FC1) {
+        a.x = g->h8, a.w = bl->fc1_w8, a.fp8 = 1;
+        a.x_descale = S + LIN8_AT(LIN8_DESCALE, 1), a.w_descale = W + 8;
+        if (p->lin & LIN8_FC2) {
+            a.y = g->mlp8, a.y_scale = S + LIN8_AT(LIN8_SCALE, 2);
+            a.y_amax = g->lin_static ? NULL : S + LIN8_AT(LIN8_AMAX, 2);
+        }
+    }
+    if ((st = gpu_gemm_run(g->gemm, &a, g->s_main, err)) != VITD_OK) goto fail;
+    if (p->lin_calib && !g->lin_static) KTRY(fp8_amax_bf16(g->mlp, (size_t)N * g->I, S + LIN8_AT(LIN8_AMAX, 2), g->s_main));
+    engine_prof_mark(g, ST_FC1);
+    a = (gemm_args){.x = g->mlp, .w = bl->fc2_w, .bias = bl->fc2_b, .y = g->x, .n = N, .in = g->I, .out = d,
+                    .epi = GEMM_EPI_BIAS, .accumulate = 1};
+    if (p->lin & LIN8_FC2) {
+        a.x = g->mlp8, a.w = bl->fc2_w8, a.fp8 = 1;
+        a.x_descale = S + LIN8_AT(LIN8_DESCALE, 2), a.w_descale = W + 12;
+    }
+    if ((st = gpu_gemm_run(g->gemm, &a, g->s_main, err)) != VITD_OK) goto fail;
+    engine_prof_mark(g, ST_FC2);
+fail:
+    return st;
+}
+
+vitd_status engine_blocks(gpu_engine *g, const eng_pass *p, int i0, int i1, vitd_err *err) {
+    for (int i = i0; i < i1; i++) {
+        vitd_status st = run_block(g, p, i, err);
+        if (st != VITD_OK) return st;
+    }
+    return VITD_OK;
 }
 
 /* The path of a batch of n_seg segments whose longest has max_len tokens: 1 = FP8. */
@@ -1017,7 +969,7 @@ fail:
  * the zeroed activations: attention time does not depend on the values. */
 static vitd_status probe_step(gpu_engine *g, int n_tokens, int fp8, vitd_err *err) {
     if (!fp8) return attention_bf16(g, n_tokens, NULL, err);
-    return attention_fp8(g, g->d_fp8 + (size_t)g->cfg.depth * g->fp8_stride, n_tokens, 0, err);
+    return attention_fp8(g, g->d_fp8 + (size_t)g->cfg.depth * g->fp8_stride, n_tokens, 0, 0, err);
 }
 
 /* Times both paths on shape e (min over 2 rounds of the mean of `reps` steps, CUDA events on the compute stream).
@@ -1181,7 +1133,7 @@ static vitd_status run_merger(gpu_engine *g, eng_slot *sl, int j, int n_tokens, 
     CUDA_TRY(cudaStreamWaitEvent(g->s_main, g->ev_out_free[slot], 0));
     if ((st = gemm(g, g->qkv, mg->fc2_w, mg->fc2_b, g->out[slot], nm, gd, g->Dout, GEMM_EPI_BIAS, 0, err)) != VITD_OK)
         goto fail;
-    prof_mark(g, j < 0 ? ST_MERGER : ST_DEEPSTACK);
+    engine_prof_mark(g, j < 0 ? ST_MERGER : ST_DEEPSTACK);
     const size_t n_el = (size_t)nm * g->Dout;
     CUDA_TRY(cudaEventRecord(g->ev_out[slot], g->s_main));
     CUDA_TRY(cudaStreamWaitEvent(g->s_down, g->ev_out[slot], 0));
@@ -1375,14 +1327,13 @@ vitd_status gpu_engine_submit(gpu_engine *g, const vitd_batch *b, vitd_err *err)
     for (int i = 0; i < n_seg; i++)
         if (sl->h_lens[i] > max_len) max_len = sl->h_lens[i];
     int fp8 = choose_fp8(g, n_seg, max_len);
-    const float eps = (float)g->cfg.ln_eps;
     if (g->prof_on) {
         memset(g->prof_ms, 0, sizeof g->prof_ms);
         memset(g->prof_calls, 0, sizeof g->prof_calls);
         g->prof_n = 0;
         g->prof_valid = 0;
     }
-    prof_mark(g, ST_EMBED);
+    engine_prof_mark(g, ST_EMBED);
 
     /* Geometry and segments (small) on the compute stream, then the attention batch and rotary tables. */
     CUDA_TRY(cudaMemcpyAsync(g->tok, sl->h_tok, (size_t)N * 16, cudaMemcpyHostToDevice, g->s_main));
@@ -1400,7 +1351,7 @@ vitd_status gpu_engine_submit(gpu_engine *g, const vitd_batch *b, vitd_err *err)
     }
     sl->fp8 = fp8;
     KTRY(rope_tables(g->tok, N, g->inv_freq, g->hd, g->cos_t, g->sin_t, g->s_main));
-    prof_mark(g, ST_POS_ROPE);
+    engine_prof_mark(g, ST_POS_ROPE);
 
     /* Pixels: host f32 -> bf16 into the slot's pinned staging a chunk at a time; each chunk's upload (after the
      * previous batch's patch embedding has read the device buffer) and patch-embed GEMM are enqueued before the
@@ -1423,33 +1374,29 @@ vitd_status gpu_engine_submit(gpu_engine *g, const vitd_batch *b, vitd_err *err)
             goto fail;
     }
     CUDA_TRY(cudaEventRecord(g->ev_embed, g->s_main));
-    prof_mark(g, ST_EMBED);
+    engine_prof_mark(g, ST_EMBED);
     KTRY(pos_embed_add_bf16(g->x, g->pos_table, g->side, d, g->tok, N, g->s_main));
-    prof_mark(g, ST_POS_ROPE);
+    engine_prof_mark(g, ST_POS_ROPE);
 
-    for (int i = 0; i < g->cfg.depth; i++) {
-        const eng_block *bl = &g->blocks[i];
-        KTRY(ln_bf16(g->x, bl->n1w, bl->n1b, g->h, N, d, eps, g->s_main));
-        prof_mark(g, ST_LN);
-        if ((st = gemm(g, g->h, bl->qkv_w, bl->qkv_b, g->qkv, N, d, 3 * d, GEMM_EPI_BIAS, 0, err)) != VITD_OK)
-            goto fail;
-        prof_mark(g, ST_QKV);
-        if ((st = attention_step(g, i, N, fp8, err)) != VITD_OK) goto fail;
-        if ((st = gemm(g, g->o, bl->proj_w, bl->proj_b, g->x, N, g->H * g->dp, d, GEMM_EPI_BIAS, 1, err)) != VITD_OK)
-            goto fail;
-        prof_mark(g, ST_PROJ);
-        KTRY(ln_bf16(g->x, bl->n2w, bl->n2b, g->h, N, d, eps, g->s_main));
-        prof_mark(g, ST_LN);
-        if ((st = gemm(g, g->h, bl->fc1_w, bl->fc1_b, g->mlp, N, d, g->I, GEMM_EPI_BIAS_GELU_TANH, 0, err)) !=
-            VITD_OK)
-            goto fail;
-        prof_mark(g, ST_FC1);
-        if ((st = gemm(g, g->mlp, bl->fc2_w, bl->fc2_b, g->x, N, g->I, d, GEMM_EPI_BIAS, 1, err)) != VITD_OK)
-            goto fail;
-        prof_mark(g, ST_FC2);
-        for (int j = 0; sl->want_ds && j < g->cfg.n_deepstack; j++)
-            if (g->cfg.deepstack_indexes[j] == i && (st = run_merger(g, sl, j, N, err)) != VITD_OK) goto fail;
+    /* The blocks, in segments that end at a deepstack tap (the merger runs between them, outside any graph). */
+    eng_pass pass = {.N = N, .fp8 = fp8, .lin = lin8_choose(g, N)};
+    if (pass.lin && !g->lin_static && g->lin_steps == 0) {
+        pass.lin = 0; /* the first FP8-linear batch records the amax its successors are scaled by */
+        pass.lin_calib = 1;
     }
+    sl->lin = pass.lin != 0;
+    for (int i0 = 0; i0 < g->cfg.depth;) {
+        int i1 = i0 + 1, tap = -1;
+        for (; i1 <= g->cfg.depth; i1++) {
+            for (int j = 0; sl->want_ds && j < g->cfg.n_deepstack; j++)
+                if (g->cfg.deepstack_indexes[j] == i1 - 1) tap = j;
+            if (tap >= 0 || i1 == g->cfg.depth) break;
+        }
+        if ((st = graph_segment(g, &pass, sl, i0, i1, err)) != VITD_OK) goto fail;
+        if (tap >= 0 && (st = run_merger(g, sl, tap, N, err)) != VITD_OK) goto fail;
+        i0 = i1;
+    }
+    if ((st = lin8_end_pass(g, &pass, err)) != VITD_OK) goto fail;
     if ((st = run_merger(g, sl, -1, N, err)) != VITD_OK) goto fail;
     g->n_flight++;
     return VITD_OK;
@@ -1470,6 +1417,7 @@ vitd_status gpu_engine_wait(gpu_engine *g, vitd_err *err) {
     if ((st = collect_output(g, sl, 0, &host_wait, &host_out, err)) != VITD_OK) goto fail;
     CUDA_TRY(cudaGetLastError());
     g->last_path = sl->fp8;
+    g->last_lin = sl->lin;
     if (sl->fp8 && g->fp8_save_path && !g->fp8_saved && g->fp8_steps[g->cfg.depth - 1] >= g->fp8_hist) {
         CUDA_TRY(cudaStreamSynchronize(g->s_main)); /* the scales as the batches submitted so far left them */
         fp8_autosave(g);

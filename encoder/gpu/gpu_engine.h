@@ -82,6 +82,29 @@ int gpu_engine_fp8_saved(const gpu_engine *g);
  * so far. One device sync. VITD_E_UNSUPPORTED without fp8_calibrate. */
 vitd_status gpu_engine_fp8_amax(gpu_engine *g, float *amax, vitd_err *err);
 
+/* ---- FP8 linear layers (engine_lin8.c; opts->linear_dtype, linear_fp8_gemms) ---- */
+
+/* The linear mode: "bf16" (asked for, FP8 linear unavailable, or auto found it faster nowhere), "fp8", "auto". */
+const char *gpu_engine_linear_dtype(const gpu_engine *g);
+/* The path the last batch's block GEMMs took: "bf16" or "fp8" ("" before the first). */
+const char *gpu_engine_last_linear(const gpu_engine *g);
+/* Forces the linear path of the following batches: "bf16", "fp8" (VITD_E_UNSUPPORTED without an FP8 linear path:
+ * linear_dtype bf16), or "auto"/NULL back to the setting. For benchmarks and tests. */
+vitd_status gpu_engine_set_linear(gpu_engine *g, const char *path, vitd_err *err);
+/* auto's table: one block's GEMMs timed at creation in both precisions per token count. */
+typedef struct {
+    int tokens;
+    double ms_bf16, ms_fp8;
+} gpu_engine_lin_entry;
+int gpu_engine_linear_table(const gpu_engine *g, const gpu_engine_lin_entry **entries);
+
+/* ---- CUDA graphs (engine_graph.c) ---- */
+
+/* On (the default unless opts->no_cuda_graphs) or off for the following batches. Off drops the captured graphs. */
+void gpu_engine_set_graphs(gpu_engine *g, int on);
+/* Counts so far: segments captured, segment replays, captures that failed (those shapes then run plainly). */
+void gpu_engine_graph_stats(const gpu_engine *g, long *captured, long *replayed, long *failed);
+
 /* The limits described above. */
 int gpu_engine_max_images(const gpu_engine *g);
 size_t gpu_engine_max_tokens(const gpu_engine *g);

@@ -102,7 +102,20 @@ typedef struct {
     uint64_t key;
     float mean, std, std2;
     int64_t split;
+    int outlier;      /* 0 none; 1 a LayerNorm vector whose outlier channels are x factor; 2 a weight [rows, d]
+                         whose outlier columns are / factor (demo_model_opts.outliers) */
+    float factor;
+    int64_t d;
 } demo_tensor;
+
+#define DEMO_OUTLIER_CH 4
+
+/* Outlier channel c of a width-d input: d/4 * k + 7 for k < 4 (spread over the width, off the heads' starts). */
+static int is_outlier_channel(int64_t c, int64_t d) {
+    for (int k = 0; k < DEMO_OUTLIER_CH; k++)
+        if (c == d / DEMO_OUTLIER_CH * k + 7) return 1;
+    return 0;
+}
 
 /* Standard normal quantiles at (k + 0.5) / 65536: a 16-bit uniform indexes it to give a normal sample. */
 static float g_normal_table[65536];
@@ -151,7 +164,10 @@ static void normal_table_init(void) {
 static float demo_element(const demo_tensor *t, int64_t i) {
     uint64_t z = mix64(t->key + ((uint64_t)(i >> 2) + 1) * GOLDEN);
     float n = g_normal_table[(z >> (16 * (i & 3))) & 0xffff];
-    return t->mean + (i >= t->split ? t->std2 : t->std) * n;
+    float x = t->mean + (i >= t->split ? t->std2 : t->std) * n;
+    if (t->outlier == 1 && is_outlier_channel(i, t->d)) x *= t->factor;
+    if (t->outlier == 2 && is_outlier_channel(i % t->d, t->d)) x /= t->factor;
+    return x;
 }
 
 /* st_fill_fn: generates a chunk of a demo tensor, four elements per 64-bit draw. */
@@ -159,6 +175,10 @@ static vitd_status demo_fill(void *user, int64_t first, int64_t count, float *ou
     (void)err;
     const demo_tensor *t = user;
     int64_t i = first, end = first + count;
+    if (t->outlier) {
+        for (; i < end; i++) *out++ = demo_element(t, i);
+        return VITD_OK;
+    }
     for (; i < end && (i & 3); i++) *out++ = demo_element(t, i);
     for (; i + 3 < end; i += 4) {
         uint64_t z = mix64(t->key + ((uint64_t)(i >> 2) + 1) * GOLDEN);
@@ -187,7 +207,7 @@ static void add_tensor(demo_tensor *v, int *n, uint64_t seed, const char *name, 
 }
 
 /* The full tensor list of a config, in the model's module order, with the recipe above. *out is the caller's. */
-static int demo_tensors(const vitd_vision_config *c, uint64_t seed, demo_tensor **out) {
+static int demo_tensors(const vitd_vision_config *c, uint64_t seed, float outliers, demo_tensor **out) {
     pthread_once(&g_normal_once, normal_table_init);
     int64_t d = c->hidden_size, I = c->intermediate_size, D = c->out_hidden_size, L = c->depth;
     int64_t m4 = d * c->spatial_merge_size * c->spatial_merge_size;
@@ -221,6 +241,13 @@ static int demo_tensors(const vitd_vision_config *c, uint64_t seed, demo_tensor 
         BLK("mlp.linear_fc2.weight", 2, fc2, 0, (float)(1.0 / sqrt((double)I)) * branch);
         BLK("mlp.linear_fc2.bias", 1, &d, 0, bias);
 #undef BLK
+        for (int k = n - 12; outliers > 1.0f && k < n; k++) {
+            const char *sn = strchr(strchr(v[k].short_name, '.') + 1, '.') + 1; /* after "blocks.<b>." */
+            if (!strncmp(sn, "norm1.", 6) || !strncmp(sn, "norm2.", 6)) v[k].outlier = 1;
+            if (!strcmp(sn, "attn.qkv.weight") || !strcmp(sn, "mlp.linear_fc1.weight")) v[k].outlier = 2;
+            v[k].factor = outliers;
+            v[k].d = d;
+        }
     }
     float in_m4 = (float)(1.0 / sqrt((double)m4));
     for (int j = -1; j < c->n_deepstack; j++) {
@@ -253,7 +280,7 @@ float demo_model_value(const demo_model_opts *opts, const char *short_name, int6
     vitd_vision_config c;
     demo_tensor *v;
     if (demo_model_config(opts->preset, &c, NULL) != VITD_OK) return NAN;
-    int n = demo_tensors(&c, opts->seed, &v);
+    int n = demo_tensors(&c, opts->seed, opts->outliers, &v);
     float r = NAN;
     for (int k = 0; k < n; k++)
         if (strcmp(v[k].short_name, short_name) == 0 && i >= 0 && i < demo_numel(&v[k])) r = demo_element(&v[k], i);
@@ -461,7 +488,7 @@ vitd_status demo_model_write(const demo_model_opts *opts, vitd_err *err) {
         snprintf(name, sizeof name, "models/%s", opts->preset);
         dir = xstrdup(name);
     }
-    n = demo_tensors(&c, opts->seed, &v);
+    n = demo_tensors(&c, opts->seed, opts->outliers, &v);
     if (shards > n || shards > 99999) {
         st = vitd_fail(err, VITD_E_INVALID_ARG, "demo model: %d shards for %d tensors", shards, n);
         goto fail;

@@ -25,6 +25,10 @@ typedef struct {
     const char *prefix;  /* "model.visual." (default) or "visual." */
     int text_stub;       /* 1: also write two small non-vision tensors (model.language_model.embed_tokens.weight in
                           * the first file, lm_head.weight in the last) as a real checkpoint's shards hold; 0 default */
+    float outliers;      /* > 1: plant outlier channels as trained towers have them, without changing the function:
+                          * in every block channels d/4*k + 7 (k < 4) of norm1's and norm2's weight and bias times
+                          * outliers, the same columns of attn.qkv.weight and mlp.linear_fc1.weight divided by it,
+                          * so the QKV and fc1 inputs carry 4 channels that much larger (FP8 tests); 0 or 1 none */
 } demo_model_opts;
 
 /* Defaults: preset "tiny", out_dir NULL (meaning "models/<preset>"), seed 0, ST_BF16, 1 shard, "model.visual.". */
