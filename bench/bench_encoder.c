@@ -22,8 +22,15 @@
  *   stream case=<name> attn=<path> images=<n> batches=<iters> ms_per_batch=<wall/iters> img_s=.. tflops=..
  *   ratio case=<name> fp8_over_bf16=<bf16 ms / fp8 ms> auto_over_bf16=<bf16 ms / auto ms> auto_ran=<path>
  *         (synchronous medians; stream_fp8_over_bf16 and stream_auto_over_bf16 the same for the streams)
+ * Linear layers (issue 14): each attention path runs once per linear path of --linear (default bf16,fp8; the
+ * engine is created with linear_dtype fp8, or auto when the list names auto, and the path forced per case with
+ * gpu_engine_set_linear; --linear-gemms picks the FP8 GEMMs), so the lines carry attn=<path> linear=<path>, and
+ *   linratio case=<name> attn=<path> fp8_over_bf16=<bf16-linear ms / fp8-linear ms> stream_fp8_over_bf16=..
+ * CUDA graphs are on as in the engine (a shape seen twice is captured): every timed run is a replay; --no-graphs
+ * turns them off for the comparison. The linear auto table and the graph counters are printed too.
  * Usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] [--attn bf16,fp8,auto] [--profile]
- *                      [--max-batch-tokens N]
+ *                      [--max-batch-tokens N] [--linear bf16,fp8,auto] [--linear-gemms qkv,proj,fc1,fc2]
+ *                      [--no-graphs]
  * Without --model it writes the 8b demo checkpoint to /tmp/vitd_bench_8b (kept for later runs).
  */
 #include <math.h>
@@ -168,8 +175,9 @@ static double time_stream(gpu_engine *ge, const bcase *bc, const vitd_vision_con
 }
 
 int main(int argc, char **argv) {
-    const char *model_dir = NULL, *only = NULL, *attn_list = "bf16,fp8,auto";
-    int iters = 20, warmup = 3, profile = 0;
+    const char *model_dir = NULL, *only = NULL, *attn_list = "bf16,fp8,auto", *lin_list = "bf16,fp8";
+    const char *lin_gemms = NULL;
+    int iters = 20, warmup = 3, profile = 0, no_graphs = 0;
     size_t max_tokens = 16384;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) model_dir = argv[++i];
@@ -178,10 +186,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--cases") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--attn") && i + 1 < argc) attn_list = argv[++i];
         else if (!strcmp(argv[i], "--max-batch-tokens") && i + 1 < argc) max_tokens = (size_t)atol(argv[++i]);
+        else if (!strcmp(argv[i], "--linear") && i + 1 < argc) lin_list = argv[++i];
+        else if (!strcmp(argv[i], "--linear-gemms") && i + 1 < argc) lin_gemms = argv[++i];
+        else if (!strcmp(argv[i], "--no-graphs")) no_graphs = 1;
         else if (!strcmp(argv[i], "--profile")) profile = 1;
         else {
             fprintf(stderr, "usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] "
-                            "[--attn bf16,fp8,auto] [--profile] [--max-batch-tokens N]\n");
+                            "[--attn bf16,fp8,auto] [--profile] [--max-batch-tokens N] [--linear bf16,fp8,auto] "
+                            "[--linear-gemms LIST] [--no-graphs]\n");
             return 2;
         }
     }
@@ -225,6 +237,9 @@ int main(int argc, char **argv) {
     vitd_encoder_opts eo = vitd_encoder_opts_default();
     eo.max_batch_tokens = max_tokens;
     eo.attn_dtype = strstr(attn_list, "fp8") || strstr(attn_list, "auto") ? "auto" : "bf16";
+    eo.linear_dtype = strstr(lin_list, "auto") ? "auto" : strstr(lin_list, "fp8") ? "fp8" : "bf16";
+    eo.linear_fp8_gemms = lin_gemms;
+    eo.no_cuda_graphs = no_graphs;
     gpu_engine *ge = NULL;
     double t0 = vitd_now();
     if (gpu_engine_create(model, &eo, &ge, &err) != VITD_OK) {
@@ -240,6 +255,13 @@ int main(int argc, char **argv) {
             printf("route shape=%dx%d bf16_ms=%.4f fp8_ms=%.4f ratio=%.3f path=%s\n", t[i].n_images, t[i].max_len,
                    t[i].ms_bf16, t[i].ms_fp8, t[i].ms_fp8 > 0 ? t[i].ms_bf16 / t[i].ms_fp8 : 0,
                    t[i].fp8 ? "fp8" : "bf16");
+    }
+    {
+        const gpu_engine_lin_entry *t = NULL;
+        const int n = gpu_engine_linear_table(ge, &t);
+        for (int i = 0; i < n; i++)
+            printf("linroute tokens=%d bf16_ms=%.4f fp8_ms=%.4f ratio=%.3f\n", t[i].tokens, t[i].ms_bf16,
+                   t[i].ms_fp8, t[i].ms_fp8 > 0 ? t[i].ms_bf16 / t[i].ms_fp8 : 0);
     }
     static const char *const paths[3] = {"bf16", "fp8", "auto"};
 
@@ -272,28 +294,47 @@ int main(int argc, char **argv) {
         }
         vitd_batch bi = {.n_images = bc->n, .grids = bc->grids, .image_pixels = img_pv, .image_embeddings = img_emb,
                          .image_deepstack = nds ? img_ds : NULL};
-        double med_of[3] = {0, 0, 0}, stream_of[3] = {0, 0, 0};
-        char ran_auto[8] = "";
-        for (int pi = 0; pi < 3; pi++) {
-            if (!strstr(attn_list, paths[pi])) continue;
-            if (gpu_engine_set_attn(ge, paths[pi], &err) != VITD_OK) {
-                fprintf(stderr, "case %s attn %s: %s\n", bc->name, paths[pi], err.msg);
+        double med_of[3][3] = {{0}}, stream_of[3][3] = {{0}}; /* [linear][attention] */
+        for (int li = 0; li < 3; li++) {
+            if (!strstr(lin_list, paths[li])) continue;
+            if (gpu_engine_set_linear(ge, paths[li], &err) != VITD_OK) {
+                fprintf(stderr, "case %s linear %s: %s\n", bc->name, paths[li], err.msg);
                 continue;
             }
-            med_of[pi] = time_case(ge, bc, vc, &b, paths[pi], iters, warmup, profile, ms);
-            if (med_of[pi] < 0) return 1;
-            stream_of[pi] = time_stream(ge, bc, vc, &bi, paths[pi], iters);
-            if (stream_of[pi] < 0) return 1;
-            if (pi == 2) snprintf(ran_auto, sizeof ran_auto, "%s", gpu_engine_last_attn(ge));
+            char ran_auto[8] = "";
+            for (int pi = 0; pi < 3; pi++) {
+                if (!strstr(attn_list, paths[pi])) continue;
+                if (gpu_engine_set_attn(ge, paths[pi], &err) != VITD_OK) {
+                    fprintf(stderr, "case %s attn %s: %s\n", bc->name, paths[pi], err.msg);
+                    continue;
+                }
+                char label[40];
+                snprintf(label, sizeof label, "%s linear=%s", paths[pi], paths[li]);
+                med_of[li][pi] = time_case(ge, bc, vc, &b, label, iters, warmup, profile, ms);
+                if (med_of[li][pi] < 0) return 1;
+                stream_of[li][pi] = time_stream(ge, bc, vc, &bi, label, iters);
+                if (stream_of[li][pi] < 0) return 1;
+                if (pi == 2) snprintf(ran_auto, sizeof ran_auto, "%s", gpu_engine_last_attn(ge));
+            }
+            const double *m = med_of[li], *st = stream_of[li];
+            if (m[0] > 0 && (m[1] > 0 || m[2] > 0))
+                printf("ratio case=%s linear=%s fp8_over_bf16=%.3f auto_over_bf16=%.3f auto_ran=%s "
+                       "stream_fp8_over_bf16=%.3f stream_auto_over_bf16=%.3f\n", bc->name, paths[li],
+                       m[1] > 0 ? m[0] / m[1] : 0, m[2] > 0 ? m[0] / m[2] : 0, ran_auto[0] ? ran_auto : "-",
+                       st[1] > 0 ? st[0] / st[1] : 0, st[2] > 0 ? st[0] / st[2] : 0);
         }
-        if (med_of[0] > 0 && (med_of[1] > 0 || med_of[2] > 0))
-            printf("ratio case=%s fp8_over_bf16=%.3f auto_over_bf16=%.3f auto_ran=%s stream_fp8_over_bf16=%.3f "
-                   "stream_auto_over_bf16=%.3f\n", bc->name,
-                   med_of[1] > 0 ? med_of[0] / med_of[1] : 0, med_of[2] > 0 ? med_of[0] / med_of[2] : 0,
-                   ran_auto[0] ? ran_auto : "-", stream_of[1] > 0 ? stream_of[0] / stream_of[1] : 0,
-                   stream_of[2] > 0 ? stream_of[0] / stream_of[2] : 0);
+        for (int pi = 0; pi < 3; pi++)
+            if (med_of[0][pi] > 0 && med_of[1][pi] > 0)
+                printf("linratio case=%s attn=%s fp8_over_bf16=%.3f stream_fp8_over_bf16=%.3f\n", bc->name,
+                       paths[pi], med_of[0][pi] / med_of[1][pi], stream_of[0][pi] / stream_of[1][pi]);
         fflush(stdout);
     }
+    {
+        long cap = 0, rep = 0, failed = 0;
+        gpu_engine_graph_stats(ge, &cap, &rep, &failed);
+        printf("graphs captured=%ld replayed=%ld failed=%ld%s\n", cap, rep, failed, no_graphs ? " (off)" : "");
+    }
+    gpu_engine_set_linear(ge, "auto", &err);
     gpu_engine_set_attn(ge, "auto", &err);
     free(ms);
     free(pv);

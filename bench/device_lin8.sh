@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# device_lin8.sh — issue 14 on the GPU machine in one call: the FP8-linear and CUDA-graph tests, the regression
+# tests of the engine, bench_encoder over attention x linear paths (graphs on, and off for the comparison), and
+# Hugging Face eager measured in the same call; logs in $OUT, a summary printed last (and in $OUT/lin8.log).
+#
+# Build here first with CUDA and carry what the device needs (it lacks libcjson, libmicrohttpd, Debian's libjpeg
+# and libstb):
+#     cmake --build build-cuda -j2
+#     mkdir -p .carry/lin8 .carry/lib
+#     cp build-cuda/vitd build-cuda/bench/bench_encoder build-cuda/tests/test_{fp8_linear,lin8_engine,kernels,\
+#        gpu_engine,fp8_engine,fp8_quant,gpu_attn,device_fault} .carry/lin8/
+#     for l in libcjson.so.1 libmicrohttpd.so.12 libjpeg.so.62 libstb.so.0; do
+#         cp -L /usr/lib/x86_64-linux-gnu/$l .carry/lib/; done
+# then (run tool, carry .carry/lin8 and .carry/lib):  bash bench/device_lin8.sh [stages...]
+# Stages (default: tests bench hf): tests (test_fp8_linear, test_kernels, test_lin8_engine, test_gpu_engine),
+# regress (test_fp8_engine, test_device_fault), regress2 (test_fp8_quant, test_gpu_attn), bench (bench_encoder --profile on
+# bf16/auto attention x bf16/fp8 linear; BENCH_ARGS adds arguments; LIN_GEMMS the sets of FP8 GEMMs, one run each,
+# default "all": bench.log, others bench_<set>.log), graphs (bench_encoder on the small cases with --no-graphs, for
+# the graph comparison), fastaccum (VITD_FP8_FAST_ACCUM=1: test_lin8_engine's accuracy on the 8B model and the large
+# cases' speed with cuBLASLt's FP8 fast accumulation), hf (hf_baseline.py eager).
+# Environment: ITERS (20), HF_ITERS (20), CASES (all), DEADLINE (seconds from the start after which stages are
+# skipped, default 560).
+set -u
+START=$(date +%s)
+OUT=${OUT:-/tmp/lin8_out}
+mkdir -p "$OUT"
+BIN=${BIN:-$PWD/.carry/lin8}
+. "$(dirname "$0")/device_env.sh"
+PY=python3
+$PY -c 'import torch, transformers' 2>/dev/null || PY=/opt/torch/.venv/bin/python
+STAGES=" ${*:-tests bench hf} "
+MODEL=/tmp/vitd_8b
+ITERS=${ITERS:-20}
+HF_ITERS=${HF_ITERS:-20}
+DEADLINE=${DEADLINE:-560}
+want() { case "$STAGES" in *" $1 "*) return 0 ;; esac; return 1; }
+left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
+SUM=$OUT/lin8.log
+: > "$SUM"
+say() { echo "$*" | tee -a "$SUM"; }
+# run NAME LIMIT CMD...: runs with a time limit clipped to the deadline; logs to $OUT/NAME.log
+run() {
+    local name=$1 lim=$2 t0
+    shift 2
+    local l; l=$(left)
+    if [ "$l" -lt 20 ]; then say "$name: skipped (deadline)"; return 0; fi
+    [ "$lim" -gt "$l" ] && lim=$l
+    t0=$(date +%s)
+    timeout "$lim" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    say "$name rc=$rc ($(( $(date +%s) - t0 )) s): $(tail -1 "$OUT/$name.log")"
+    grep -E "FAIL|FATAL" "$OUT/$name.log" | head -20 | tee -a "$SUM"
+    return 0
+}
+
+say "=== $(date -u +%FT%TZ) stages:$STAGES"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw,memory.used \
+    --format=csv 2>&1 | tee -a "$SUM"
+t=$(date +%s)
+[ -f $MODEL/model.safetensors ] || "$BIN/vitd" demo-model --preset 8b --out $MODEL >> "$SUM" 2>&1
+say "8b demo model ready in $(( $(date +%s) - t )) s"
+export VITD_TEST_MODEL_8B=$MODEL
+# the tests run the real program from the path compiled into them (VITD_EXE)
+[ -x build-cuda/vitd ] || { mkdir -p build-cuda && cp "$BIN/vitd" build-cuda/vitd; }
+
+if want tests; then
+    run test_fp8_linear 120 "$BIN/test_fp8_linear"
+    grep -E "^  " "$OUT/test_fp8_linear.log" | head -40 >> "$SUM"
+    run test_lin8_engine 400 "$BIN/test_lin8_engine"
+    grep -E "gate |segments captured|ran linear|tokens [0-9]+:|bad gemm|wrote" "$OUT/test_lin8_engine.log" | tee -a "$SUM"
+    run test_kernels 200 "$BIN/test_kernels"
+    run test_gpu_engine 300 "$BIN/test_gpu_engine"
+fi
+if want regress; then
+    run test_fp8_engine 300 "$BIN/test_fp8_engine"
+    run test_device_fault 120 "$BIN/test_device_fault"
+fi
+if want regress2; then
+    run test_fp8_quant 120 "$BIN/test_fp8_quant"
+    run test_gpu_attn 200 "$BIN/test_gpu_attn"
+fi
+if want bench; then
+    for gm in ${LIN_GEMMS:-all}; do
+        name=bench
+        [ "$gm" = all ] || name=bench_${gm//,/+}
+        run $name "${BENCH_LIMIT:-300}" "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --attn bf16,auto \
+            --linear bf16,fp8 --linear-gemms "$gm" ${CASES:+--cases $CASES} --profile ${BENCH_ARGS:-}
+        grep -E "^encoder|^stream|^ratio|^linratio|^route|^linroute|^graphs" "$OUT/$name.log" | sed "s/^/[$gm] /" |
+            tee -a "$SUM"
+    done
+fi
+if want fastaccum; then
+    run lin8_fastaccum 300 env VITD_TEST_SKIP_TINY=1 VITD_FP8_FAST_ACCUM=1 "$BIN/test_lin8_engine"
+    grep -E "gate 8b" "$OUT/lin8_fastaccum.log" | sed 's/^/fastaccum /' | tee -a "$SUM"
+    run bench_fastaccum 200 env VITD_FP8_FAST_ACCUM=1 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" \
+        --attn auto --linear fp8 --linear-gemms all --cases 1024x1024x4,2048x2048x1,448x448x16
+    grep -E "^encoder|^stream" "$OUT/bench_fastaccum.log" | sed 's/^/fastaccum /' | tee -a "$SUM"
+fi
+if want graphs; then
+    run bench_nographs 120 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --attn bf16,auto --linear bf16 \
+        --cases 448x448x1,448x448x16 --no-graphs
+    grep -E "^encoder|^stream|^graphs" "$OUT/bench_nographs.log" | sed 's/^/nographs /' | tee -a "$SUM"
+fi
+if want hf; then
+    run hf 300 env PYTHONUNBUFFERED=1 $PY bench/hf_baseline.py --model $MODEL --iters "$HF_ITERS" \
+        ${CASES:+--cases $CASES}
+    grep -E "^hf " "$OUT/hf.log" | tee -a "$SUM"
+fi
+
+# Summary: streams (two batches in flight) per case and path, over HF eager measured above.
+$PY - "$OUT/bench.log" "$OUT/hf.log" <<'PYEOF' 2>&1 | tee -a "$SUM"
+import re, sys
+def lines(path, prefix):
+    try:
+        return [dict(re.findall(r"(\w+)=(\S+)", l)) for l in open(path) if l.startswith(prefix + " ")]
+    except OSError:
+        return []
+st = {}
+for kv in lines(sys.argv[1], "stream"):
+    st.setdefault((kv["case"], kv["attn"], kv.get("linear", "bf16")), kv)
+hf = {}
+for kv in lines(sys.argv[2], "hf"):
+    hf.setdefault((kv["case"], kv["mode"]), kv)
+cols = [("bf16", "bf16"), ("auto", "bf16"), ("auto", "fp8")]
+print("%-12s " % "case" + " | ".join("%s/%s img/s  /eager" % c for c in cols) + " | hf eager")
+for case in dict.fromkeys(k[0] for k in st):
+    he = hf.get((case, "eager"))
+    row = []
+    for a, l in cols:
+        kv = st.get((case, a, l))
+        if kv:
+            r = float(kv["img_s"]) / float(he["img_s"]) if he else 0
+            row.append("%13.1f %6.2fx" % (float(kv["img_s"]), r))
+        else:
+            row.append("%13s %7s" % ("-", "-"))
+    print("%-12s " % case + " | ".join(row) + " | %8s" % (he["img_s"] if he else "-"))
+PYEOF
+exit 0
