@@ -52,6 +52,31 @@ int main(void) {
     expect_error("{\"0\": {\"q\": 1, \"k\": 1, \"v\": 1}, \"blocks.0.attn\": {\"q\": 1, \"k\": 1, \"v\": 1}}", 1,
                  "given twice");
 
+    /* The linear layers' entries (issue 14): skipped by the attention parser, read by the linear one, all or none. */
+    {
+        fp8_lin l[2];
+        int found = -1;
+        const char *both = "{\"layers\": {\"blocks.0.attn\": {\"q\": 1, \"k\": 1, \"v\": 1}, \"blocks.0.linear\": "
+                           "{\"qkv\": 0.5, \"fc1\": 0.25, \"fc2_scale\": 4}}}";
+        CHECK_OK(fp8_scales_parse(both, 1, s, &err), &err);
+        CHECK_OK(fp8_scales_parse_linear(both, 1, l, &found, &err), &err);
+        CHECK(found == 1 && l[0].qkv == 0.5f && l[0].fc1 == 0.25f && l[0].fc2 == 4.0f);
+        CHECK_OK(fp8_scales_parse_linear("{\"blocks.0.attn\": {\"q\": 1, \"k\": 1, \"v\": 1}}", 1, l, &found, &err),
+                 &err);
+        CHECK_EQ_INT(0, found);
+        const char *partial = "{\"blocks.0.linear\": {\"qkv\": 1, \"fc1\": 1, \"fc2\": 1}}";
+        CHECK(fp8_scales_parse_linear(partial, 2, l, &found, &err) == VITD_E_INVALID_ARG);
+        CHECK_STR_CONTAINS(err.msg, "blocks.1.linear is missing");
+        CHECK(fp8_scales_parse_linear("{\"blocks.0.linear\": {\"qkv\": 1, \"fc1\": 0, \"fc2\": 1}}", 1, l, &found,
+                                      &err) == VITD_E_INVALID_ARG);
+        CHECK_STR_CONTAINS(err.msg, "blocks.0.linear: fc1 must be a positive number");
+        CHECK(fp8_scales_parse_linear("{\"blocks.0.linear\": {\"qkv\": 1, \"fc1\": 1}}", 1, l, &found, &err) ==
+              VITD_E_INVALID_ARG);
+        CHECK_STR_CONTAINS(err.msg, "has no fc2");
+        CHECK(fp8_scales_parse_linear("{\"blocks.0.linear\": 2}", 1, l, &found, &err) == VITD_E_INVALID_ARG);
+        CHECK_STR_CONTAINS(err.msg, "{qkv, fc1, fc2}");
+    }
+
     /* Save (margin applied) -> load round trip; the write is atomic and leaves no temporary file. */
     char dir[] = "/tmp/vitd_test_fp8_XXXXXX";
     VITD_ASSERT(mkdtemp(dir));
@@ -71,6 +96,15 @@ int main(void) {
     for (struct dirent *e; d && (e = readdir(d));) entries += e->d_name[0] != '.';
     if (d) closedir(d);
     CHECK_EQ_INT(1, entries);
+    {   /* with the linear entries: both parsers read their part back, times the margin */
+        fp8_lin lin[3] = {{0.1f, 0.2f, 0.3f}, {1, 2, 3}, {4, 5, 6}}, lb[3];
+        int found = 0;
+        CHECK_OK(fp8_scales_save_all(path, in, lin, 3, 2.0, "test", &err), &err);
+        CHECK_OK(fp8_scales_load(path, 3, back, &err), &err);
+        CHECK_OK(fp8_scales_load_linear(path, 3, lb, &found, &err), &err);
+        CHECK(found == 1 && back[2].v == 2.0f * in[2].v && lb[0].qkv == 0.2f && lb[2].fc2 == 12.0f);
+        CHECK_OK(fp8_scales_save(path, in, 3, 1.0, NULL, &err), &err);
+    }
     CHECK(fp8_scales_save(path, in, 3, 0.0, NULL, &err) == VITD_E_INVALID_ARG);
     CHECK(fp8_scales_load("/nonexistent/scales.json", 3, back, &err) == VITD_E_IO);
     CHECK_STR_CONTAINS(err.msg, "/nonexistent/scales.json");

@@ -12,8 +12,10 @@
 
 /* ---- layer names ---- */
 
-/* Maps "blocks.<i>.attn" (optionally prefixed "model.visual." or "visual.") or "<i>" to i; -1 if not a layer name. */
-static int layer_index(const char *name) {
+/* Maps "blocks.<i>.attn" (optionally prefixed "model.visual." or "visual.") or "<i>" to i, and with suffix
+ * ".linear" instead of ".attn" (the linear layers' entries) too when *linear is not NULL (*linear set to 1 for
+ * those); -1 if not a layer name. */
+static int layer_index_of(const char *name, int *linear) {
     const char *p = name;
     if (!strncmp(p, "model.visual.", 13)) p += 13;
     else if (!strncmp(p, "visual.", 7)) p += 7;
@@ -29,14 +31,22 @@ static int layer_index(const char *name) {
     errno = 0;
     long i = strtol(p, &end, 10);
     if (errno || i < 0 || i > 100000 || (p[0] == '0' && end - p > 1)) return -1;
+    if (linear) *linear = 0;
     if (bare) return *end == '\0' ? (int)i : -1;
+    if (linear && strcmp(end, ".linear") == 0) {
+        *linear = 1;
+        return (int)i;
+    }
     return strcmp(end, ".attn") == 0 ? (int)i : -1;
 }
 
-/* Reads one of q/k/v (key "q" or "q_scale") from a layer object. */
-static vitd_status read_scale(const cJSON *obj, const char *layer, char which, float *out, vitd_err *err) {
-    char k1[2] = {which, 0}, k2[8];
-    snprintf(k2, sizeof k2, "%c_scale", which);
+
+/* Reads one scale (key "<which>" or "<which>_scale") from a layer object. */
+static vitd_status read_scale_named(const cJSON *obj, const char *layer, const char *which, float *out,
+                                    vitd_err *err) {
+    char k1[8], k2[16];
+    snprintf(k1, sizeof k1, "%s", which);
+    snprintf(k2, sizeof k2, "%s_scale", which);
     const cJSON *a = cJSON_GetObjectItemCaseSensitive(obj, k1), *b = cJSON_GetObjectItemCaseSensitive(obj, k2);
     if (a && b) return vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: layer %s has both %s and %s", layer, k1, k2);
     const cJSON *v = a ? a : b;
@@ -46,6 +56,21 @@ static vitd_status read_scale(const cJSON *obj, const char *layer, char which, f
                          v->string);
     *out = (float)v->valuedouble;
     return VITD_OK;
+}
+
+/* The checks every layer entry passes before its scales are read: an object, not seen before (seen[i] set). */
+static vitd_status take_entry(const cJSON *item, int i, char *seen, const char *suffix, const char *keys,
+                              vitd_err *err) {
+    if (!cJSON_IsObject(item))
+        return vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: layer %s must be an object {%s}", item->string, keys);
+    if (seen[i]) return vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: layer blocks.%d.%s given twice", i, suffix);
+    seen[i] = 1;
+    return VITD_OK;
+}
+
+static vitd_status read_scale(const cJSON *obj, const char *layer, char which, float *out, vitd_err *err) {
+    const char w[2] = {which, 0};
+    return read_scale_named(obj, layer, w, out, err);
 }
 
 vitd_status fp8_scales_parse(const char *json, int n_layers, fp8_qkv *out, vitd_err *err) {
@@ -65,23 +90,15 @@ vitd_status fp8_scales_parse(const char *json, int n_layers, fp8_qkv *out, vitd_
     seen = xcalloc((size_t)n_layers, 1);
     const cJSON *item;
     cJSON_ArrayForEach(item, table) {
-        int i = layer_index(item->string);
+        int linear = 0, i = layer_index_of(item->string, &linear);
+        if (linear && i >= 0 && i < n_layers) continue; /* the linear layers' entries: fp8_scales_parse_linear */
         if (i < 0 || i >= n_layers) {
             st = vitd_fail(err, VITD_E_INVALID_ARG,
                            "fp8 scales: unknown layer \"%s\" (expected blocks.0.attn .. blocks.%d.attn)",
                            item->string, n_layers - 1);
             goto done;
         }
-        if (!cJSON_IsObject(item)) {
-            st = vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: layer %s must be an object {q, k, v}",
-                           item->string);
-            goto done;
-        }
-        if (seen[i]) {
-            st = vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: layer blocks.%d.attn given twice", i);
-            goto done;
-        }
-        seen[i] = 1;
+        if ((st = take_entry(item, i, seen, "attn", "q, k, v", err)) != VITD_OK) goto done;
         if ((st = read_scale(item, item->string, 'q', &out[i].q, err)) != VITD_OK ||
             (st = read_scale(item, item->string, 'k', &out[i].k, err)) != VITD_OK ||
             (st = read_scale(item, item->string, 'v', &out[i].v, err)) != VITD_OK)
@@ -99,12 +116,14 @@ done:
     return st;
 }
 
-vitd_status fp8_scales_load(const char *path, int n_layers, fp8_qkv *out, vitd_err *err) {
-    char *text = NULL;
-    vitd_status st = vitd_read_file(path, path, 64u << 20, &text, NULL, err);
-    if (st != VITD_OK) return st;
-    st = fp8_scales_parse(text, n_layers, out, err);
-    free(text);
+/* Reads the file into *text (the caller frees it). */
+static vitd_status read_text(const char *path, char **text, vitd_err *err) {
+    *text = NULL;
+    return vitd_read_file(path, path, 64u << 20, text, NULL, err);
+}
+
+/* A parse error of the file at path, with the path put in front of its message. */
+static vitd_status name_file(const char *path, vitd_status st, vitd_err *err) {
     if (st != VITD_OK) {
         char msg[sizeof err->msg];
         snprintf(msg, sizeof msg, "%s", err->msg);
@@ -113,8 +132,69 @@ vitd_status fp8_scales_load(const char *path, int n_layers, fp8_qkv *out, vitd_e
     return st;
 }
 
+vitd_status fp8_scales_load(const char *path, int n_layers, fp8_qkv *out, vitd_err *err) {
+    char *text;
+    vitd_status st = read_text(path, &text, err);
+    if (st != VITD_OK) return st;
+    st = fp8_scales_parse(text, n_layers, out, err);
+    free(text);
+    return name_file(path, st, err);
+}
+
+vitd_status fp8_scales_parse_linear(const char *json, int n_layers, fp8_lin *out, int *found, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    cJSON *root = cJSON_Parse(json);
+    char *seen = NULL;
+    int n_seen = 0;
+    *found = 0;
+    if (!root || !cJSON_IsObject(root)) {
+        st = vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: not a JSON object%s", root ? "" : " (parse error)");
+        goto done;
+    }
+    const cJSON *layers = cJSON_GetObjectItemCaseSensitive(root, "layers");
+    const cJSON *table = layers && cJSON_IsObject(layers) ? layers : root, *item;
+    seen = xcalloc((size_t)n_layers, 1);
+    cJSON_ArrayForEach(item, table) {
+        int linear = 0, i = layer_index_of(item->string, &linear);
+        if (!linear || i < 0 || i >= n_layers) continue; /* attention entries and errors: fp8_scales_parse's */
+        if ((st = take_entry(item, i, seen, "linear", "qkv, fc1, fc2", err)) != VITD_OK) goto done;
+        n_seen++;
+        if ((st = read_scale_named(item, item->string, "qkv", &out[i].qkv, err)) != VITD_OK ||
+            (st = read_scale_named(item, item->string, "fc1", &out[i].fc1, err)) != VITD_OK ||
+            (st = read_scale_named(item, item->string, "fc2", &out[i].fc2, err)) != VITD_OK)
+            goto done;
+    }
+    for (int i = 0; n_seen && i < n_layers; i++) {
+        if (!seen[i]) {
+            st = vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: layer blocks.%d.linear is missing (the linear "
+                           "entries come for every layer or none)", i);
+            goto done;
+        }
+    }
+    *found = n_seen > 0;
+done:
+    free(seen);
+    cJSON_Delete(root);
+    return st;
+}
+
+vitd_status fp8_scales_load_linear(const char *path, int n_layers, fp8_lin *out, int *found, vitd_err *err) {
+    char *text;
+    *found = 0;
+    vitd_status st = read_text(path, &text, err);
+    if (st != VITD_OK) return st;
+    st = fp8_scales_parse_linear(text, n_layers, out, found, err);
+    free(text);
+    return name_file(path, st, err);
+}
+
 vitd_status fp8_scales_save(const char *path, const fp8_qkv *scales, int n_layers, double margin, const char *source,
                             vitd_err *err) {
+    return fp8_scales_save_all(path, scales, NULL, n_layers, margin, source, err);
+}
+
+vitd_status fp8_scales_save_all(const char *path, const fp8_qkv *scales, const fp8_lin *lin, int n_layers,
+                                double margin, const char *source, vitd_err *err) {
     if (!(margin > 0) || !isfinite(margin))
         return vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: margin must be positive, got %g", margin);
     cJSON *root = cJSON_CreateObject(), *layers = cJSON_AddObjectToObject(root, "layers");
@@ -125,6 +205,12 @@ vitd_status fp8_scales_save(const char *path, const fp8_qkv *scales, int n_layer
         cJSON_AddNumberToObject(l, "q", (double)scales[i].q * margin);
         cJSON_AddNumberToObject(l, "k", (double)scales[i].k * margin);
         cJSON_AddNumberToObject(l, "v", (double)scales[i].v * margin);
+        if (!lin) continue;
+        snprintf(name, sizeof name, "blocks.%d.linear", i);
+        l = cJSON_AddObjectToObject(layers, name);
+        cJSON_AddNumberToObject(l, "qkv", (double)lin[i].qkv * margin);
+        cJSON_AddNumberToObject(l, "fc1", (double)lin[i].fc1 * margin);
+        cJSON_AddNumberToObject(l, "fc2", (double)lin[i].fc2 * margin);
     }
     cJSON_AddNumberToObject(root, "margin", margin);
     if (source) cJSON_AddStringToObject(root, "source", source);

@@ -12,6 +12,9 @@
  * Every layer of the model must be present with three positive finite scales; an unknown layer, a missing or
  * non-positive scale, or a duplicate is an error naming the layer and key. Other top-level keys next to "layers"
  * are ignored (they document where the file came from).
+ * The FP8 linear layers' input scales (issue 14) may sit in the same file, for every layer or for none:
+ *     "blocks.<i>.linear": {"qkv": s, "fc1": s, "fc2": s}   (QKV's input, fc1's input, fc2's input = fc1's output)
+ * fp8_scales_parse skips them; fp8_scales_parse_linear reads them (and nothing else).
  *
  * Dynamic scaling: per layer and per tensor a ring of the last `history_len` amax values (16 by default); the scale
  * for the next step is max(ring) / 448. A ring that has seen no step yet has no scale: the engine measures the first
@@ -30,6 +33,11 @@ typedef struct {
     float q, k, v;
 } fp8_qkv;
 
+/* One block's linear-layer input scales (same convention: x ~ s * x_fp8). */
+typedef struct {
+    float qkv, fc1, fc2;
+} fp8_lin;
+
 /* Parses a static scales JSON text for a model of n_layers blocks into out[n_layers]. */
 vitd_status fp8_scales_parse(const char *json, int n_layers, fp8_qkv *out, vitd_err *err);
 /* Reads and parses a file (the message names the file). */
@@ -38,6 +46,14 @@ vitd_status fp8_scales_load(const char *path, int n_layers, fp8_qkv *out, vitd_e
  * margin, atomically (temporary file in the same folder, fsync, rename). The output parses with fp8_scales_parse. */
 vitd_status fp8_scales_save(const char *path, const fp8_qkv *scales, int n_layers, double margin, const char *source,
                             vitd_err *err);
+/* The same with the linear entries too ("blocks.<i>.linear", each scale times margin); lin NULL = none. */
+vitd_status fp8_scales_save_all(const char *path, const fp8_qkv *scales, const fp8_lin *lin, int n_layers,
+                                double margin, const char *source, vitd_err *err);
+/* The linear entries of a scales text or file into out[n_layers]: *found 0 when the file has none, 1 when every
+ * layer has all three positive scales; a partial set, a missing or non-positive scale or a duplicate is an error
+ * naming the layer. */
+vitd_status fp8_scales_parse_linear(const char *json, int n_layers, fp8_lin *out, int *found, vitd_err *err);
+vitd_status fp8_scales_load_linear(const char *path, int n_layers, fp8_lin *out, int *found, vitd_err *err);
 
 /* ---- amax history (host twin of the device ring) ---- */
 
