@@ -430,6 +430,14 @@ void vitd_encoder_attn_info(const vitd_encoder *e, vitd_attn_info *out) {
     out->batches_fp8 = atomic_load(&m->batches[PATH_FP8]);
 }
 
+vitd_status vitd_encoder_linear_amax(vitd_encoder *e, float *amax, vitd_err *err) {
+#ifdef VITD_HAVE_CUDA
+    if (e->ops == &gpu_backend) return gpu_engine_lin8_amax(e->impl, amax, err);
+#endif
+    (void)amax;
+    return vitd_fail(err, VITD_E_UNSUPPORTED, "FP8 calibration needs the GPU backend (backend is %s)", e->ops->name);
+}
+
 vitd_status vitd_encoder_fp8_amax(vitd_encoder *e, float *amax, vitd_err *err) {
 #ifdef VITD_HAVE_CUDA
     if (e->ops == &gpu_backend) return gpu_engine_fp8_amax(e->impl, amax, err);

@@ -264,6 +264,10 @@ void vitd_encoder_attn_info(const vitd_encoder *e, vitd_attn_info *out);
  * layer over every batch run so far, into amax[depth][3] (one device sync). VITD_E_UNSUPPORTED on the CPU backend
  * or without fp8_calibrate. */
 vitd_status vitd_encoder_fp8_amax(vitd_encoder *e, float *amax, vitd_err *err);
+/* The same for the FP8 linear layers' inputs: amax[depth][3] = largest |x| entering the QKV, fc1 and fc2 GEMMs per
+ * layer. VITD_E_UNSUPPORTED on the CPU backend, without fp8_calibrate, or where the model's widths do not suit
+ * FP8 GEMMs (multiples of 16). */
+vitd_status vitd_encoder_linear_amax(vitd_encoder *e, float *amax, vitd_err *err);
 
 #ifdef __cplusplus
 }

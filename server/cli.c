@@ -498,8 +498,9 @@ static void calibrate_usage(FILE *f) {
                "                      [--max-pixels N] IMAGE_OR_DIR...\n"
                "Runs the images (files, or every decodable image in a directory) one at a time through the BF16\n"
                "attention path of the GPU engine, records per layer the largest |Q| and |K| after the rotary and |V|,\n"
-               "and writes static FP8 scales (amax / 448 x margin, default margin 1.5) for --fp8-scales /\n"
-               "fp8_scales. Needs the GPU backend: the CPU reference records no amax.\n");
+               "and the largest input of the QKV, fc1 and fc2 GEMMs, and writes static FP8 scales (amax / 448 x\n"
+               "margin, default margin 1.5) for --fp8-scales / fp8_scales: blocks.<i>.attn for FP8 attention and\n"
+               "blocks.<i>.linear for FP8 linear layers. Needs the GPU backend: the CPU reference records no amax.\n");
 }
 
 /* A growable list of input paths (owned strings); from_dir[i]: found in a directory (undecodable = skipped). */
@@ -610,8 +611,9 @@ int cli_calibrate(int argc, char **argv) {
     vitd_grid *grids = NULL;
     vitd_model *model = NULL;
     vitd_encoder *enc = NULL;
-    float *amax = NULL, *emb = NULL;
+    float *amax = NULL, *emb = NULL, *lamax = NULL;
     fp8_qkv *sc = NULL;
+    fp8_lin *lsc = NULL;
     for (int i = 0; i < argc; i++) {
         const char *v;
         int ef;
@@ -733,16 +735,34 @@ int cli_calibrate(int argc, char **argv) {
         }
         sc[l] = (fp8_qkv){s3[0], s3[1], s3[2]};
     }
+    /* the linear layers' inputs likewise, where the model's widths suit FP8 GEMMs */
+    lamax = xcalloc((size_t)vc->depth * 3, sizeof *lamax);
+    if (vitd_encoder_linear_amax(enc, lamax, &err) == VITD_OK) {
+        lsc = xcalloc((size_t)vc->depth, sizeof *lsc);
+        for (int l = 0; l < vc->depth; l++) {
+            float s3[3];
+            for (int t = 0; t < 3; t++) {
+                const float a = lamax[l * 3 + t];
+                s3[t] = a > 0 ? a / FP8_E4M3_MAX : 1.0f / (FP8_E4M3_MAX * FP8_E4M3_MAX);
+            }
+            lsc[l] = (fp8_lin){s3[0], s3[1], s3[2]};
+        }
+    } else {
+        fprintf(stderr, "vitd calibrate: no linear-layer scales: %s\n", err.msg);
+    }
     char source[512];
     snprintf(source, sizeof source, "vitd calibrate: %d images, %zu patches, model %s", n_img, total, model_dir);
-    if (fp8_scales_save(out_path, sc, vc->depth, margin, source, &err) != VITD_OK) {
+    if (fp8_scales_save_all(out_path, sc, lsc, vc->depth, margin, source, &err) != VITD_OK) {
         fprintf(stderr, "vitd calibrate: %s\n", err.msg);
         goto done;
     }
     fprintf(stderr, "vitd calibrate: %d images (%zu patches) in %.1f s; amax %.3g..%.3g over %d layers; wrote %s "
-                    "(margin %.2f)\n", n_img, total, vitd_now() - t0, lo, hi, vc->depth, out_path, margin);
+                    "(margin %.2f%s)\n", n_img, total, vitd_now() - t0, lo, hi, vc->depth, out_path, margin,
+            lsc ? ", with the linear layers' scales" : "");
     rc = 0;
 done:
+    free(lsc);
+    free(lamax);
     free(sc);
     free(amax);
     free(emb);

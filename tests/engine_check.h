@@ -84,6 +84,20 @@ static int load_images(images *im, const char *const *files, int n, const vitd_p
     return 0;
 }
 
+/* Loads the checkpoint in dir and preprocesses files into *im; NULL (a failed check, printed) if either fails. */
+static inline vitd_model *load_model_images(const char *dir, const char *const *files, int n_files, images *im) {
+    vitd_err err = {0};
+    vitd_model *model = NULL;
+    CHECK_OK(vitd_model_load(dir, &model, &err), &err);
+    if (!model) return NULL;
+    if (load_images(im, files, n_files, vitd_model_preproc(model))) {
+        CHECK(0);
+        vitd_model_free(model);
+        return NULL;
+    }
+    return model;
+}
+
 /* Outputs of one run over a batch of images (embeddings [Nm, D], deepstack [nds][Nm][D]). */
 typedef struct {
     float *emb, *ds;

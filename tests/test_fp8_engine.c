@@ -10,7 +10,8 @@
  *  - static scales: amax recorded by the calibration mode, saved, loaded as fp8_scales, same cosine bound; an
  *    invalid file fails at creation naming the layer;
  *  - `vitd calibrate` (the real program) on a directory and a file writes a file that loads as --fp8-scales and
- *    `vitd encode --attn-dtype fp8 --fp8-scales` runs with it;
+ *    `vitd encode --attn-dtype fp8 --fp8-scales` runs with it; the file carries the linear layers' scales too and
+ *    `vitd encode --linear-dtype fp8 --fp8-scales` runs with them;
  *  - auto-save: two engines in one process, histories 3 and 5, margins 1.5 and 2, two files: each written once,
  *    exactly when its history fills, parses, and carries its own margin (same batches: ratio 2/1.5);
  *  - auto (8B, 16384 tokens): the measured table's decisions follow the timings (FP8 only where >= 2% faster),
@@ -75,18 +76,12 @@ static gpu_engine *engine(const vitd_model *m, const char *attn, size_t tokens, 
 
 static void check_accuracy(const char *dir, const char *label, const char *const *files, int n_files) {
     vitd_err err = {0};
-    vitd_model *model = NULL;
     images im;
     printf("%s accuracy: %s\n", label, dir);
-    CHECK_OK(vitd_model_load(dir, &model, &err), &err);
+    vitd_model *model = load_model_images(dir, files, n_files, &im);
     if (!model) return;
     const vitd_vision_config *vc = vitd_model_config(model);
     const int D = vc->out_hidden_size, nds = vc->n_deepstack, L = vc->depth;
-    if (load_images(&im, files, n_files, vitd_model_preproc(model))) {
-        CHECK(0);
-        vitd_model_free(model);
-        return;
-    }
     const size_t N = im.off[im.n], nm = N / 4;
     printf("  %d images, %zu patches\n", im.n, N);
     outputs ref, bf, f8, f8b, f8a, st8;
@@ -290,9 +285,19 @@ static void check_calibrate_cli(const char *dir, int n_layers) {
     CHECK_STR_CONTAINS(e, "3 images");
     CHECK_STR_CONTAINS(e, "skipping");
     fp8_qkv *sc = xcalloc((size_t)n_layers, sizeof *sc);
+    fp8_lin *lsc = xcalloc((size_t)n_layers, sizeof *lsc);
     vitd_err err = {0};
+    int found = 0;
     CHECK_OK(fp8_scales_load(out, n_layers, sc, &err), &err);
+    /* the linear layers' scales come with them (issue 14) and drive `--linear-dtype fp8` */
+    CHECK_STR_CONTAINS(e, "with the linear layers' scales");
+    CHECK_OK(fp8_scales_load_linear(out, n_layers, lsc, &found, &err), &err);
+    CHECK(found == 1 && lsc[0].qkv > 0 && lsc[n_layers - 1].fc2 > 0);
     free(sc);
+    free(lsc);
+    snprintf(a, sizeof a, "encode --model %s --backend gpu --linear-dtype fp8 --fp8-scales %s "
+             "%s/tests/fixtures/images/chelsea.png --format json", dir, out, VITD_SOURCE_DIR);
+    CHECK_EQ_INT(0, check_run_vitd(tmpdir, a, NULL, e, sizeof e));
     snprintf(a, sizeof a, "encode --model %s --backend gpu --attn-dtype fp8 --fp8-scales %s "
              "%s/tests/fixtures/images/chelsea.png --format json", dir, out, VITD_SOURCE_DIR);
     rc = check_run_vitd(tmpdir, a, NULL, e, sizeof e);

@@ -12,6 +12,8 @@
  *  - CUDA graphs: two engines, one without graphs, the same batches in the same order (FP8 attention and FP8
  *    linear, then both BF16, then another shape, then two batches in flight): every output bit-identical, the
  *    graph engine captured and replayed segments and no capture failed;
+ *  - static scales: a calibration engine (fp8_calibrate) records the linear inputs' amax, saved with margin 1.5
+ *    next to the attention's; an engine loading the file runs FP8 linear from its first batch, cosine >= 0.995;
  *  - linear_dtype auto (8B): the start-up table is measured, and batches of a small and a large image take the
  *    path the table gives for their size;
  *  - bad settings: an unknown GEMM name and fc2 without fc1 fail at creation naming the problem.
@@ -38,6 +40,7 @@ int main(void) {
 #include "check.h"
 #include "cpu_forward.h"
 #include "demo_model.h"
+#include "fp8_scales.h"
 #include "gpu_attn.h"
 #include "gpu_engine.h"
 #include "image.h"
@@ -85,18 +88,12 @@ static const char *write_outlier_demo(const char *preset, float factor, char *bu
 
 static void check_accuracy(const char *dir, const char *label, const char *const *files, int n_files) {
     vitd_err err = {0};
-    vitd_model *model = NULL;
     images im;
     printf("%s accuracy: %s\n", label, dir);
-    CHECK_OK(vitd_model_load(dir, &model, &err), &err);
+    vitd_model *model = load_model_images(dir, files, n_files, &im);
     if (!model) return;
     const vitd_vision_config *vc = vitd_model_config(model);
     const int D = vc->out_hidden_size, nds = vc->n_deepstack;
-    if (load_images(&im, files, n_files, vitd_model_preproc(model))) {
-        CHECK(0);
-        vitd_model_free(model);
-        return;
-    }
     const size_t N = im.off[im.n], nm = N / 4;
     printf("  %d images, %zu patches\n", im.n, N);
     outputs ref, o;
@@ -155,18 +152,12 @@ static size_t differ(const outputs *a, const outputs *b, size_t nm, int D, int n
 
 static void check_graphs(const char *dir, const char *label, const char *const *files, int n_files) {
     vitd_err err = {0};
-    vitd_model *model = NULL;
     images im;
     printf("%s CUDA graphs vs plain launches\n", label);
-    CHECK_OK(vitd_model_load(dir, &model, &err), &err);
+    vitd_model *model = load_model_images(dir, files, n_files, &im);
     if (!model) return;
     const vitd_vision_config *vc = vitd_model_config(model);
     const int D = vc->out_hidden_size, nds = vc->n_deepstack;
-    if (load_images(&im, files, n_files, vitd_model_preproc(model))) {
-        CHECK(0);
-        vitd_model_free(model);
-        return;
-    }
     const size_t N = im.off[im.n], nm = N / 4;
     gpu_engine *gp = engine(model, N, g_fp8_attn ? "fp8" : "bf16", "fp8", "all", 0, &err);
     gpu_engine *gg = engine(model, N, g_fp8_attn ? "fp8" : "bf16", "fp8", "all", 1, &err);
@@ -231,6 +222,76 @@ static void check_graphs(const char *dir, const char *label, const char *const *
     gpu_engine_free(gg);
     outputs_free(&a);
     outputs_free(&b);
+    free(im.pv);
+    vitd_model_free(model);
+}
+
+/* ---- static scales from a calibration engine ---- */
+
+static void check_static(const char *dir, const char *label, const char *const *files, int n_files) {
+    vitd_err err = {0};
+    images im;
+    printf("%s static linear scales\n", label);
+    vitd_model *model = load_model_images(dir, files, n_files, &im);
+    if (!model) return;
+    const vitd_vision_config *vc = vitd_model_config(model);
+    const int D = vc->out_hidden_size, nds = vc->n_deepstack, L = vc->depth;
+    const size_t N = im.off[im.n], nm = N / 4;
+    outputs ref, o;
+    outputs_alloc(&ref, nm, D, nds);
+    outputs_alloc(&o, nm, D, nds);
+    cpu_model *cm = NULL;
+    CHECK_OK(cpu_model_create(model, 0, &cm, &err), &err);
+    if (cm) CHECK_OK(run_subset(cpu_run, cm, &im, 0, im.n, D, nds, &ref, &err), &err);
+    cpu_model_free(cm);
+    vitd_encoder_opts eo = vitd_encoder_opts_default();
+    eo.attn_dtype = "bf16";
+    eo.max_batch_tokens = N;
+    eo.fp8_calibrate = 1;
+    gpu_engine *gc = NULL;
+    CHECK_OK(gpu_engine_create(model, &eo, &gc, &err), &err);
+    char path[700];
+    snprintf(path, sizeof path, "%s/%s_static.json", tmpdir, label);
+    if (gc) {
+        for (int i = 0; i < im.n; i++) CHECK_OK(run_subset(gpu_run, gc, &im, i, 1, D, nds, &o, &err), &err);
+        float *aa = xcalloc((size_t)L * 3, sizeof *aa), *la = xcalloc((size_t)L * 3, sizeof *la);
+        fp8_qkv *sa = xcalloc((size_t)L, sizeof *sa);
+        fp8_lin *sl = xcalloc((size_t)L, sizeof *sl);
+        CHECK_OK(gpu_engine_fp8_amax(gc, aa, &err), &err);
+        CHECK_OK(gpu_engine_lin8_amax(gc, la, &err), &err);
+        int ok = 1;
+        for (int l = 0; l < L; l++) {
+            for (int t = 0; t < 3; t++) ok &= la[l * 3 + t] > 0 && isfinite(la[l * 3 + t]) && aa[l * 3 + t] > 0;
+            sa[l] = (fp8_qkv){aa[l * 3] / 448, aa[l * 3 + 1] / 448, aa[l * 3 + 2] / 448};
+            sl[l] = (fp8_lin){la[l * 3] / 448, la[l * 3 + 1] / 448, la[l * 3 + 2] / 448};
+        }
+        CHECK_MSG(ok, "%s: calibration amax not positive and finite", label);
+        printf("  linear amax layer 0: qkv %.3f fc1 %.3f fc2 %.3f; layer %d: qkv %.3f fc1 %.3f fc2 %.3f\n", la[0],
+               la[1], la[2], L - 1, la[(L - 1) * 3], la[(L - 1) * 3 + 1], la[(L - 1) * 3 + 2]);
+        CHECK_OK(fp8_scales_save_all(path, sa, sl, L, 1.5, "test_lin8_engine", &err), &err);
+        free(aa); free(la); free(sa); free(sl);
+        for (int fa = 0; fa < 1 + g_fp8_attn; fa++) {
+            vitd_encoder_opts so = vitd_encoder_opts_default();
+            so.attn_dtype = fa ? "fp8" : "bf16";
+            so.linear_dtype = "fp8";
+            so.linear_fp8_gemms = "all";
+            so.max_batch_tokens = N;
+            so.fp8_scales = path;
+            gpu_engine *gs = NULL;
+            CHECK_OK(gpu_engine_create(model, &so, &gs, &err), &err);
+            if (!gs) continue;
+            CHECK_OK(run_subset(gpu_run, gs, &im, 0, im.n, D, nds, &o, &err), &err);
+            CHECK(!strcmp(gpu_engine_last_linear(gs), "fp8")); /* static: no recording batch first */
+            char what[64];
+            snprintf(what, sizeof what, "fp8 all static attn %s vs cpu", fa ? "fp8" : "bf16");
+            const double w = compare(what, &im, &o, &ref, D, nds, 0.995);
+            printf("  gate %s gemms=all static attn=%s worst_cos=%.6f\n", label, fa ? "fp8" : "bf16", w);
+            gpu_engine_free(gs);
+        }
+    }
+    gpu_engine_free(gc);
+    outputs_free(&ref);
+    outputs_free(&o);
     free(im.pv);
     vitd_model_free(model);
 }
@@ -320,6 +381,7 @@ int main(void) {
     if (tiny && (!skip_tiny || strcmp(skip_tiny, "1"))) {
         check_accuracy(tiny, "tiny", photos, 4);
         check_graphs(tiny, "tiny", photos, 3);
+        check_static(tiny, "tiny", photos, 4);
         const char *tiny_o = write_outlier_demo("tiny", 1000, out_buf, sizeof out_buf);
         if (tiny_o) check_accuracy(tiny_o, "tiny_outliers1000", photos, 4);
     }
@@ -332,6 +394,7 @@ int main(void) {
         if (dir8) {
             check_accuracy(dir8, "8b", photos, 4);
             check_graphs(dir8, "8b", photos, 2);
+            check_static(dir8, "8b", photos, 4);
             check_auto(dir8);
         }
         const char *o8 = write_outlier_demo("8b", 1000, buf8o, sizeof buf8o);

@@ -26,6 +26,7 @@
 #include "engine_kernels.h"
 #include "engine_priv.h"
 #include "fp8_kernels.h"
+#include "fp8_scales.h"
 #include "util.h"
 
 #define LIN8_DEFAULT_GEMMS "qkv,fc1"
@@ -74,10 +75,16 @@ vitd_status lin8_parse(gpu_engine *g, const vitd_encoder_opts *opts, vitd_err *e
     else return vitd_fail(err, VITD_E_INVALID_ARG, "linear_dtype '%s' is not one of bf16, fp8, auto", v);
     g->lin_mask = parse_gemms(gs, bad, sizeof bad);
     if (!g->lin_mask) return vitd_fail(err, VITD_E_INVALID_ARG, "linear_fp8_gemms '%s': %s", gs, bad);
-    if (opts->fp8_calibrate) g->lin_setting = LIN8_MODE_BF16; /* calibration measures the BF16 path */
-    if (g->lin_setting == LIN8_MODE_BF16) return VITD_OK;
     const int d = g->d, ok = gpu_gemm_fp8_shape_ok(d, 3 * d) && gpu_gemm_fp8_shape_ok(d, g->I) &&
                              gpu_gemm_fp8_shape_ok(g->H * g->dp, d);
+    if (opts->fp8_calibrate) {
+        /* calibration runs the BF16 path and records the amax of the three inputs (no E4M3 weights) */
+        g->lin_setting = LIN8_MODE_BF16;
+        g->lin_record = ok;
+        g->lin_stride = lin8_state_floats(1);
+        return VITD_OK;
+    }
+    if (g->lin_setting == LIN8_MODE_BF16) return VITD_OK;
     if (!ok) {
         snprintf(g->lin_fallback, sizeof g->lin_fallback, "hidden_size %d and intermediate_size %d must be "
                  "multiples of 16 for cuBLASLt's FP8 GEMMs", d, g->I);
@@ -100,6 +107,7 @@ static size_t block_w8_bytes(const gpu_engine *g) {
 }
 
 size_t lin8_bytes(const gpu_engine *g) {
+    if (g->lin_record) return r256((size_t)g->cfg.depth * g->lin_stride * sizeof(float));
     if (g->lin_setting == LIN8_MODE_BF16) return 0;
     const size_t L = (size_t)g->cfg.depth;
     return L * block_w8_bytes(g) + r256(L * 16 * sizeof(float)) + r256(L * g->lin_stride * sizeof(float));
@@ -214,12 +222,45 @@ fail:
     return st;
 }
 
+/* Static scales: the linear entries of opts->fp8_scales, when the file has them, into every layer's DESCALE and
+ * SCALE slots (no amax, no ring). */
+static vitd_status load_static(gpu_engine *g, const char *path, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    const int L = g->cfg.depth;
+    fp8_lin *sc = xcalloc((size_t)L, sizeof *sc);
+    float *h = xcalloc((size_t)L * g->lin_stride, sizeof *h);
+    int found = 0;
+    if ((st = fp8_scales_load_linear(path, L, sc, &found, err)) != VITD_OK) goto fail;
+    if (!found) {
+        vitd_log(VITD_LOG_INFO, "gpu engine: %s has no linear entries: FP8 linear layers scale dynamically", path);
+        goto fail;
+    }
+    for (int i = 0; i < L; i++) {
+        const float s3[3] = {sc[i].qkv, sc[i].fc1, sc[i].fc2};
+        for (int t = 0; t < LIN8_INPUTS; t++) {
+            h[(size_t)i * g->lin_stride + LIN8_AT(LIN8_DESCALE, t)] = s3[t];
+            h[(size_t)i * g->lin_stride + LIN8_AT(LIN8_SCALE, t)] = 1.0f / s3[t];
+        }
+    }
+    CUDA_TRY(cudaMemcpy(g->d_lin, h, (size_t)L * g->lin_stride * sizeof *h, cudaMemcpyHostToDevice));
+    g->lin_static = 1;
+fail:
+    free(sc);
+    free(h);
+    return st;
+}
+
 vitd_status lin8_setup(gpu_engine *g, const vitd_encoder_opts *opts, vitd_err *err) {
     vitd_status st = VITD_OK;
-    (void)opts;
-    if (g->lin_setting == LIN8_MODE_BF16) return VITD_OK;
     const size_t L = (size_t)g->cfg.depth, d = g->d, I = g->I, dpad = (size_t)g->H * g->dp;
     const size_t bytes = lin8_bytes(g);
+    if (g->lin_record) { /* calibration: the amax slots only */
+        CUDA_TRY(cudaMalloc(&g->d_lin8, bytes));
+        CUDA_TRY(cudaMemset(g->d_lin8, 0, bytes));
+        g->d_lin = g->d_lin8;
+        return VITD_OK;
+    }
+    if (g->lin_setting == LIN8_MODE_BF16) return VITD_OK;
     CUDA_TRY(cudaMalloc(&g->d_lin8, bytes));
     CUDA_TRY(cudaMemset(g->d_lin8, 0, bytes));
     char *p = g->d_lin8;
@@ -236,11 +277,13 @@ vitd_status lin8_setup(gpu_engine *g, const vitd_encoder_opts *opts, vitd_err *e
     if ((st = quantise_weights(g, err)) != VITD_OK) goto fail;
     g->lin_ok = 1;
     if (g->lin_setting == LIN8_MODE_AUTO && (st = time_table(g, err)) != VITD_OK) goto fail;
+    if (opts->fp8_scales && *opts->fp8_scales && (st = load_static(g, opts->fp8_scales, err)) != VITD_OK) goto fail;
     vitd_log(VITD_LOG_INFO, "gpu engine: FP8 linear layers (linear_dtype %s): %s%s%s%s in E4M3, per-tensor weight "
-             "scales, dynamic activation scales (history %d); %zu MiB of E4M3 weights",
+             "scales, %s activation scales (history %d); %zu MiB of E4M3 weights",
              g->lin_setting == LIN8_MODE_FP8 ? "fp8" : "auto", g->lin_mask & LIN8_QKV ? "qkv " : "",
              g->lin_mask & LIN8_PROJ ? "proj(with FP8 attention) " : "", g->lin_mask & LIN8_FC1 ? "fc1 " : "",
-             g->lin_mask & LIN8_FC2 ? "fc2 " : "", g->lin_hist, (L * block_w8_bytes(g)) >> 20);
+             g->lin_mask & LIN8_FC2 ? "fc2 " : "", g->lin_static ? "static" : "dynamic", g->lin_hist,
+             (L * block_w8_bytes(g)) >> 20);
     return VITD_OK;
 fail:
     g->lin_ok = 0;
@@ -260,7 +303,8 @@ unsigned lin8_choose(const gpu_engine *g, int N) {
 
 vitd_status lin8_end_pass(gpu_engine *g, const eng_pass *p, vitd_err *err) {
     vitd_status st = VITD_OK;
-    if ((!p->lin && !p->lin_calib) || g->lin_static) return VITD_OK;
+    /* calibration keeps folding every batch's amax into the slots (no ring) */
+    if ((!p->lin && !p->lin_calib) || g->lin_static || g->lin_record) return VITD_OK;
     CUDA_TRY(lin8_ring_update(g->d_lin, g->cfg.depth, g->lin_stride, g->lin_hist, g->s_main));
     engine_prof_mark(g, ST_LIN8_SCALES);
     g->lin_steps++;
@@ -295,6 +339,24 @@ vitd_status gpu_engine_set_linear(gpu_engine *g, const char *path, vitd_err *err
         return vitd_fail(err, VITD_E_INVALID_ARG, "gpu engine: linear path '%s' is not bf16, fp8 or auto", path);
     }
     return VITD_OK;
+}
+
+vitd_status gpu_engine_lin8_amax(gpu_engine *g, float *amax, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    if (!g->lin_record)
+        return vitd_fail(err, VITD_E_UNSUPPORTED, "gpu engine: linear amax is recorded by calibration engines "
+                         "(fp8_calibrate) of models whose widths suit FP8 GEMMs only%s%s",
+                         g->lin_fallback[0] ? ": " : "", g->lin_fallback);
+    const int L = g->cfg.depth;
+    float *h = xmalloc((size_t)L * g->lin_stride * sizeof *h);
+    CUDA_TRY(cudaSetDevice(g->device));
+    CUDA_TRY(cudaStreamSynchronize(g->s_main));
+    CUDA_TRY(cudaMemcpy(h, g->d_lin, (size_t)L * g->lin_stride * sizeof *h, cudaMemcpyDeviceToHost));
+    for (int i = 0; i < L; i++)
+        for (int t = 0; t < LIN8_INPUTS; t++) amax[i * 3 + t] = h[(size_t)i * g->lin_stride + LIN8_AT(LIN8_AMAX, t)];
+fail:
+    free(h);
+    return st;
 }
 
 int gpu_engine_linear_table(const gpu_engine *g, const gpu_engine_lin_entry **entries) {

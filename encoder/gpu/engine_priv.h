@@ -181,6 +181,7 @@ struct gpu_engine {
     unsigned lin_mask;           /* the GEMMs an FP8-linear batch runs in FP8 (LIN8_QKV | ...) */
     int lin_ok;                  /* E4M3 weights and scale state ready */
     int lin_static;              /* activation scales from a file: no amax, no ring */
+    int lin_record;              /* calibration (fp8_calibrate): BF16 GEMMs recording the inputs' amax in d_lin */
     int lin_hist;                /* ring length (0 static) */
     size_t lin_stride;           /* floats per layer state block (lin8_state_floats) */
     void *d_lin8;                /* one allocation: E4M3 weights, weight descales, state blocks */
@@ -210,7 +211,27 @@ struct gpu_engine {
     int prof_valid;
 };
 
-/* gpu_engine.c */
+#define KTRY(call) CUDA_TRY(call) /* a kernel launcher's cudaError_t */
+
+/* engine_host.c: the worker pool (fn over contiguous parts of [0, n) or [begin, end), one per worker plus the
+ * caller, parts of at least min_items; returns when all are done) and nothing else of the host side */
+void engine_pool_start(host_pool *p, int n_workers);
+void engine_pool_stop(host_pool *p);
+void engine_pool_run(host_pool *p, size_t n, size_t min_items, cpu_range_fn fn, void *ctx);
+void engine_pool_run_range(host_pool *p, size_t begin, size_t end, size_t min_items, cpu_range_fn fn, void *ctx);
+
+/* engine_attn.c */
+/* The attention step of block `layer` on the batch's path (fp8 = 1: FP8; keep_o8: the projection reads o8 itself,
+ * no dequantisation, and the caller runs the ring update after it). */
+vitd_status engine_attention(gpu_engine *g, int layer, int n_tokens, int fp8, int keep_o8, vitd_err *err);
+/* The attention path of a batch of n_seg segments whose longest has max_len tokens: 1 = FP8. */
+int engine_choose_fp8(const gpu_engine *g, int n_seg, int max_len);
+/* Gets the FP8 path ready (plans; auto: the timing table). On failure *dead says whether the device is lost. */
+vitd_status engine_fp8_setup(gpu_engine *g, int *dead, vitd_err *err);
+/* Writes the dynamic scales once to fp8_save_scales (one device sync). */
+void engine_fp8_autosave(gpu_engine *g);
+
+/* engine_forward.c */
 void engine_prof_mark(gpu_engine *g, int stage);
 /* Enqueues blocks [i0, i1) of pass p on the compute stream (no host sync, no event: graph-capturable when every
  * FP8 layer in it has run before). */

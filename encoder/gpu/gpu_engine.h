@@ -97,6 +97,9 @@ typedef struct {
     double ms_bf16, ms_fp8;
 } gpu_engine_lin_entry;
 int gpu_engine_linear_table(const gpu_engine *g, const gpu_engine_lin_entry **entries);
+/* Calibration (opts->fp8_calibrate): amax[depth][3] = max |x| of the QKV, fc1 and fc2 inputs per layer over every
+ * batch so far (one device sync). VITD_E_UNSUPPORTED without fp8_calibrate or where FP8 GEMMs cannot run. */
+vitd_status gpu_engine_lin8_amax(gpu_engine *g, float *amax, vitd_err *err);
 
 /* ---- CUDA graphs (engine_graph.c) ---- */
 
