@@ -28,6 +28,8 @@
  *   linratio case=<name> attn=<path> fp8_over_bf16=<bf16-linear ms / fp8-linear ms> stream_fp8_over_bf16=..
  * CUDA graphs are on as in the engine (a shape seen twice is captured): every timed run is a replay; --no-graphs
  * turns them off for the comparison. The linear auto table and the graph counters are printed too.
+ * --bf16-out: every run (synchronous ones too) in the per-image form with bf16 outputs (vitd_batch.image_bf16),
+ * which is what the server asks for (output_dtype auto): no float32 conversion on the host.
  * Usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] [--attn bf16,fp8,auto] [--profile]
  *                      [--max-batch-tokens N] [--linear bf16,fp8,auto] [--linear-gemms qkv,proj,fc1,fc2]
  *                      [--no-graphs]
@@ -177,7 +179,7 @@ static double time_stream(gpu_engine *ge, const bcase *bc, const vitd_vision_con
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *only = NULL, *attn_list = "bf16,fp8,auto", *lin_list = "bf16,fp8";
     const char *lin_gemms = NULL;
-    int iters = 20, warmup = 3, profile = 0, no_graphs = 0;
+    int iters = 20, warmup = 3, profile = 0, no_graphs = 0, bf16_out = 0;
     size_t max_tokens = 16384;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) model_dir = argv[++i];
@@ -189,11 +191,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--linear") && i + 1 < argc) lin_list = argv[++i];
         else if (!strcmp(argv[i], "--linear-gemms") && i + 1 < argc) lin_gemms = argv[++i];
         else if (!strcmp(argv[i], "--no-graphs")) no_graphs = 1;
+        else if (!strcmp(argv[i], "--bf16-out")) bf16_out = 1;
         else if (!strcmp(argv[i], "--profile")) profile = 1;
         else {
             fprintf(stderr, "usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] "
                             "[--attn bf16,fp8,auto] [--profile] [--max-batch-tokens N] [--linear bf16,fp8,auto] "
-                            "[--linear-gemms LIST] [--no-graphs]\n");
+                            "[--linear-gemms LIST] [--no-graphs] [--bf16-out]\n");
             return 2;
         }
     }
@@ -275,8 +278,10 @@ int main(int argc, char **argv) {
         pv[i] = (float)((double)(s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
     }
     double *ms = malloc((size_t)iters * sizeof(double));
-    printf("# encoder bench: %s, depth %d, d %d, I %d, D_out %d; iters %d, warmup %d\n", model_dir, vc->depth,
-           vc->hidden_size, vc->intermediate_size, D, iters, warmup);
+    unsigned char ones[MAX_IMAGES];
+    memset(ones, 1, sizeof ones);
+    printf("# encoder bench: %s, depth %d, d %d, I %d, D_out %d; iters %d, warmup %d; outputs %s\n", model_dir,
+           vc->depth, vc->hidden_size, vc->intermediate_size, D, iters, warmup, bf16_out ? "bf16" : "float32");
     for (int c = 0; c < n_cases; c++) {
         const bcase *bc = &cases[c];
         if (only && !strstr(only, bc->name)) continue;
@@ -293,7 +298,7 @@ int main(int argc, char **argv) {
             row += vitd_grids_patches(&bc->grids[i], 1);
         }
         vitd_batch bi = {.n_images = bc->n, .grids = bc->grids, .image_pixels = img_pv, .image_embeddings = img_emb,
-                         .image_deepstack = nds ? img_ds : NULL};
+                         .image_deepstack = nds ? img_ds : NULL, .image_bf16 = bf16_out ? ones : NULL};
         double med_of[3][3] = {{0}}, stream_of[3][3] = {{0}}; /* [linear][attention] */
         for (int li = 0; li < 3; li++) {
             if (!strstr(lin_list, paths[li])) continue;
@@ -310,7 +315,7 @@ int main(int argc, char **argv) {
                 }
                 char label[40];
                 snprintf(label, sizeof label, "%s linear=%s", paths[pi], paths[li]);
-                med_of[li][pi] = time_case(ge, bc, vc, &b, label, iters, warmup, profile, ms);
+                med_of[li][pi] = time_case(ge, bc, vc, bf16_out ? &bi : &b, label, iters, warmup, profile, ms);
                 if (med_of[li][pi] < 0) return 1;
                 stream_of[li][pi] = time_stream(ge, bc, vc, &bi, label, iters);
                 if (stream_of[li][pi] < 0) return 1;

@@ -97,9 +97,15 @@ if want fastaccum; then
     grep -E "^encoder|^stream" "$OUT/bench_fastaccum.log" | sed 's/^/fastaccum /' | tee -a "$SUM"
 fi
 if want graphs; then
-    run bench_nographs 120 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --attn bf16,auto --linear bf16 \
-        --cases 448x448x1,448x448x16 --no-graphs
-    grep -E "^encoder|^stream|^graphs" "$OUT/bench_nographs.log" | sed 's/^/nographs /' | tee -a "$SUM"
+    # the small cases without graphs (float32 outputs, as bench), and with bf16 outputs (the server's) both ways
+    for v in "nographs --no-graphs" "bf16out --bf16-out" "bf16out_nographs --bf16-out --no-graphs"; do
+        set -- $v
+        name=bench_$1
+        shift
+        run $name 120 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --attn bf16,auto --linear bf16,fp8 \
+            --linear-gemms "${GRAPH_GEMMS:-all}" --cases 448x448x1,448x448x16 "$@"
+        grep -E "^encoder|^stream|^graphs" "$OUT/$name.log" | sed "s/^/${name#bench_} /" | tee -a "$SUM"
+    done
 fi
 if want hf; then
     run hf 300 env PYTHONUNBUFFERED=1 $PY bench/hf_baseline.py --model $MODEL --iters "$HF_ITERS" \
