@@ -13,7 +13,8 @@
 #         cp -L /usr/lib/x86_64-linux-gnu/$l .carry/lib/; done
 # then (run tool, carry .carry/lin8 and .carry/lib):  bash bench/device_lin8.sh [stages...]
 # Stages (default: tests bench hf): tests (test_fp8_linear, test_kernels, test_lin8_engine, test_gpu_engine),
-# regress (test_fp8_engine, test_device_fault), regress2 (test_fp8_quant, test_gpu_attn), bench (bench_encoder --profile on
+# regress (test_fp8_engine, test_device_fault), regress2 (test_fp8_quant, test_gpu_attn), bench (bench_encoder
+# --profile on
 # bf16/auto attention x bf16/fp8 linear; BENCH_ARGS adds arguments; LIN_GEMMS the sets of FP8 GEMMs, one run each,
 # default "all": bench.log, others bench_<set>.log), graphs (bench_encoder on the small cases with --no-graphs, for
 # the graph comparison), fastaccum (VITD_FP8_FAST_ACCUM=1: test_lin8_engine's accuracy on the 8B model and the large
@@ -67,7 +68,8 @@ if want tests; then
     run test_fp8_linear 120 "$BIN/test_fp8_linear"
     grep -E "^  " "$OUT/test_fp8_linear.log" | head -40 >> "$SUM"
     run test_lin8_engine 400 "$BIN/test_lin8_engine"
-    grep -E "gate |segments captured|ran linear|tokens [0-9]+:|bad gemm|wrote" "$OUT/test_lin8_engine.log" | tee -a "$SUM"
+    grep -E "gate |segments captured|ran linear|tokens [0-9]+:|bad gemm|wrote" "$OUT/test_lin8_engine.log" |
+        tee -a "$SUM"
     run test_kernels 200 "$BIN/test_kernels"
     run test_gpu_engine 300 "$BIN/test_gpu_engine"
 fi
@@ -89,13 +91,6 @@ if want bench; then
             tee -a "$SUM"
     done
 fi
-if want fastaccum; then
-    run lin8_fastaccum 300 env VITD_TEST_SKIP_TINY=1 VITD_FP8_FAST_ACCUM=1 "$BIN/test_lin8_engine"
-    grep -E "gate 8b" "$OUT/lin8_fastaccum.log" | sed 's/^/fastaccum /' | tee -a "$SUM"
-    run bench_fastaccum 200 env VITD_FP8_FAST_ACCUM=1 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" \
-        --attn auto --linear fp8 --linear-gemms all --cases 1024x1024x4,2048x2048x1,448x448x16
-    grep -E "^encoder|^stream" "$OUT/bench_fastaccum.log" | sed 's/^/fastaccum /' | tee -a "$SUM"
-fi
 if want graphs; then
     # the small cases without graphs (float32 outputs, as bench), and with bf16 outputs (the server's) both ways
     for v in "nographs --no-graphs" "bf16out --bf16-out" "bf16out_nographs --bf16-out --no-graphs"; do
@@ -111,6 +106,14 @@ if want hf; then
     run hf 300 env PYTHONUNBUFFERED=1 $PY bench/hf_baseline.py --model $MODEL --iters "$HF_ITERS" \
         ${CASES:+--cases $CASES}
     grep -E "^hf " "$OUT/hf.log" | tee -a "$SUM"
+fi
+
+if want fastaccum; then
+    run lin8_fastaccum 300 env VITD_TEST_SKIP_TINY=1 VITD_FP8_FAST_ACCUM=1 "$BIN/test_lin8_engine"
+    grep -E "gate 8b" "$OUT/lin8_fastaccum.log" | sed 's/^/fastaccum /' | tee -a "$SUM"
+    run bench_fastaccum 200 env VITD_FP8_FAST_ACCUM=1 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" \
+        --attn auto --linear fp8 --linear-gemms all --cases 1024x1024x4,2048x2048x1,448x448x16
+    grep -E "^encoder|^stream" "$OUT/bench_fastaccum.log" | sed 's/^/fastaccum /' | tee -a "$SUM"
 fi
 
 # Summary: streams (two batches in flight) per case and path, over HF eager measured above.

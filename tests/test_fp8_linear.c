@@ -190,7 +190,8 @@ static void case_ring(int layers, int hist) {
             }
             if (step == 4 && l == 1) a[1] = NAN;
             for (int t = 0; t < 3; t++)
-                CUDA_CHECK(cudaMemcpy(d + (size_t)l * stride + LIN8_AT(LIN8_AMAX, t), &a[t], 4, cudaMemcpyHostToDevice));
+                CUDA_CHECK(cudaMemcpy(d + (size_t)l * stride + LIN8_AT(LIN8_AMAX, t), &a[t], 4,
+                                      cudaMemcpyHostToDevice));
             fp8_history_push(&fh, l, a);
         }
         CUDA_CHECK(lin8_ring_update(d, layers, stride, hist, g_stream));

@@ -18,7 +18,8 @@
  *    path the table gives for their size;
  *  - bad settings: an unknown GEMM name and fc2 without fc1 fail at creation naming the problem.
  * Models: written with demo_model_write into /tmp, or the 8B one from $VITD_TEST_MODEL_8B; VITD_TEST_SKIP_8B=1 runs
- * the tiny preset only, VITD_TEST_SKIP_TINY=1 the 8B ones only. Without CUDA, a device, or compute capability >= 9.0 it exits 77.
+ * the tiny preset only, VITD_TEST_SKIP_TINY=1 the 8B ones only. Without CUDA, a device, or compute capability
+ * >= 9.0 it exits 77.
  */
 #ifndef VITD_HAVE_CUDA
 #include <stdio.h>

@@ -53,8 +53,8 @@
 static const char *const stage_names[ST_COUNT] = {
     "h2d_wait+patch_embed", "pos_embed+rope_tables", "layernorm", "qkv_gemm", "rope_pack", "attention",
     "proj_gemm+residual", "fc1_gemm+gelu", "fc2_gemm+residual", "deepstack_mergers", "final_merger",
-    "fp8_rope_quant(+amax)", "fp8_dequant+ring", "fp8_linear_scales", "d2h_tail(final)", "host_pixels_to_bf16", "host_outputs_to_f32",
-    "host_wait", "wall_total"};
+    "fp8_rope_quant(+amax)", "fp8_dequant+ring", "fp8_linear_scales", "d2h_tail(final)", "host_pixels_to_bf16",
+    "host_outputs_to_f32", "host_wait", "wall_total"};
 
 /* ---- profiling ---- */
 
@@ -152,7 +152,8 @@ static vitd_status run_block(gpu_engine *g, const eng_pass *p, int i, vitd_err *
         }
     }
     if ((st = gpu_gemm_run(g->gemm, &a, g->s_main, err)) != VITD_OK) goto fail;
-    if (p->lin_calib && !g->lin_static) KTRY(fp8_amax_bf16(g->mlp, (size_t)N * g->I, S + LIN8_AT(LIN8_AMAX, 2), g->s_main));
+    if (p->lin_calib && !g->lin_static)
+        KTRY(fp8_amax_bf16(g->mlp, (size_t)N * g->I, S + LIN8_AT(LIN8_AMAX, 2), g->s_main));
     engine_prof_mark(g, ST_FC1);
     a = (gemm_args){.x = g->mlp, .w = bl->fc2_w, .bias = bl->fc2_b, .y = g->x, .n = N, .in = g->I, .out = d,
                     .epi = GEMM_EPI_BIAS, .accumulate = 1};
