@@ -141,8 +141,9 @@ cudaError_t fp8_quant_bf16(const uint16_t *x, size_t n, const float *descale, ui
  * The engine keeps each weight's scale in its own 16-byte slot (stride 4): cuBLASLt's alignment. */
 cudaError_t fp8_weight_descale(float *amax_to_descale, int n, int stride, cudaStream_t stream);
 /* After a batch: for each of `layers` state blocks (stride floats apart) and input t, push AMAX_t into the ring at
- * steps % hist, reset it, count the batch, set DESCALE_t = max(ring) / 448 (1/448^2 for 0) and SCALE_t =
- * 1 / DESCALE_t. One launch for the whole tower. */
+ * steps % hist (NaN and inf recorded as 0: one overflowing batch must not scale the next hist batches to zero;
+ * the host twin fp8_history drops NaN only, the tests feed it finite values and NaN), reset it, count the batch,
+ * set DESCALE_t = max(ring) / 448 (1/448^2 for 0) and SCALE_t = 1 / DESCALE_t. One launch for the whole tower. */
 cudaError_t lin8_ring_update(float *state, int layers, size_t stride, int history_len, cudaStream_t stream);
 
 /* out[i] = E4M3_satfinite(x[i]), round to nearest even: the hardware conversion the kernels use, exposed so

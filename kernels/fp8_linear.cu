@@ -117,7 +117,7 @@ __global__ void lin8_ring_kernel(float *state, size_t stride, int hist) {
         const unsigned steps = __float_as_uint(st[LIN8_STEPS]);
         float *ring = st + LIN8_RING + t * hist;
         const float a = st[LIN8_AT(LIN8_AMAX, t)];
-        ring[steps % (unsigned)hist] = a == a ? a : 0.0f;
+        ring[steps % (unsigned)hist] = isfinite(a) ? a : 0.0f; /* a NaN or inf batch does not poison the ring */
         st[LIN8_AT(LIN8_AMAX, t)] = 0.0f;
         float m = 0.0f;
         for (int i = 0; i < hist; i++) m = fmaxf(m, ring[i]);

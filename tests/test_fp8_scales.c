@@ -75,6 +75,11 @@ int main(void) {
         CHECK_STR_CONTAINS(err.msg, "has no fc2");
         CHECK(fp8_scales_parse_linear("{\"blocks.0.linear\": 2}", 1, l, &found, &err) == VITD_E_INVALID_ARG);
         CHECK_STR_CONTAINS(err.msg, "{qkv, fc1, fc2}");
+        CHECK(fp8_scales_parse_linear("{\"blocks.3.linear\": {\"qkv\": 1, \"fc1\": 1, \"fc2\": 1}}", 2, l, &found,
+                                      &err) == VITD_E_INVALID_ARG);
+        CHECK_STR_CONTAINS(err.msg, "unknown layer \"blocks.3.linear\"");
+        CHECK(fp8_scales_parse_linear("{\"layers\": 7}", 1, l, &found, &err) == VITD_E_INVALID_ARG);
+        CHECK_STR_CONTAINS(err.msg, "\"layers\" must be an object");
     }
 
     /* Save (margin applied) -> load round trip; the write is atomic and leaves no temporary file. */

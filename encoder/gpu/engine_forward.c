@@ -396,11 +396,14 @@ vitd_status gpu_engine_submit(gpu_engine *g, const vitd_batch *b, vitd_err *err)
     CUDA_TRY(cudaMemcpyAsync(g->cu, sl->h_cu, ((size_t)n_seg + 1) * 4, cudaMemcpyHostToDevice, g->s_main));
     gpu_attn_batch ab = {.n_images = n_seg, .lens = sl->h_lens, .d_cu_seqlens = g->cu};
     if ((st = gpu_attn_begin(g->attn, &ab, g->s_main, err)) != VITD_OK) goto fail;
-    if (fp8 && g->defer && g->attn_setting == ATTN_MODE_AUTO && g->force < 0) {
-        /* auto never waits for an FP8 plan build: BF16 this time, the plan is built by gpu_engine_idle */
+    if (fp8) {
+        /* The batch's FP8 plans are looked up (and pinned against eviction while the batch may run) here, not only
+         * inside the attention call: a segment replayed from a CUDA graph makes no attention call, and an unpinned
+         * plan freed while the replay waits would unload its kernel. Auto never waits for an FP8 plan build (with
+         * deferred builds): BF16 this time, the plan is built by gpu_engine_idle. */
         int ready = 0;
         if ((st = gpu_attn_fp8_ready(g->attn, &ready, err)) != VITD_OK) goto fail;
-        if (!ready) {
+        if (!ready && g->defer && g->attn_setting == ATTN_MODE_AUTO && g->force < 0) {
             fp8 = 0;
             g->deferred_fp8++;
         }

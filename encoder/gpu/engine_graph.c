@@ -11,11 +11,12 @@
  * in are the engine's fixed buffers, so a replay computes exactly what a plain launch would (bit-identical, tested).
  *
  * Policy: a shape seen once runs plainly (and builds whatever cuDNN plans and cuBLASLt choices it needs); seen a
- * second time it is captured and replayed from then on. Kept: ENGINE_GRAPHS segments, least recently used out.
+ * second time it is captured and replayed from then on. Kept: ENGINE_GRAPHS segments, least recently used out. The
+ * FP8 attention plans a replay runs are pinned by gpu_engine_submit (gpu_attn_fp8_ready) as a plain batch's are.
  * Not captured: profiling runs, batches over graph_max_tokens, a layer's first FP8 step (a host-side branch), the
  * first FP8-linear batch (amax recording). Any attention plan built or evicted since a capture (gpu_attn's
  * counters) drops that graph (it may hold a plan's kernels); a capture that fails (a library refusing stream
- * capture) marks the shape plain for good and is counted (gpu_engine_graph_stats).
+ * capture) is counted (gpu_engine_graph_stats) and retried on later sightings, GRAPH_MAX_FAILS times at most.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -24,9 +25,11 @@
 #include "util.h"
 
 enum { G_FREE = 0, G_SEEN, G_READY, G_FAILED };
+#define GRAPH_MAX_FAILS 3 /* a shape whose capture failed this often runs plainly for good */
 
 struct eng_graph {
     int state;
+    int fails;                /* captures that failed; G_FAILED at GRAPH_MAX_FAILS */
     int i0, i1, N, n_seg, fp8;
     unsigned lin;
     int *lens;                /* [n_seg] */
@@ -123,10 +126,14 @@ failed:
     cudaGetLastError(); /* capture errors are not sticky */
     if (keep) memcpy(g->fp8_steps + i0, saved, (size_t)n_layers * sizeof(long));
     e->exec = NULL;
-    e->state = G_FAILED;
+    e->fails++;
+    /* a failure can be transient (a plan evicted since the first sighting is rebuilt inside the capture, which
+     * refuses it): the next sighting tries again, up to GRAPH_MAX_FAILS */
+    e->state = e->fails >= GRAPH_MAX_FAILS ? G_FAILED : G_SEEN;
     g->graph_failures++;
-    vitd_log(VITD_LOG_WARN, "gpu engine: CUDA graph capture of blocks %d-%d (%d tokens) failed: %s; that shape runs "
-             "without graphs", i0, i1 - 1, p->N, e2.msg[0] ? e2.msg : "the stream capture was refused");
+    vitd_log(VITD_LOG_WARN, "gpu engine: CUDA graph capture of blocks %d-%d (%d tokens) failed: %s%s", i0, i1 - 1,
+             p->N, e2.msg[0] ? e2.msg : "the stream capture was refused",
+             e->state == G_FAILED ? "; that shape runs without graphs" : "; it is tried again on a later batch");
     return 0;
 }
 

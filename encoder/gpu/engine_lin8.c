@@ -242,7 +242,9 @@ static vitd_status load_static(gpu_engine *g, const char *path, vitd_err *err) {
             h[(size_t)i * g->lin_stride + LIN8_AT(LIN8_SCALE, t)] = 1.0f / s3[t];
         }
     }
-    CUDA_TRY(cudaMemcpy(g->d_lin, h, (size_t)L * g->lin_stride * sizeof *h, cudaMemcpyHostToDevice));
+    CUDA_TRY(cudaMemcpyAsync(g->d_lin, h, (size_t)L * g->lin_stride * sizeof *h, cudaMemcpyHostToDevice,
+                             g->s_main));
+    CUDA_TRY(cudaStreamSynchronize(g->s_main)); /* h is freed below */
     g->lin_static = 1;
 fail:
     free(sc);
@@ -254,15 +256,18 @@ vitd_status lin8_setup(gpu_engine *g, const vitd_encoder_opts *opts, vitd_err *e
     vitd_status st = VITD_OK;
     const size_t L = (size_t)g->cfg.depth, d = g->d, I = g->I, dpad = (size_t)g->H * g->dp;
     const size_t bytes = lin8_bytes(g);
+    /* zero fills on the compute stream: the kernels that follow run there (a cudaMemset would run on the legacy
+     * stream, which the non-blocking compute stream does not wait for) */
     if (g->lin_record) { /* calibration: the amax slots only */
         CUDA_TRY(cudaMalloc(&g->d_lin8, bytes));
-        CUDA_TRY(cudaMemset(g->d_lin8, 0, bytes));
+        CUDA_TRY(cudaMemsetAsync(g->d_lin8, 0, bytes, g->s_main));
+        CUDA_TRY(cudaStreamSynchronize(g->s_main));
         g->d_lin = g->d_lin8;
         return VITD_OK;
     }
     if (g->lin_setting == LIN8_MODE_BF16) return VITD_OK;
     CUDA_TRY(cudaMalloc(&g->d_lin8, bytes));
-    CUDA_TRY(cudaMemset(g->d_lin8, 0, bytes));
+    CUDA_TRY(cudaMemsetAsync(g->d_lin8, 0, bytes, g->s_main));
     char *p = g->d_lin8;
     for (size_t i = 0; i < L; i++) {
         eng_block *bl = &g->blocks[i];

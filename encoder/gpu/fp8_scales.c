@@ -152,11 +152,21 @@ vitd_status fp8_scales_parse_linear(const char *json, int n_layers, fp8_lin *out
         goto done;
     }
     const cJSON *layers = cJSON_GetObjectItemCaseSensitive(root, "layers");
-    const cJSON *table = layers && cJSON_IsObject(layers) ? layers : root, *item;
+    if (layers && !cJSON_IsObject(layers)) {
+        st = vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: \"layers\" must be an object");
+        goto done;
+    }
+    const cJSON *table = layers ? layers : root, *item;
     seen = xcalloc((size_t)n_layers, 1);
     cJSON_ArrayForEach(item, table) {
         int linear = 0, i = layer_index_of(item->string, &linear);
-        if (!linear || i < 0 || i >= n_layers) continue; /* attention entries and errors: fp8_scales_parse's */
+        if (!linear) continue; /* attention entries (and other names): fp8_scales_parse's */
+        if (i < 0 || i >= n_layers) {
+            st = vitd_fail(err, VITD_E_INVALID_ARG,
+                           "fp8 scales: unknown layer \"%s\" (expected blocks.0.linear .. blocks.%d.linear)",
+                           item->string, n_layers - 1);
+            goto done;
+        }
         if ((st = take_entry(item, i, seen, "linear", "qkv, fc1, fc2", err)) != VITD_OK) goto done;
         n_seen++;
         if ((st = read_scale_named(item, item->string, "qkv", &out[i].qkv, err)) != VITD_OK ||

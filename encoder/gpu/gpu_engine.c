@@ -361,7 +361,7 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
         if ((st = fp8_scales_load(opts->fp8_scales, c->depth, scales, err)) != VITD_OK) goto fail;
         g->fp8_static = 1;
     } else if (has_scales) {
-        vitd_log(VITD_LOG_INFO, "gpu engine: fp8_scales %s not used: attention runs bf16", opts->fp8_scales);
+        vitd_log(VITD_LOG_INFO, "gpu engine: fp8_scales %s not used for attention: it runs bf16", opts->fp8_scales);
     }
     g->fp8_hist = g->fp8_static ? 0 : opts->fp8_history > 0 ? opts->fp8_history : 16;
     g->fp8_stride = fp8_state_floats(g->fp8_hist);
@@ -446,6 +446,8 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
     CUDA_TRY(cudaStreamCreateWithFlags(&g->s_main, cudaStreamNonBlocking));
     CUDA_TRY(cudaStreamCreateWithFlags(&g->s_up, cudaStreamNonBlocking));
     CUDA_TRY(cudaStreamCreateWithFlags(&g->s_down, cudaStreamNonBlocking));
+    /* the zero fills and copies above ran on the legacy stream, which the non-blocking streams do not wait for */
+    CUDA_TRY(cudaDeviceSynchronize());
     for (int i = 0; i < ENGINE_MAX_CHUNKS; i++)
         CUDA_TRY(cudaEventCreateWithFlags(&g->ev_chunk[i], cudaEventDisableTiming));
     CUDA_TRY(cudaEventCreateWithFlags(&g->ev_embed, cudaEventDisableTiming));
