@@ -73,22 +73,31 @@ static vitd_status read_scale(const cJSON *obj, const char *layer, char which, f
     return read_scale_named(obj, layer, w, out, err);
 }
 
+/* The object holding a scales file's layer entries: root's "layers" when present, else root itself; NULL with err
+ * set when either is not an object (both parsers read the same two forms). */
+static const cJSON *layer_table(const cJSON *root, vitd_err *err) {
+    if (!root || !cJSON_IsObject(root)) {
+        vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: not a JSON object%s", root ? "" : " (parse error)");
+        return NULL;
+    }
+    const cJSON *layers = cJSON_GetObjectItemCaseSensitive(root, "layers");
+    if (layers && !cJSON_IsObject(layers)) {
+        vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: \"layers\" must be an object");
+        return NULL;
+    }
+    return layers ? layers : root;
+}
+
 vitd_status fp8_scales_parse(const char *json, int n_layers, fp8_qkv *out, vitd_err *err) {
     vitd_status st = VITD_OK;
     cJSON *root = cJSON_Parse(json);
     char *seen = NULL;
-    if (!root || !cJSON_IsObject(root)) {
-        st = vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: not a JSON object%s", root ? "" : " (parse error)");
+    const cJSON *table = layer_table(root, err), *item;
+    if (!table) {
+        st = VITD_E_INVALID_ARG;
         goto done;
     }
-    const cJSON *layers = cJSON_GetObjectItemCaseSensitive(root, "layers");
-    if (layers && !cJSON_IsObject(layers)) {
-        st = vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: \"layers\" must be an object");
-        goto done;
-    }
-    const cJSON *table = layers ? layers : root;
     seen = xcalloc((size_t)n_layers, 1);
-    const cJSON *item;
     cJSON_ArrayForEach(item, table) {
         int linear = 0, i = layer_index_of(item->string, &linear);
         if (linear && i >= 0 && i < n_layers) continue; /* the linear layers' entries: fp8_scales_parse_linear */
@@ -147,16 +156,11 @@ vitd_status fp8_scales_parse_linear(const char *json, int n_layers, fp8_lin *out
     char *seen = NULL;
     int n_seen = 0;
     *found = 0;
-    if (!root || !cJSON_IsObject(root)) {
-        st = vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: not a JSON object%s", root ? "" : " (parse error)");
+    const cJSON *table = layer_table(root, err), *item;
+    if (!table) {
+        st = VITD_E_INVALID_ARG;
         goto done;
     }
-    const cJSON *layers = cJSON_GetObjectItemCaseSensitive(root, "layers");
-    if (layers && !cJSON_IsObject(layers)) {
-        st = vitd_fail(err, VITD_E_INVALID_ARG, "fp8 scales: \"layers\" must be an object");
-        goto done;
-    }
-    const cJSON *table = layers ? layers : root, *item;
     seen = xcalloc((size_t)n_layers, 1);
     cJSON_ArrayForEach(item, table) {
         int linear = 0, i = layer_index_of(item->string, &linear);
