@@ -55,6 +55,38 @@ static __device__ __forceinline__ void block_amax(float m, float *amax, float *r
     }
 }
 
+/* Chunk c (8 values v of a row, 16-byte aligned) of the normalised row: y = (v - mean) * rstd * gamma + beta in
+ * float32, stored as E4M3 (satfinite(y * qs), OUT8) or bf16 into row `row` of yv; returns max(m, |y|). Shared by
+ * the block-per-row and the warp-per-row kernels. */
+template <bool OUT8>
+static __device__ __forceinline__ float ln_store_chunk(const float *v, float mean, float rstd, const uint16_t *gamma,
+                                                       const uint16_t *beta, float qs, void *yv, long long row,
+                                                       int dim, int c, float m) {
+    const uint4 gu = reinterpret_cast<const uint4 *>(gamma)[c], bu = reinterpret_cast<const uint4 *>(beta)[c];
+    const uint16_t *gh = reinterpret_cast<const uint16_t *>(&gu);
+    const uint16_t *bh = reinterpret_cast<const uint16_t *>(&bu);
+    float o[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        o[j] = (v[j] - mean) * rstd * bf16_bits_to_f32(gh[j]) + bf16_bits_to_f32(bh[j]);
+        m = fmaxf(m, fabsf(o[j]));
+    }
+    if (OUT8) {
+        uint2 q;
+        uint8_t *qb = reinterpret_cast<uint8_t *>(&q);
+#pragma unroll
+        for (int j = 0; j < 8; j++) qb[j] = f32_to_e4m3(o[j] * qs);
+        reinterpret_cast<uint2 *>(static_cast<uint8_t *>(yv) + row * dim)[c] = q;
+    } else {
+        uint4 out;
+        uint16_t *oh = reinterpret_cast<uint16_t *>(&out);
+#pragma unroll
+        for (int j = 0; j < 8; j++) oh[j] = f32_to_bf16_bits(o[j]);
+        reinterpret_cast<uint4 *>(static_cast<uint16_t *>(yv) + row * dim)[c] = out;
+    }
+    return m;
+}
+
 /* OUT8: the output is E4M3 (y8 = satfinite(y * *qscale), from the float32 y) instead of bf16; amax (or NULL)
  * collects max |y| of the float32 values. */
 template <int MAXC, bool OUT8>
@@ -64,7 +96,6 @@ __global__ __launch_bounds__(LN_THREADS) void ln_vec_kernel(const uint16_t *x,
                                                             void *yv, int dim, float eps,
                                                             const float *__restrict__ qscale, float *amax) {
     __shared__ float red[2][LN_THREADS / 32];
-    uint16_t *y = static_cast<uint16_t *>(yv);
     const long long row = blockIdx.x;
     const int nchunk = dim / 8;
     const uint4 *xr = reinterpret_cast<const uint4 *>(x + row * dim);
@@ -97,37 +128,12 @@ __global__ __launch_bounds__(LN_THREADS) void ln_vec_kernel(const uint16_t *x,
         }
     }
     const float rstd = rsqrtf(block_sum(ss, red[1]) / (float)dim + eps);
-    const uint4 *g4 = reinterpret_cast<const uint4 *>(gamma);
-    const uint4 *b4 = reinterpret_cast<const uint4 *>(beta);
     const float qs = OUT8 ? *qscale : 0.f;
     float m = 0.f;
 #pragma unroll
     for (int i = 0; i < MAXC; i++) {
         const int c = threadIdx.x + i * LN_THREADS;
-        if (c < nchunk) {
-            uint4 gu = g4[c], bu = b4[c];
-            const uint16_t *gh = reinterpret_cast<const uint16_t *>(&gu);
-            const uint16_t *bh = reinterpret_cast<const uint16_t *>(&bu);
-            float o[8];
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                o[j] = (v[i][j] - mean) * rstd * bf16_bits_to_f32(gh[j]) + bf16_bits_to_f32(bh[j]);
-                m = fmaxf(m, fabsf(o[j]));
-            }
-            if (OUT8) {
-                uint2 q;
-                uint8_t *qb = reinterpret_cast<uint8_t *>(&q);
-#pragma unroll
-                for (int j = 0; j < 8; j++) qb[j] = f32_to_e4m3(o[j] * qs);
-                reinterpret_cast<uint2 *>(static_cast<uint8_t *>(yv) + row * dim)[c] = q;
-            } else {
-                uint4 out;
-                uint16_t *oh = reinterpret_cast<uint16_t *>(&out);
-#pragma unroll
-                for (int j = 0; j < 8; j++) oh[j] = f32_to_bf16_bits(o[j]);
-                reinterpret_cast<uint4 *>(y + row * dim)[c] = out;
-            }
-        }
+        if (c < nchunk) m = ln_store_chunk<OUT8>(v[i], mean, rstd, gamma, beta, qs, yv, row, dim, c, m);
     }
     if (amax) block_amax(m, amax, red[0]);
 }
@@ -181,37 +187,12 @@ __global__ __launch_bounds__(32 * LN_WARP_ROWS) void ln_warp_kernel(const uint16
     }
     for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
     const float rstd = rsqrtf(ss / (float)dim + eps);
-    const uint4 *g4 = reinterpret_cast<const uint4 *>(gamma);
-    const uint4 *b4 = reinterpret_cast<const uint4 *>(beta);
     const float qs = OUT8 ? *qscale : 0.f;
     float m = 0.f;
 #pragma unroll
     for (int i = 0; i < MAXC; i++) {
         const int c = lane + 32 * i;
-        if (c < nchunk) {
-            uint4 gu = g4[c], bu = b4[c];
-            const uint16_t *gh = reinterpret_cast<const uint16_t *>(&gu);
-            const uint16_t *bh = reinterpret_cast<const uint16_t *>(&bu);
-            float o[8];
-#pragma unroll
-            for (int j = 0; j < 8; j++) {
-                o[j] = (v[i][j] - mean) * rstd * bf16_bits_to_f32(gh[j]) + bf16_bits_to_f32(bh[j]);
-                m = fmaxf(m, fabsf(o[j]));
-            }
-            if (OUT8) {
-                uint2 q;
-                uint8_t *qb = reinterpret_cast<uint8_t *>(&q);
-#pragma unroll
-                for (int j = 0; j < 8; j++) qb[j] = f32_to_e4m3(o[j] * qs);
-                reinterpret_cast<uint2 *>(static_cast<uint8_t *>(yv) + row * dim)[c] = q;
-            } else {
-                uint4 out;
-                uint16_t *oh = reinterpret_cast<uint16_t *>(&out);
-#pragma unroll
-                for (int j = 0; j < 8; j++) oh[j] = f32_to_bf16_bits(o[j]);
-                reinterpret_cast<uint4 *>(static_cast<uint16_t *>(yv) + row * dim)[c] = out;
-            }
-        }
+        if (c < nchunk) m = ln_store_chunk<OUT8>(v[i], mean, rstd, gamma, beta, qs, yv, row, dim, c, m);
     }
     if (amax) {
         m = warp_max(m);
