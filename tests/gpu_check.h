@@ -4,10 +4,14 @@
 #ifndef VITD_GPU_CHECK_H
 #define VITD_GPU_CHECK_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
 #include <cuda_runtime_api.h>
+
+#include "check.h"
+#include "util.h"
 
 #define CUDA_CHECK(call)                                                                                  \
     do {                                                                                                  \
@@ -32,6 +36,27 @@ static inline void gpu_require_sm90(struct cudaDeviceProp *prop) {
                prop->major, prop->minor);
         exit(77);
     }
+}
+
+/* [rows, dim] normal values * scale (check_rng_normal from *seed) with 20x outliers in channels 3, dim/2 and
+ * dim-1, rounded to bf16 and returned as floats (malloc'd): the kernel tests' data, whose references see exactly the
+ * bf16 values the kernels see. */
+static inline float *gpu_rand_bf16(unsigned long long *seed, size_t rows, size_t dim, double scale) {
+    float *x = malloc(rows * dim * sizeof(float));
+    for (size_t r = 0; r < rows; r++)
+        for (size_t c = 0; c < dim; c++) {
+            double v = check_rng_normal(seed) * scale;
+            if (c == 3 || c == dim / 2 || c == dim - 1) v *= 20;
+            x[r * dim + c] = bf16_to_f32(f32_to_bf16((float)v));
+        }
+    return x;
+}
+
+/* bf16 bit patterns of x[0..n) (malloc'd). */
+static inline uint16_t *gpu_to_bf16(const float *x, size_t n) {
+    uint16_t *h = malloc(n * 2);
+    for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(x[i]);
+    return h;
 }
 
 #endif

@@ -64,23 +64,9 @@ static void *host_copy(const void *d, size_t bytes) {
     return h;
 }
 
-/* [rows, dim] normal * scale with 20x outliers in channels 3, dim/2, dim-1, rounded to bf16 (as floats). */
-static float *rand_bf16(size_t rows, size_t dim, double scale) {
-    float *x = malloc(rows * dim * sizeof(float));
-    for (size_t r = 0; r < rows; r++)
-        for (size_t c = 0; c < dim; c++) {
-            double v = check_rng_normal(&g_seed) * scale;
-            if (c == 3 || c == dim / 2 || c == dim - 1) v *= 20;
-            x[r * dim + c] = bf16_to_f32(f32_to_bf16((float)v));
-        }
-    return x;
-}
-
-static uint16_t *to_bf16(const float *x, size_t n) {
-    uint16_t *h = malloc(n * 2);
-    for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(x[i]);
-    return h;
-}
+/* seeded data and bf16 copies: gpu_check.h */
+#define rand_bf16(rows, dim, scale) gpu_rand_bf16(&g_seed, (rows), (dim), (scale))
+#define to_bf16 gpu_to_bf16
 
 static float amax_of(const float *x, size_t n) {
     float m = 0;
