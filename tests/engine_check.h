@@ -11,21 +11,24 @@
 #include <string.h>
 
 #include "check.h"
+#include "cpu_forward.h"
 #include "demo_model.h"
 #include "image.h"
 #include "preprocess.h"
 #include "util.h"
 #include "vitd.h"
 
-/* Writes the `preset` demo checkpoint (seed 7) to parent/preset, the path in buf[len]; returns buf, or NULL after
- * printing why. */
-static const char *write_demo(const char *parent, const char *preset, char *buf, size_t len) {
+/* Writes the `preset` demo checkpoint (seed 7) to parent/preset, or with outliers > 1 (demo_model_opts.outliers)
+ * to parent/preset_outliers; the path in buf[len]; returns buf, or NULL after printing why. */
+static inline const char *write_demo_outliers(const char *parent, const char *preset, float outliers, char *buf,
+                                              size_t len) {
     vitd_err err = {0};
-    snprintf(buf, len, "%s/%s", parent, preset);
+    snprintf(buf, len, "%s/%s%s", parent, preset, outliers > 1 ? "_outliers" : "");
     demo_model_opts o = demo_model_opts_default();
     o.preset = preset;
     o.out_dir = buf;
     o.seed = 7;
+    o.outliers = outliers;
     double t = vitd_now();
     if (demo_model_write(&o, &err) != VITD_OK) {
         fprintf(stderr, "FAIL: demo_model_write %s: %s\n", preset, err.msg);
@@ -84,6 +87,10 @@ static int load_images(images *im, const char *const *files, int n, const vitd_p
     return 0;
 }
 
+static const char *write_demo(const char *parent, const char *preset, char *buf, size_t len) {
+    return write_demo_outliers(parent, preset, 0, buf, len);
+}
+
 /* Loads the checkpoint in dir and preprocesses files into *im; NULL (a failed check, printed) if either fails. */
 static inline vitd_model *load_model_images(const char *dir, const char *const *files, int n_files, images *im) {
     vitd_err err = {0};
@@ -119,6 +126,11 @@ static void outputs_free(outputs *o) {
  * the whole set (so that alone and batched runs land in the same layout). */
 typedef vitd_status (*run_fn)(void *impl, const vitd_batch *b, vitd_err *err);
 
+/* run_fn of the CPU reference (cpu_forward without a per-stage profile). */
+static inline vitd_status cpu_forward_run(void *impl, const vitd_batch *b, vitd_err *err) {
+    return cpu_forward(impl, b, NULL, err);
+}
+
 static vitd_status run_subset(run_fn fn, void *impl, const images *im, int first, int count, int D, int nds,
                               outputs *o, vitd_err *err) {
     const size_t nm_all = im->off[im->n] / 4, t0 = im->off[first], nm = (im->off[first + count] - t0) / 4;
@@ -136,6 +148,15 @@ static vitd_status run_subset(run_fn fn, void *impl, const images *im, int first
     return st;
 }
 
+
+/* The CPU float32 reference of every image of im, as one batch, into ref (a failed check if it cannot run). */
+static inline void cpu_reference(const vitd_model *model, const images *im, int D, int nds, outputs *ref) {
+    vitd_err err = {0};
+    cpu_model *cm = NULL;
+    CHECK_OK(cpu_model_create(model, 0, &cm, &err), &err);
+    if (cm) CHECK_OK(run_subset(cpu_forward_run, cm, im, 0, im->n, D, nds, ref, &err), &err);
+    cpu_model_free(cm);
+}
 
 /* Per image and output: cosine of got vs ref >= min_cos, no NaN. Returns the worst cosine. */
 static double compare(const char *label, const images *im, const outputs *got, const outputs *ref, int D, int nds,

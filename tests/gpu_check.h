@@ -1,6 +1,6 @@
 /* gpu_check.h — for GPU tests and benchmarks only: CUDA_CHECK aborts the program with the call text, the CUDA
  * error string and file:line (library code uses gpu_common.h's CUDA_TRY, which fills a vitd_err instead);
- * gpu_require_sm90 skips a test where vitd's kernels cannot run. */
+ * gpu_require_sm90 skips a test where vitd's kernels cannot run; gpu_rand_bf16 / gpu_to_bf16 make the kernel tests' data. */
 #ifndef VITD_GPU_CHECK_H
 #define VITD_GPU_CHECK_H
 

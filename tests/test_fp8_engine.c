@@ -57,7 +57,6 @@ static char tmpdir[] = "/tmp/vitd_test_fp8_engine_XXXXXX";
 #include "engine_check.h"
 #include "gpu_check.h"
 
-static vitd_status cpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return cpu_forward(impl, b, NULL, err); }
 static vitd_status gpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return gpu_engine_run(impl, b, err); }
 
 static gpu_engine *engine(const vitd_model *m, const char *attn, size_t tokens, const char *scales, int calib,
@@ -91,10 +90,7 @@ static void check_accuracy(const char *dir, const char *label, const char *const
     outputs_alloc(&f8b, nm, D, nds);
     outputs_alloc(&f8a, nm, D, nds);
     outputs_alloc(&st8, nm, D, nds);
-    cpu_model *cm = NULL;
-    CHECK_OK(cpu_model_create(model, 0, &cm, &err), &err);
-    if (cm) CHECK_OK(run_subset(cpu_run, cm, &im, 0, im.n, D, nds, &ref, &err), &err);
-    cpu_model_free(cm);
+    cpu_reference(model, &im, D, nds, &ref);
 
     gpu_engine *gb = engine(model, "bf16", N, NULL, 1, &err); /* BF16 + calibration amax */
     gpu_engine *g8 = engine(model, "fp8", N, NULL, 0, &err);

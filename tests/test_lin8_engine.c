@@ -54,7 +54,6 @@ static int g_fp8_attn; /* FP8 attention can run here */
 #include "engine_check.h"
 #include "gpu_check.h"
 
-static vitd_status cpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return cpu_forward(impl, b, NULL, err); }
 static vitd_status gpu_run(void *impl, const vitd_batch *b, vitd_err *err) { return gpu_engine_run(impl, b, err); }
 
 static gpu_engine *engine(const vitd_model *m, size_t tokens, const char *attn, const char *lin, const char *gemms,
@@ -68,21 +67,6 @@ static gpu_engine *engine(const vitd_model *m, size_t tokens, const char *attn, 
     gpu_engine *g = NULL;
     CHECK_OK(gpu_engine_create(m, &eo, &g, err), err);
     return g;
-}
-
-static const char *write_outlier_demo(const char *preset, float factor, char *buf, size_t len) {
-    vitd_err err = {0};
-    snprintf(buf, len, "%s/%s_outliers", tmpdir, preset);
-    demo_model_opts o = demo_model_opts_default();
-    o.preset = preset;
-    o.out_dir = buf;
-    o.seed = 7;
-    o.outliers = factor;
-    if (demo_model_write(&o, &err) != VITD_OK) {
-        fprintf(stderr, "FAIL: demo_model_write %s outliers: %s\n", preset, err.msg);
-        return NULL;
-    }
-    return buf;
 }
 
 /* ---- accuracy per set of FP8 GEMMs ---- */
@@ -100,10 +84,7 @@ static void check_accuracy(const char *dir, const char *label, const char *const
     outputs ref, o;
     outputs_alloc(&ref, nm, D, nds);
     outputs_alloc(&o, nm, D, nds);
-    cpu_model *cm = NULL;
-    CHECK_OK(cpu_model_create(model, 0, &cm, &err), &err);
-    if (cm) CHECK_OK(run_subset(cpu_run, cm, &im, 0, im.n, D, nds, &ref, &err), &err);
-    cpu_model_free(cm);
+    cpu_reference(model, &im, D, nds, &ref);
 
     gpu_engine *gb = engine(model, N, "bf16", "bf16", NULL, 1, &err);
     if (gb) {
@@ -241,10 +222,7 @@ static void check_static(const char *dir, const char *label, const char *const *
     outputs ref, o;
     outputs_alloc(&ref, nm, D, nds);
     outputs_alloc(&o, nm, D, nds);
-    cpu_model *cm = NULL;
-    CHECK_OK(cpu_model_create(model, 0, &cm, &err), &err);
-    if (cm) CHECK_OK(run_subset(cpu_run, cm, &im, 0, im.n, D, nds, &ref, &err), &err);
-    cpu_model_free(cm);
+    cpu_reference(model, &im, D, nds, &ref);
     vitd_encoder_opts eo = vitd_encoder_opts_default();
     eo.attn_dtype = "bf16";
     eo.max_batch_tokens = N;
@@ -383,7 +361,7 @@ int main(void) {
         check_accuracy(tiny, "tiny", photos, 4);
         check_graphs(tiny, "tiny", photos, 3);
         check_static(tiny, "tiny", photos, 4);
-        const char *tiny_o = write_outlier_demo("tiny", 1000, out_buf, sizeof out_buf);
+        const char *tiny_o = write_demo_outliers(tmpdir, "tiny", 1000, out_buf, sizeof out_buf);
         if (tiny_o) check_accuracy(tiny_o, "tiny_outliers1000", photos, 4);
     }
     const char *skip8 = getenv("VITD_TEST_SKIP_8B");
@@ -398,7 +376,7 @@ int main(void) {
             check_static(dir8, "8b", photos, 4);
             check_auto(dir8);
         }
-        const char *o8 = write_outlier_demo("8b", 1000, buf8o, sizeof buf8o);
+        const char *o8 = write_demo_outliers(tmpdir, "8b", 1000, buf8o, sizeof buf8o);
         if (o8) check_accuracy(o8, "8b_outliers1000", photos, 3);
     }
     if (check_rm_tree(tmpdir) != 0) printf("(could not remove %s)\n", tmpdir);
