@@ -27,12 +27,14 @@
  * gpu_engine_set_linear; --linear-gemms picks the FP8 GEMMs), so the lines carry attn=<path> linear=<path>, and
  *   linratio case=<name> attn=<path> fp8_over_bf16=<bf16-linear ms / fp8-linear ms> stream_fp8_over_bf16=..
  * CUDA graphs are on as in the engine (a shape seen twice is captured): every timed run is a replay; --no-graphs
- * turns them off for the comparison. The linear auto table and the graph counters are printed too.
+ * turns them off for the comparison. The linear auto table and the graph counters are printed too, and what the
+ * cuBLASLt algorithm tuning measured (gemm_tune line: shapes timed, how many changed, the heuristic's first choices'
+ * summed time against the chosen ones'); --no-gemm-tune keeps the heuristic's first choices.
  * --bf16-out: every run (synchronous ones too) in the per-image form with bf16 outputs (vitd_batch.image_bf16),
  * which is what the server asks for (output_dtype auto): no float32 conversion on the host.
  * Usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] [--attn bf16,fp8,auto] [--profile]
  *                      [--max-batch-tokens N] [--linear bf16,fp8,auto] [--linear-gemms qkv,proj,fc1,fc2]
- *                      [--no-graphs]
+ *                      [--no-graphs] [--no-gemm-tune] [--bf16-out]
  * Without --model it writes the 8b demo checkpoint to /tmp/vitd_bench_8b (kept for later runs).
  */
 #include <math.h>
@@ -179,7 +181,7 @@ static double time_stream(gpu_engine *ge, const bcase *bc, const vitd_vision_con
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *only = NULL, *attn_list = "bf16,fp8,auto", *lin_list = "bf16,fp8";
     const char *lin_gemms = NULL;
-    int iters = 20, warmup = 3, profile = 0, no_graphs = 0, bf16_out = 0;
+    int iters = 20, warmup = 3, profile = 0, no_graphs = 0, bf16_out = 0, no_tune = 0;
     size_t max_tokens = 16384;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) model_dir = argv[++i];
@@ -192,11 +194,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--linear-gemms") && i + 1 < argc) lin_gemms = argv[++i];
         else if (!strcmp(argv[i], "--no-graphs")) no_graphs = 1;
         else if (!strcmp(argv[i], "--bf16-out")) bf16_out = 1;
+        else if (!strcmp(argv[i], "--no-gemm-tune")) no_tune = 1;
         else if (!strcmp(argv[i], "--profile")) profile = 1;
         else {
             fprintf(stderr, "usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] "
                             "[--attn bf16,fp8,auto] [--profile] [--max-batch-tokens N] [--linear bf16,fp8,auto] "
-                            "[--linear-gemms LIST] [--no-graphs] [--bf16-out]\n");
+                            "[--linear-gemms LIST] [--no-graphs] [--no-gemm-tune] [--bf16-out]\n");
             return 2;
         }
     }
@@ -243,6 +246,7 @@ int main(int argc, char **argv) {
     eo.linear_dtype = strstr(lin_list, "auto") ? "auto" : strstr(lin_list, "fp8") ? "fp8" : "bf16";
     eo.linear_fp8_gemms = lin_gemms;
     eo.no_cuda_graphs = no_graphs;
+    eo.no_gemm_tune = no_tune;
     gpu_engine *ge = NULL;
     double t0 = vitd_now();
     if (gpu_engine_create(model, &eo, &ge, &err) != VITD_OK) {
@@ -338,6 +342,11 @@ int main(int argc, char **argv) {
         long cap = 0, rep = 0, failed = 0;
         gpu_engine_graph_stats(ge, &cap, &rep, &failed);
         printf("graphs captured=%ld replayed=%ld failed=%ld%s\n", cap, rep, failed, no_graphs ? " (off)" : "");
+        long shapes = 0, changed = 0;
+        double first = 0, chosen = 0;
+        gpu_engine_gemm_tune_stats(ge, &shapes, &changed, &first, &chosen);
+        printf("gemm_tune shapes=%ld changed=%ld first_ms=%.3f chosen_ms=%.3f%s\n", shapes, changed, first, chosen,
+               no_tune ? " (off)" : "");
     }
     gpu_engine_set_linear(ge, "auto", &err);
     gpu_engine_set_attn(ge, "auto", &err);

@@ -18,7 +18,8 @@
 # bf16/auto attention x bf16/fp8 linear; BENCH_ARGS adds arguments; LIN_GEMMS the sets of FP8 GEMMs, one run each,
 # default "all": bench.log, others bench_<set>.log), graphs (bench_encoder on the small cases with --no-graphs, for
 # the graph comparison), fastaccum (VITD_FP8_FAST_ACCUM=1: test_lin8_engine's accuracy on the 8B model and the large
-# cases' speed with cuBLASLt's FP8 fast accumulation), hf (hf_baseline.py eager).
+# cases' speed with cuBLASLt's FP8 fast accumulation), tune (bench_encoder with --no-gemm-tune: cuBLASLt's
+# heuristic first choices against the bench stage's tuned ones), hf (hf_baseline.py eager).
 # Environment: ITERS (20), HF_ITERS (20), CASES (all), DEADLINE (seconds from the start after which stages are
 # skipped, default 560).
 set -u
@@ -87,7 +88,7 @@ if want bench; then
         [ "$gm" = all ] || name=bench_${gm//,/+}
         run $name "${BENCH_LIMIT:-300}" "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --attn bf16,auto \
             --linear bf16,fp8 --linear-gemms "$gm" ${CASES:+--cases $CASES} --profile ${BENCH_ARGS:-}
-        grep -E "^encoder|^stream|^ratio|^linratio|^route|^linroute|^graphs" "$OUT/$name.log" | sed "s/^/[$gm] /" |
+        grep -E "^encoder|^stream|^ratio|^linratio|^route|^linroute|^graphs|^gemm_tune" "$OUT/$name.log" | sed "s/^/[$gm] /" |
             tee -a "$SUM"
     done
 fi
@@ -101,6 +102,12 @@ if want graphs; then
             --linear-gemms "${GRAPH_GEMMS:-all}" --cases 448x448x1,448x448x16 "$@"
         grep -E "^encoder|^stream|^graphs" "$OUT/$name.log" | sed "s/^/${name#bench_} /" | tee -a "$SUM"
     done
+fi
+if want tune; then
+    # cuBLASLt's heuristic first choices (--no-gemm-tune) against the tuned ones of the bench stage, same paths
+    run bench_notune 200 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --attn bf16,auto --linear bf16,fp8 \
+        --linear-gemms "${TUNE_GEMMS:-all}" ${CASES:+--cases $CASES} --no-gemm-tune
+    grep -E "^stream|^gemm_tune" "$OUT/bench_notune.log" | sed 's/^/notune /' | tee -a "$SUM"
 fi
 if want hf; then
     run hf 300 env PYTHONUNBUFFERED=1 $PY bench/hf_baseline.py --model $MODEL --iters "$HF_ITERS" \

@@ -60,6 +60,9 @@ static const config_option k_options[] = {
      OFF(cuda_graphs)},
     {"graph_max_tokens", "VITD_GRAPH_MAX_TOKENS", CONFIG_INT, "16384", 1, 16777216, NULL, NULL, false,
      "GPU: largest batch (patches) captured in CUDA graphs.", OFF(graph_max_tokens)},
+    {"gemm_tune", "VITD_GEMM_TUNE", CONFIG_BOOL, "true", 0, 1, NULL, NULL, false,
+     "GPU: time cuBLASLt's first 8 candidate algorithms once per GEMM shape bucket and keep the fastest (off: "
+     "its heuristic's first).", OFF(gemm_tune)},
     {"model_name", "VITD_MODEL_NAME", CONFIG_STRING, "", 0, 255, NULL, NULL, false,
      "Name the model is served under (/v1/model, KServe v2's /v2/models/<name>, the answers' model field); "
      "empty = the model directory's last component.",

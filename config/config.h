@@ -44,6 +44,8 @@
  *   cuda_graphs             bool    true            GPU: capture a batch shape seen twice in CUDA graphs (block
  *                                                   segments) and replay them.
  *   graph_max_tokens        int     16384 [1,2^24]  GPU: largest batch (patches) captured.
+ *   gemm_tune               bool    true            GPU: time cuBLASLt's first 8 candidate algorithms per GEMM
+ *                                                   shape bucket once and keep the fastest.
  *   device                  int     0      [0,63]   CUDA device ordinal.
  *   encoder_threads         int     0      [0,1024] CPU backend threads; 0 = one per core.
  *   warmup                  bool    true            run one batch of each shape bucket at start-up before
@@ -199,6 +201,7 @@ typedef struct vitd_config {
     char linear_fp8_gemms[VITD_CONFIG_STR_MAX];
     bool cuda_graphs;
     int graph_max_tokens;
+    bool gemm_tune;
     int device;
     int encoder_threads;            /* 0 = cores */
     bool warmup;

@@ -169,6 +169,8 @@ typedef struct {
     /* CUDA graphs (GPU): a batch shape seen twice is captured (per block segment) and replayed after */
     int no_cuda_graphs;           /* 1: never capture (0, the default: graphs on) */
     size_t graph_max_tokens;      /* largest batch (patches) that is captured; 0 = 16384 */
+    int no_gemm_tune;             /* 1: cuBLASLt's first heuristic choice per GEMM shape; 0 (the default): the
+                                     fastest of its first 8, timed once per shape bucket (gpu_gemm.h) */
     int defer_plan_builds;        /* GPU, for servers: 1 = no batch waits for a cuDNN plan build (50-170 ms): a
                                      batch whose plan is missing runs on a plan at hand (packed BF16, or BF16
                                      instead of auto's FP8) and vitd_encoder_idle() builds the plan later */

@@ -2,7 +2,8 @@
 /* test_kernels.c — every kernel of the GPU engine against its float32 CPU twin (encoder/cpu/cpu_ops.c), from one
  * case table: LayerNorm (ln_bf16), position embedding (pos_embed_add_bf16), rotary tables and rotary+split+pad
  * (rope_tables, rope_pack_qkv_bf16), erf-GELU, the dtype casts, and the cuBLASLt linear layers (gpu_gemm.c: bias,
- * bias + tanh-GELU epilogue, residual accumulate).
+ * bias + tanh-GELU epilogue, residual accumulate; again with algorithm tuning on, and two tuned gpu_gemms giving
+ * the same bits).
  *
  * Data: seeded normal values with three 20x outlier channels (3, dim/2, dim-1), fresh per case; and real inputs:
  * the pixel_values of tests/fixtures/images/chelsea.png through the real preprocessing (GEMM and LayerNorm rows).
@@ -441,6 +442,43 @@ static void case_gemm(int n, int in, int out, gemm_epilogue epi, int acc, int re
     free(x); free(w); free(b); free(y0); free(ref); free(extra); free(hx); free(hw); free(hb); free(got);
 }
 
+/* A second tuned gpu_gemm takes the process-wide choice of the first: the same bits for the same operands. */
+static void same_choice(int n, int in, int out, gemm_epilogue epi) {
+    vitd_err err = {0};
+    gpu_gemm *g2 = NULL;
+    CHECK_OK(gpu_gemm_create((size_t)32 << 20, &g2, &err), &err);
+    if (!g2) return;
+    gpu_gemm_set_tune(g2, 1);
+    float *x = rand_bf16((size_t)n, (size_t)in, 1.0), *w = rand_bf16((size_t)out, (size_t)in, 0.03);
+    float *b = rand_bf16(1, (size_t)out, 0.1);
+    uint16_t *hx = to_bf16(x, (size_t)n * in), *hw = to_bf16(w, (size_t)out * in), *hb = to_bf16(b, (size_t)out);
+    uint16_t *dx = dev_upload(hx, (size_t)n * in * 2), *dw = dev_upload(hw, (size_t)out * in * 2);
+    uint16_t *db = dev_upload(hb, (size_t)out * 2), *dy[2];
+    uint16_t *hy[2];
+    const size_t ny = (size_t)n * out;
+    gpu_gemm *gs[2] = {g_gemm, g2};
+    for (int k = 0; k < 2; k++) {
+        dy[k] = dev_guarded(ny * 2);
+        CHECK_OK(gpu_gemm_bf16(gs[k], dx, dw, db, dy[k], n, in, out, epi, 0, g_stream, &err), &err);
+        hy[k] = malloc(ny * 2);
+        CUDA_CHECK(cudaMemcpyAsync(hy[k], dy[k], ny * 2, cudaMemcpyDeviceToHost, g_stream));
+    }
+    CUDA_CHECK(cudaStreamSynchronize(g_stream));
+    const gpu_gemm_tune_stats s2 = gpu_gemm_get_tune_stats(g2);
+    CHECK_MSG(s2.shapes == 0, "n=%d in=%d out=%d: the second gpu_gemm timed again (%ld shapes)", n, in, out,
+              s2.shapes);
+    CHECK_MSG(!memcmp(hy[0], hy[1], ny * 2), "n=%d in=%d out=%d: two tuned gpu_gemms differ", n, in, out);
+    for (int k = 0; k < 2; k++) {
+        dev_guard_ok_free(dy[k], ny * 2);
+        free(hy[k]);
+    }
+    dev_guard_ok_free(dx, (size_t)n * in * 2);
+    dev_guard_ok_free(dw, (size_t)out * in * 2);
+    dev_guard_ok_free(db, (size_t)out * 2);
+    gpu_gemm_free(g2);
+    free(x); free(w); free(b); free(hx); free(hw); free(hb);
+}
+
 int main(int argc, char **argv) {
     (void)argc;
     (void)argv;
@@ -515,6 +553,26 @@ int main(int argc, char **argv) {
     case_gemm(4096, 1152, 3456, GEMM_EPI_BIAS, 0, 0);
     case_gemm(504, 1536, 1152, GEMM_EPI_BIAS, 0, 1);
     case_gemm(16, 144, 432, GEMM_EPI_BIAS, 0, 0);
+
+    /* Algorithm tuning (gpu_gemm_set_tune): a fresh gpu_gemm times the candidates of every shape at first sight;
+     * the same cases must hold (the residual cases show the timing runs left y alone). */
+    printf("cuBLASLt linear layers, candidates timed (tuning on)\n");
+    gpu_gemm_free(g_gemm);
+    CHECK_OK(gpu_gemm_create((size_t)32 << 20, &g_gemm, &err), &err);
+    gpu_gemm_set_tune(g_gemm, 1);
+    case_gemm(7, 1152, 1152, GEMM_EPI_BIAS, 1, 0);
+    case_gemm(257, 1152, 4304, GEMM_EPI_BIAS_GELU_TANH, 0, 0);
+    case_gemm(1000, 4304, 1152, GEMM_EPI_BIAS, 1, 0);
+    case_gemm(4096, 1152, 3456, GEMM_EPI_BIAS, 0, 0);
+    case_gemm(504, 1536, 1152, GEMM_EPI_BIAS, 0, 1);
+    const gpu_gemm_tune_stats ts = gpu_gemm_get_tune_stats(g_gemm);
+    printf("  tuned shapes %ld, %ld changed; one call each: %.4f ms with the heuristic's first, %.4f chosen\n",
+           ts.shapes, ts.changed, ts.ms_first, ts.ms_chosen);
+    CHECK_MSG(ts.shapes >= 3, "only %ld of 5 shapes were timed", ts.shapes);
+    CHECK_MSG(ts.ms_chosen <= ts.ms_first, "chosen algorithms slower than the heuristic's first (%g > %g ms)",
+              ts.ms_chosen, ts.ms_first);
+    same_choice(4096, 1152, 3456, GEMM_EPI_BIAS);
+    same_choice(1000, 4304, 1152, GEMM_EPI_BIAS);
 
     gpu_gemm_free(g_gemm);
     free(g_real);

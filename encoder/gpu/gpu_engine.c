@@ -456,6 +456,7 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
         CUDA_TRY(cudaEventCreateWithFlags(&g->ev_out_free[i], cudaEventDisableTiming));
     }
     if ((st = gpu_gemm_create(ENGINE_GEMM_WORKSPACE, &g->gemm, err)) != VITD_OK) goto fail;
+    gpu_gemm_set_tune(g->gemm, !opts->no_gemm_tune);
 
     gpu_attn_opts ao = gpu_attn_opts_default();
     ao.n_heads = g->H;
@@ -512,3 +513,9 @@ fail:
 
 int gpu_engine_max_images(const gpu_engine *g) { return g->max_images; }
 size_t gpu_engine_max_tokens(const gpu_engine *g) { return g->max_tokens; }
+
+void gpu_engine_gemm_tune_stats(const gpu_engine *g, long *shapes, long *changed, double *ms_first,
+                                double *ms_chosen) {
+    const gpu_gemm_tune_stats s = gpu_gemm_get_tune_stats(g->gemm);
+    *shapes = s.shapes, *changed = s.changed, *ms_first = s.ms_first, *ms_chosen = s.ms_chosen;
+}

@@ -108,6 +108,12 @@ void gpu_engine_set_graphs(gpu_engine *g, int on);
 /* Counts so far: segments captured, segment replays, captures that failed (those shapes then run plainly). */
 void gpu_engine_graph_stats(const gpu_engine *g, long *captured, long *replayed, long *failed);
 
+/* cuBLASLt algorithm tuning (gpu_gemm.h; on unless opts->no_gemm_tune), so far: shapes timed, shapes where another
+ * candidate than the heuristic's first won, and the summed time of one call of each with the heuristic's first
+ * choice and with the chosen one (ms). */
+void gpu_engine_gemm_tune_stats(const gpu_engine *g, long *shapes, long *changed, double *ms_first,
+                                double *ms_chosen);
+
 /* The limits described above. */
 int gpu_engine_max_images(const gpu_engine *g);
 size_t gpu_engine_max_tokens(const gpu_engine *g);

@@ -1,5 +1,7 @@
 /* gpu_gemm.c — cuBLASLt linear layers for the GPU engine (see gpu_gemm.h). Owns the cuBLASLt handle, the workspace
- * and a small cache of heuristic results keyed by shape bucket. */
+ * and a small cache of chosen algorithms keyed by shape bucket; with tuning on, the choice is timed (tune()) and
+ * shared by every gpu_gemm of the process on the same device (tuned[]). */
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,9 +11,19 @@
 #include "util.h"
 
 #define GEMM_CACHE 128
+#define GEMM_TUNED_MAX 512       /* process-wide tuned shapes; past this, tuned choices stay per gpu_gemm */
+#define GEMM_CANDIDATES 8        /* heuristic results timed per shape */
+#define GEMM_TUNE_REPS 3         /* timed calls per candidate, after one warm-up call */
+#define GEMM_TUNE_MIN_GAIN 0.02  /* another candidate replaces the heuristic's first only when 2% faster */
+
+/* What an algorithm choice depends on. All ints and one size_t last: no padding, compared with memcmp. */
+typedef struct {
+    int device, n_bucket, in, out, epi, acc, kind, fast_accum;
+    size_t workspace;
+} gemm_key;
 
 typedef struct {
-    int n_bucket, in, out, epi, acc, kind;
+    gemm_key key;
     cublasLtMatmulAlgo_t algo;
     int valid;
 } gemm_entry;
@@ -20,10 +32,35 @@ struct gpu_gemm {
     cublasLtHandle_t lt;
     void *workspace;
     size_t workspace_bytes;
+    int device;
     gemm_entry cache[GEMM_CACHE];
     int next_slot; /* round-robin replacement once full */
     int8_t fast_accum; /* VITD_FP8_FAST_ACCUM=1: FP8 products summed without cuBLASLt's periodic promotion */
+    int tune;          /* 1: time the heuristic's candidates at a shape's first sighting (gpu_gemm_set_tune) */
+    cudaEvent_t ev[2]; /* tuning's timers, made at the first tuning */
+    gpu_gemm_tune_stats stats;
 };
+
+/* Choices timed by any gpu_gemm of the process: a second engine (or a test's second one) on the same device runs
+ * the same algorithm for the same shape, so their outputs agree bit for bit whatever the timing noise. */
+static pthread_mutex_t tuned_mu = PTHREAD_MUTEX_INITIALIZER;
+static gemm_entry tuned[GEMM_TUNED_MAX];
+static int n_tuned;
+
+static int tuned_find(const gemm_key *k, cublasLtMatmulAlgo_t *algo) {
+    int found = 0;
+    pthread_mutex_lock(&tuned_mu);
+    for (int i = 0; i < n_tuned && !found; i++)
+        if (!memcmp(&tuned[i].key, k, sizeof *k)) *algo = tuned[i].algo, found = 1;
+    pthread_mutex_unlock(&tuned_mu);
+    return found;
+}
+
+static void tuned_add(const gemm_key *k, const cublasLtMatmulAlgo_t *algo) {
+    pthread_mutex_lock(&tuned_mu);
+    if (n_tuned < GEMM_TUNED_MAX) tuned[n_tuned++] = (gemm_entry){*k, *algo, 1};
+    pthread_mutex_unlock(&tuned_mu);
+}
 
 /* Tokens are bucketed to the next power of two (at least 64) for the algorithm choice: the best tile rarely
  * changes inside a bucket, and the cache stays small whatever mix of image sizes arrives. */
@@ -42,6 +79,7 @@ vitd_status gpu_gemm_create(size_t workspace_bytes, gpu_gemm **out, vitd_err *er
     if (workspace_bytes) CUDA_TRY(cudaMalloc(&g->workspace, workspace_bytes));
     const char *fa = getenv("VITD_FP8_FAST_ACCUM");
     g->fast_accum = fa && !strcmp(fa, "1");
+    CUDA_TRY(cudaGetDevice(&g->device));
     *out = g;
     return VITD_OK;
 fail:
@@ -52,6 +90,8 @@ fail:
 void gpu_gemm_free(gpu_gemm *g) {
     if (!g) return;
     if (g->workspace) cudaFree(g->workspace);
+    for (int i = 0; i < 2; i++)
+        if (g->ev[i]) cudaEventDestroy(g->ev[i]);
     if (g->lt) cublasLtDestroy(g->lt);
     free(g);
 }
@@ -124,6 +164,117 @@ static int kind_of(const gemm_args *a) {
     return a->fp8 ? 1 | (a->y_scale ? 2 : 0) | (a->y_amax ? 4 : 0) : 0;
 }
 
+void gpu_gemm_set_tune(gpu_gemm *g, int on) { g->tune = on != 0; }
+
+gpu_gemm_tune_stats gpu_gemm_get_tune_stats(const gpu_gemm *g) { return g->stats; }
+
+/* Times the candidates on this call's operands, writing a scratch output (y itself is not touched: the residual
+ * GEMMs read it), GEMM_TUNE_REPS calls after one warm-up each. Returns the fastest candidate's index (0 unless
+ * another is GEMM_TUNE_MIN_GAIN faster than the heuristic's first), or -1 when nothing could be timed (a
+ * capturing stream, no memory for the scratch output, no candidate that runs). */
+static int tune(gpu_gemm *g, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t lay[4], size_t y_bytes,
+                const cublasLtMatmulHeuristicResult_t *res, int count, const gemm_args *a, cudaStream_t stream) {
+    enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    void *scratch = NULL;
+    double ms[GEMM_CANDIDATES];
+    int best = -1;
+    if (count < 2 || cudaStreamIsCapturing(stream, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone)
+        return -1;
+    for (int i = 0; i < 2; i++)
+        if (!g->ev[i] && cudaEventCreate(&g->ev[i]) != cudaSuccess) return -1;
+    if (cudaMallocAsync(&scratch, y_bytes, stream) != cudaSuccess) {
+        cudaGetLastError(); /* an allocation failure is not sticky: clear it and keep the heuristic's choice */
+        return -1;
+    }
+    const float alpha = 1.0f, beta = a->accumulate ? 1.0f : 0.0f;
+    const void *c_ptr = a->fp8 && a->y_scale ? NULL : scratch;
+    for (int i = 0; i < count; i++) {
+        ms[i] = -1;
+        int ok = 1;
+        for (int r = 0; r <= GEMM_TUNE_REPS && ok; r++) {
+            if (r == 1) ok = cudaEventRecord(g->ev[0], stream) == cudaSuccess;
+            ok = ok && cublasLtMatmul(g->lt, desc, &alpha, a->w, lay[0], a->x, lay[1], &beta, c_ptr, lay[2], scratch,
+                                      lay[3], &res[i].algo, g->workspace, g->workspace_bytes,
+                                      stream) == CUBLAS_STATUS_SUCCESS;
+        }
+        float t = 0;
+        if (ok && cudaEventRecord(g->ev[1], stream) == cudaSuccess && cudaEventSynchronize(g->ev[1]) == cudaSuccess &&
+            cudaEventElapsedTime(&t, g->ev[0], g->ev[1]) == cudaSuccess)
+            ms[i] = t / GEMM_TUNE_REPS;
+        if (ms[i] >= 0 && (best < 0 || ms[i] < ms[best])) best = i;
+    }
+    cudaFreeAsync(scratch, stream);
+    cudaGetLastError();
+    if (best < 0) return -1;
+    if (ms[0] >= 0 && ms[best] > (1 - GEMM_TUNE_MIN_GAIN) * ms[0]) best = 0;
+    g->stats.shapes++;
+    g->stats.changed += best != 0;
+    g->stats.ms_first += ms[0] >= 0 ? ms[0] : ms[best];
+    g->stats.ms_chosen += ms[best];
+    return best;
+}
+
+/* The algorithm for this call's shape bucket: the per-gpu_gemm cache, else the process-wide tuned table, else
+ * cuBLASLt's heuristic for the bucket's n (timed among its candidates when tuning is on). */
+static vitd_status choose_algo(gpu_gemm *g, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t lay[4], size_t y_bytes,
+                               const gemm_key *key, const gemm_args *a, cudaStream_t stream, const gemm_entry **hit,
+                               vitd_err *err) {
+    vitd_status st = VITD_OK;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatrixLayout_t hb = NULL, hc = NULL, hd = NULL;
+    cublasLtMatmulHeuristicResult_t res[GEMM_CANDIDATES];
+    const cudaDataType_t t_in = a->fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+    const cudaDataType_t t_out = a->fp8 && a->y_scale ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
+    const int nb = key->n_bucket, in = a->in, out = a->out;
+    int returned = 0, pick = 0;
+    cublasLtMatmulAlgo_t algo;
+    *hit = NULL;
+    for (int i = 0; i < GEMM_CACHE; i++)
+        if (g->cache[i].valid && !memcmp(&g->cache[i].key, key, sizeof *key)) {
+            *hit = &g->cache[i];
+            return VITD_OK;
+        }
+    if (!(g->tune && tuned_find(key, &algo))) {
+        if ((st = make_pref(g, &pref, err)) != VITD_OK) goto fail;
+        /* Choose with the bucket's n, so the cached algorithm suits the whole bucket. */
+        cublasStatus_t hs = cublasLtMatrixLayoutCreate(&hb, t_in, in, nb, in);
+        if (hs == CUBLAS_STATUS_SUCCESS) hs = cublasLtMatrixLayoutCreate(&hc, CUDA_R_16BF, out, nb, out);
+        if (hs == CUBLAS_STATUS_SUCCESS) hs = cublasLtMatrixLayoutCreate(&hd, t_out, out, nb, out);
+        if (hs == CUBLAS_STATUS_SUCCESS)
+            hs = cublasLtMatmulAlgoGetHeuristic(g->lt, desc, lay[0], hb, hc, hd, pref, g->tune ? GEMM_CANDIDATES : 1,
+                                                res, &returned);
+        if (hs != CUBLAS_STATUS_SUCCESS || returned == 0) {
+            st = vitd_fail(err, VITD_E_GPU, "gemm: cuBLASLt found no algorithm for n=%d in=%d out=%d epilogue %d%s: %s",
+                           a->n, in, out, key->epi, a->fp8 ? " (fp8)" : "", cublasLtGetStatusName(hs));
+            goto fail;
+        }
+        if (g->tune) {
+            /* only candidates that run at this call's own n are timed (the bucket's may not all) */
+            int m = 0;
+            for (int i = 0; i < returned; i++) {
+                cublasLtMatmulHeuristicResult_t chk;
+                if (cublasLtMatmulAlgoCheck(g->lt, desc, lay[0], lay[1], lay[2], lay[3], &res[i].algo, &chk) ==
+                    CUBLAS_STATUS_SUCCESS)
+                    res[m++] = res[i];
+            }
+            pick = m ? tune(g, desc, lay, y_bytes, res, m, a, stream) : -1;
+            if (pick >= 0) tuned_add(key, &res[pick].algo);
+            else pick = 0; /* untimed: the heuristic's first (that runs at this n, when any does) */
+        }
+        algo = res[pick].algo;
+    }
+    gemm_entry *slot = &g->cache[g->next_slot];
+    g->next_slot = (g->next_slot + 1) % GEMM_CACHE;
+    *slot = (gemm_entry){*key, algo, 1};
+    *hit = slot;
+fail:
+    if (hb) cublasLtMatrixLayoutDestroy(hb);
+    if (hc) cublasLtMatrixLayoutDestroy(hc);
+    if (hd) cublasLtMatrixLayoutDestroy(hd);
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    return st;
+}
+
 vitd_status gpu_gemm_bf16(gpu_gemm *g, const void *x, const void *w, const void *bias, void *y, int n, int in,
                           int out, gemm_epilogue epi, int accumulate, cudaStream_t stream, vitd_err *err) {
     gemm_args a = {.x = x, .w = w, .bias = bias, .y = y, .n = n, .in = in, .out = out, .epi = epi,
@@ -160,39 +311,13 @@ vitd_status gpu_gemm_run(gpu_gemm *g, const gemm_args *a, cudaStream_t stream, v
     CUBLAS_TRY(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, out, n, out));
     CUBLAS_TRY(cublasLtMatrixLayoutCreate(&ld, t_out, out, n, out));
 
-    int nb = n_bucket(n);
-    gemm_entry *hit = NULL;
-    for (int i = 0; i < GEMM_CACHE; i++) {
-        gemm_entry *c = &g->cache[i];
-        if (c->valid && c->n_bucket == nb && c->in == in && c->out == out && c->epi == epi &&
-            c->acc == a->accumulate && c->kind == kind) {
-            hit = c;
-            break;
-        }
-    }
-    if (!hit) {
-        cublasLtMatmulHeuristicResult_t res;
-        int returned = 0;
-        if ((st = make_pref(g, &pref, err)) != VITD_OK) goto fail;
-        /* Choose with the bucket's n, so the cached algorithm suits the whole bucket. */
-        cublasLtMatrixLayout_t hb = NULL, hc = NULL, hd = NULL;
-        cublasStatus_t hs = cublasLtMatrixLayoutCreate(&hb, t_in, in, nb, in);
-        if (hs == CUBLAS_STATUS_SUCCESS) hs = cublasLtMatrixLayoutCreate(&hc, CUDA_R_16BF, out, nb, out);
-        if (hs == CUBLAS_STATUS_SUCCESS) hs = cublasLtMatrixLayoutCreate(&hd, t_out, out, nb, out);
-        if (hs == CUBLAS_STATUS_SUCCESS)
-            hs = cublasLtMatmulAlgoGetHeuristic(g->lt, desc, la, hb, hc, hd, pref, 1, &res, &returned);
-        if (hb) cublasLtMatrixLayoutDestroy(hb);
-        if (hc) cublasLtMatrixLayoutDestroy(hc);
-        if (hd) cublasLtMatrixLayoutDestroy(hd);
-        if (hs != CUBLAS_STATUS_SUCCESS || returned == 0) {
-            st = vitd_fail(err, VITD_E_GPU, "gemm: cuBLASLt found no algorithm for n=%d in=%d out=%d epilogue %d%s: %s",
-                           n, in, out, epi, a->fp8 ? " (fp8)" : "", cublasLtGetStatusName(hs));
-            goto fail;
-        }
-        hit = &g->cache[g->next_slot];
-        g->next_slot = (g->next_slot + 1) % GEMM_CACHE;
-        *hit = (gemm_entry){nb, in, out, epi, a->accumulate, kind, res.algo, 1};
-    }
+    const gemm_key key = {g->device, n_bucket(n), in, out, epi, a->accumulate, kind, g->fast_accum,
+                          g->workspace_bytes};
+    cublasLtMatrixLayout_t lay[4] = {la, lb, lc, ld};
+    const gemm_entry *hit = NULL;
+    if ((st = choose_algo(g, desc, lay, (size_t)n * out * (t_out == CUDA_R_16BF ? 2 : 1), &key, a, stream, &hit,
+                          err)) != VITD_OK)
+        goto fail;
     const float alpha = 1.0f, beta = a->accumulate ? 1.0f : 0.0f;
     /* The bucket's algorithm may not support this exact n (rare): check, and if so ask for this shape itself. */
     const cublasLtMatmulAlgo_t *algo = &hit->algo;

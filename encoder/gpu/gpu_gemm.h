@@ -12,8 +12,14 @@
  * Layout: PyTorch's row-major convention. x [n, in], W [out, in] (nn.Linear weight), bias [out], y [n, out].
  * Internally this is the column-major product y^T = W x^T (cuBLASLt is column-major), so no data is transposed.
  *
- * Algorithm choice: cuBLASLt's heuristic, cached per (n rounded up to a bucket, in, out, epilogue, accumulate), so a
- * steady state queries nothing; matrix layouts are rebuilt per call (host-only, cheap, graph-capturable).
+ * Algorithm choice: cuBLASLt's heuristic, cached per (n rounded up to a power-of-two bucket, in, out, epilogue,
+ * accumulate, types), so a steady state queries nothing; matrix layouts are rebuilt per call (host-only, cheap,
+ * graph-capturable). With tuning on (gpu_gemm_set_tune; the engine's default, config gemm_tune), a bucket's first
+ * call outside a graph capture times the heuristic's first 8 candidates on its own operands (into a scratch output,
+ * 3 calls each after a warm-up; a one-off cost of a few to tens of milliseconds that the engine's start-up warm-up
+ * pays) and keeps the fastest, the heuristic's first unless another is 2% faster. The choice is shared by every
+ * gpu_gemm of the process on that device, so two engines compute the same bits; two processes may choose
+ * differently (timing noise) and then differ by float rounding.
  * A gpu_gemm owns its cuBLASLt handle and workspace (allocated at creation). One gpu_gemm is used by one thread.
  */
 #ifndef VITD_GPU_GEMM_H
@@ -54,6 +60,17 @@ typedef struct {
     int accumulate;              /* bf16 output only */
 } gemm_args;
 vitd_status gpu_gemm_run(gpu_gemm *g, const gemm_args *a, cudaStream_t stream, vitd_err *err);
+
+/* Tuning on (1) or off (0, the default of gpu_gemm_create) for shapes not chosen yet. */
+void gpu_gemm_set_tune(gpu_gemm *g, int on);
+
+/* What tuning measured over the shapes this gpu_gemm timed: ms_first sums the heuristic's first candidate's time
+ * per call, ms_chosen the chosen one's (one call of each shape, at the size it was first seen). */
+typedef struct {
+    long shapes, changed; /* shapes timed; shapes where another candidate than the heuristic's first won */
+    double ms_first, ms_chosen;
+} gpu_gemm_tune_stats;
+gpu_gemm_tune_stats gpu_gemm_get_tune_stats(const gpu_gemm *g);
 
 /* 1 when cuBLASLt can run an FP8 GEMM of these sizes (in and out multiples of 16). */
 int gpu_gemm_fp8_shape_ok(int in, int out);
