@@ -29,12 +29,13 @@
  * CUDA graphs are on as in the engine (a shape seen twice is captured): every timed run is a replay; --no-graphs
  * turns them off for the comparison. The linear auto table and the graph counters are printed too, and what the
  * cuBLASLt algorithm tuning measured (gemm_tune line: shapes timed, how many changed, the heuristic's first choices'
- * summed time against the chosen ones'); --no-gemm-tune keeps the heuristic's first choices.
+ * summed time against the chosen ones'); --no-gemm-tune keeps the heuristic's first choices. --precise-accum runs
+ * the FP8 GEMMs with cuBLASLt's periodic float32 promotion instead of the default fast accumulation.
  * --bf16-out: every run (synchronous ones too) in the per-image form with bf16 outputs (vitd_batch.image_bf16),
  * which is what the server asks for (output_dtype auto): no float32 conversion on the host.
  * Usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] [--attn bf16,fp8,auto] [--profile]
  *                      [--max-batch-tokens N] [--linear bf16,fp8,auto] [--linear-gemms qkv,proj,fc1,fc2]
- *                      [--no-graphs] [--no-gemm-tune] [--bf16-out]
+ *                      [--no-graphs] [--no-gemm-tune] [--precise-accum] [--bf16-out]
  * Without --model it writes the 8b demo checkpoint to /tmp/vitd_bench_8b (kept for later runs).
  */
 #include <math.h>
@@ -181,7 +182,7 @@ static double time_stream(gpu_engine *ge, const bcase *bc, const vitd_vision_con
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *only = NULL, *attn_list = "bf16,fp8,auto", *lin_list = "bf16,fp8";
     const char *lin_gemms = NULL;
-    int iters = 20, warmup = 3, profile = 0, no_graphs = 0, bf16_out = 0, no_tune = 0;
+    int iters = 20, warmup = 3, profile = 0, no_graphs = 0, bf16_out = 0, no_tune = 0, precise = 0;
     size_t max_tokens = 16384;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) model_dir = argv[++i];
@@ -195,11 +196,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--no-graphs")) no_graphs = 1;
         else if (!strcmp(argv[i], "--bf16-out")) bf16_out = 1;
         else if (!strcmp(argv[i], "--no-gemm-tune")) no_tune = 1;
+        else if (!strcmp(argv[i], "--precise-accum")) precise = 1;
         else if (!strcmp(argv[i], "--profile")) profile = 1;
         else {
             fprintf(stderr, "usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] "
                             "[--attn bf16,fp8,auto] [--profile] [--max-batch-tokens N] [--linear bf16,fp8,auto] "
-                            "[--linear-gemms LIST] [--no-graphs] [--no-gemm-tune] [--bf16-out]\n");
+                            "[--linear-gemms LIST] [--no-graphs] [--no-gemm-tune] [--precise-accum] [--bf16-out]\n");
             return 2;
         }
     }
@@ -247,6 +249,7 @@ int main(int argc, char **argv) {
     eo.linear_fp8_gemms = lin_gemms;
     eo.no_cuda_graphs = no_graphs;
     eo.no_gemm_tune = no_tune;
+    eo.fp8_precise_accum = precise;
     gpu_engine *ge = NULL;
     double t0 = vitd_now();
     if (gpu_engine_create(model, &eo, &ge, &err) != VITD_OK) {

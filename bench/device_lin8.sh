@@ -14,12 +14,12 @@
 # then (run tool, carry .carry/lin8 and .carry/lib):  bash bench/device_lin8.sh [stages...]
 # Stages (default: tests bench hf): tests (test_fp8_linear, test_kernels, test_lin8_engine, test_gpu_engine),
 # regress (test_fp8_engine, test_device_fault), regress2 (test_fp8_quant, test_gpu_attn), bench (bench_encoder
-# --profile on
-# bf16/auto attention x bf16/fp8 linear; BENCH_ARGS adds arguments; LIN_GEMMS the sets of FP8 GEMMs, one run each,
-# default "all": bench.log, others bench_<set>.log), graphs (bench_encoder on the small cases with --no-graphs, for
-# the graph comparison), fastaccum (VITD_FP8_FAST_ACCUM=1: test_lin8_engine's accuracy on the 8B model and the large
-# cases' speed with cuBLASLt's FP8 fast accumulation), tune (bench_encoder with --no-gemm-tune: cuBLASLt's
-# heuristic first choices against the bench stage's tuned ones), hf (hf_baseline.py eager).
+# --profile on bf16/auto attention x bf16/fp8 linear; BENCH_ARGS adds arguments; LIN_GEMMS the sets of FP8 GEMMs,
+# one run each, default "all": bench.log, others bench_<set>.log), graphs (bench_encoder on the small cases with
+# --no-graphs and --bf16-out), tune (bench_encoder --no-gemm-tune: cuBLASLt's heuristic first choices against the
+# bench stage's tuned ones; TUNE_ATTN the attention paths, default bf16,auto), hf (hf_baseline.py eager), precise
+# (bench_encoder --precise-accum: FP8 GEMMs with cuBLASLt's periodic float32 promotion instead of the default fast
+# accumulation; auto attention, four cases).
 # Environment: ITERS (20), HF_ITERS (20), CASES (all), DEADLINE (seconds from the start after which stages are
 # skipped, default 560).
 set -u
@@ -105,7 +105,8 @@ if want graphs; then
 fi
 if want tune; then
     # cuBLASLt's heuristic first choices (--no-gemm-tune) against the tuned ones of the bench stage, same paths
-    run bench_notune 200 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --attn bf16,auto --linear bf16,fp8 \
+    run bench_notune 200 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --attn "${TUNE_ATTN:-bf16,auto}" \
+        --linear bf16,fp8 \
         --linear-gemms "${TUNE_GEMMS:-all}" ${CASES:+--cases $CASES} --no-gemm-tune
     grep -E "^stream|^gemm_tune" "$OUT/bench_notune.log" | sed 's/^/notune /' | tee -a "$SUM"
 fi
@@ -115,12 +116,11 @@ if want hf; then
     grep -E "^hf " "$OUT/hf.log" | tee -a "$SUM"
 fi
 
-if want fastaccum; then
-    run lin8_fastaccum 300 env VITD_TEST_SKIP_TINY=1 VITD_FP8_FAST_ACCUM=1 "$BIN/test_lin8_engine"
-    grep -E "gate 8b" "$OUT/lin8_fastaccum.log" | sed 's/^/fastaccum /' | tee -a "$SUM"
-    run bench_fastaccum 200 env VITD_FP8_FAST_ACCUM=1 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" \
-        --attn auto --linear fp8 --linear-gemms all --cases 1024x1024x4,2048x2048x1,448x448x16
-    grep -E "^encoder|^stream" "$OUT/bench_fastaccum.log" | sed 's/^/fastaccum /' | tee -a "$SUM"
+if want precise; then
+    # FP8 GEMMs with cuBLASLt's periodic float32 promotion (--precise-accum) against the default fast accumulation
+    run bench_precise 200 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --attn auto --linear fp8 \
+        --linear-gemms "${PRECISE_GEMMS:-all}" --cases 1024x1024x4,2048x2048x1,448x448x16,448x448x1 --precise-accum
+    grep -E "^encoder|^stream" "$OUT/bench_precise.log" | sed 's/^/precise /' | tee -a "$SUM"
 fi
 
 # Summary: streams (two batches in flight) per case and path, over HF eager measured above.

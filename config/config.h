@@ -41,6 +41,8 @@
  *                                                   auto only where measured faster at start-up (README "FP8
  *                                                   linear layers" has the accuracy measured).
  *   linear_fp8_gemms        string  "qkv,fc1"       comma list of qkv, proj, fc1, fc2 (fc2 needs fc1), or all.
+ *   linear_fp8_fast_accum   bool    true            FP8 GEMMs without cuBLASLt's periodic float32 promotion
+ *                                                   (faster; same measured accuracy); false: with it.
  *   cuda_graphs             bool    true            GPU: capture a batch shape seen twice in CUDA graphs (block
  *                                                   segments) and replay them.
  *   graph_max_tokens        int     16384 [1,2^24]  GPU: largest batch (patches) captured.
@@ -199,6 +201,7 @@ typedef struct vitd_config {
     const char *attn_dtype;         /* "auto" | "fp8" | "bf16" */
     const char *linear_dtype;       /* "bf16" | "fp8" | "auto" */
     char linear_fp8_gemms[VITD_CONFIG_STR_MAX];
+    bool linear_fp8_fast_accum;
     bool cuda_graphs;
     int graph_max_tokens;
     bool gemm_tune;

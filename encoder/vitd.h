@@ -166,6 +166,8 @@ typedef struct {
     const char *linear_dtype;     /* "bf16" (NULL or "": the default), "fp8", or "auto" (FP8 where measured faster) */
     const char *linear_fp8_gemms; /* the block GEMMs FP8 linear runs in E4M3: a comma list of qkv, proj, fc1, fc2
                                      (fc2 needs fc1: it reads fc1's E4M3 output); NULL or "" = "qkv,fc1" */
+    int fp8_precise_accum;        /* 1: FP8 GEMMs promote their sums to float32 periodically (cuBLASLt's default,
+                                     slower); 0 (the default): fast accumulation (measured: same accuracy) */
     /* CUDA graphs (GPU): a batch shape seen twice is captured (per block segment) and replayed after */
     int no_cuda_graphs;           /* 1: never capture (0, the default: graphs on) */
     size_t graph_max_tokens;      /* largest batch (patches) that is captured; 0 = 16384 */

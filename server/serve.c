@@ -385,6 +385,7 @@ int serve_main(int argc, char **argv) {
     eo.linear_fp8_gemms = cfg.linear_fp8_gemms;
     eo.no_cuda_graphs = !cfg.cuda_graphs;
     eo.no_gemm_tune = !cfg.gemm_tune;
+    eo.fp8_precise_accum = !cfg.linear_fp8_fast_accum;
     eo.graph_max_tokens = (size_t)cfg.graph_max_tokens;
     eo.device = cfg.device;
     eo.threads = cfg.encoder_threads;

@@ -16,7 +16,7 @@
  *     tensor cores sum FP8 products with fewer bits than float32 between cuBLASLt's promotions to float32, which
  *     the H100 shows as errors up to ~0.3% of the output's largest value (max_rel in the log): the tolerance is
  *     2% of the output's RMS plus one bf16 ulp (bf16 outputs), or one E4M3 step plus that (E4M3 outputs), and
- *     the cosine must stay above 0.99999.
+ *     the cosine must stay above 0.99999; again with fast accumulation (no promotions: cosine above 0.9999).
  * Without CUDA, a device, or compute capability >= 9.0 it exits 77.
  */
 #ifndef VITD_HAVE_CUDA
@@ -218,6 +218,11 @@ static uint8_t *quantise(const float *x, size_t n, float *descale, float *deq) {
     return q;
 }
 
+/* 1 while the GEMM cases run with fast accumulation (gpu_gemm_set_fast_accum): the products are summed without
+ * cuBLASLt's periodic promotion to float32, so the bounds are looser: cosine 0.9999 instead of 0.99999, the E4M3
+ * output's amax within 0.5% instead of 0.1% (errors printed). */
+static int g_fast;
+
 /* out8: E4M3 output with D scale and amax (no accumulate). acc: y += (bf16 output). */
 static void case_gemm8(int n, int in, int out, gemm_epilogue epi, int acc, int out8, const float *real) {
     const size_t nx = (size_t)n * in, nw = (size_t)out * in, ny = (size_t)n * out;
@@ -250,7 +255,7 @@ static void case_gemm8(int n, int in, int out, gemm_epilogue epi, int acc, int o
     CHECK_OK(gpu_gemm_run(g_gemm, &a, g_stream, &err), &err);
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
     char what[120];
-    snprintf(what, sizeof what, "fp8 gemm n=%d in=%d out=%d %s%s%s%s", n, in, out,
+    snprintf(what, sizeof what, "fp8%s gemm n=%d in=%d out=%d %s%s%s%s", g_fast ? " fast" : "", n, in, out,
              epi == GEMM_EPI_NONE ? "none" : epi == GEMM_EPI_BIAS ? "bias" : "bias+gelu_tanh", acc ? " +=" : "",
              out8 ? " ->e4m3" : "", real ? " real" : "");
     if (out8) {
@@ -272,7 +277,7 @@ static void case_gemm8(int n, int in, int out, gemm_epilogue epi, int acc, int o
                100.0 * off1 / ny, off_more, got_amax, ref_amax, rel);
         /* float32 sums in another order move a value across an E4M3 rounding boundary now and then */
         CHECK_MSG(off_more == 0 && off1 * 20 <= ny, "%s: %zu bytes one step off, %zu beyond", what, off1, off_more);
-        CHECK_MSG(rel < 1e-3, "%s: amax %g vs %g", what, got_amax, ref_amax);
+        CHECK_MSG(rel < (g_fast ? 5e-3 : 1e-3), "%s: amax %g vs %g", what, got_amax, ref_amax);
         free(y8);
     } else {
         uint16_t *hy = host_copy(dy, ny * 2);
@@ -287,8 +292,8 @@ static void case_gemm8(int n, int in, int out, gemm_epilogue epi, int acc, int o
         cmp_stats s = cmp_f32(got, ref, ny, 2e-2 * sqrt(s2 / (double)ny), acc ? 1.6e-2 : 8e-3);
         printf("  %-52s max_abs %.3e max_rel %.3e cos %.9f bad %zu nan %zu\n", what, s.max_abs, s.max_rel, s.cosine,
                s.n_bad, s.n_nan);
-        CHECK_MSG(s.n_bad == 0 && s.n_nan == 0 && s.cosine > 0.99999, "%s: %zu out of tolerance, cosine %.9f", what,
-                  s.n_bad, s.cosine);
+        CHECK_MSG(s.n_bad == 0 && s.n_nan == 0 && s.cosine > (g_fast ? 0.9999 : 0.99999),
+                  "%s: %zu out of tolerance, cosine %.9f", what, s.n_bad, s.cosine);
         free(hy);
         free(got);
     }
@@ -363,6 +368,16 @@ int main(void) {
     case_gemm8(4096, 1152, 4304, GEMM_EPI_BIAS_GELU_TANH, 0, 1, NULL);
     case_gemm8(16, 144, 432, GEMM_EPI_BIAS, 0, 0, NULL);
     case_gemm8(64, 144, 576, GEMM_EPI_BIAS_GELU_TANH, 0, 1, NULL);
+    if (real) case_gemm8(real_rows < 504 ? (int)real_rows : 504, 1536, 1152, GEMM_EPI_BIAS, 0, 0, real);
+
+    printf("FP8 GEMMs with fast accumulation (the engine's default)\n");
+    gpu_gemm_set_fast_accum(g_gemm, 1);
+    g_fast = 1;
+    case_gemm8(7, 1280, 1152, GEMM_EPI_BIAS, 1, 0, NULL);
+    case_gemm8(333, 1152, 4304, GEMM_EPI_BIAS_GELU_TANH, 0, 1, NULL);
+    case_gemm8(1000, 4304, 1152, GEMM_EPI_BIAS, 1, 0, NULL);
+    case_gemm8(4096, 1152, 3456, GEMM_EPI_BIAS, 0, 0, NULL);
+    case_gemm8(4096, 1152, 4304, GEMM_EPI_BIAS_GELU_TANH, 0, 1, NULL);
     if (real) case_gemm8(real_rows < 504 ? (int)real_rows : 504, 1536, 1152, GEMM_EPI_BIAS, 0, 0, real);
 
     gpu_gemm_free(g_gemm);

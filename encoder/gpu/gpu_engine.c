@@ -457,6 +457,7 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
     }
     if ((st = gpu_gemm_create(ENGINE_GEMM_WORKSPACE, &g->gemm, err)) != VITD_OK) goto fail;
     gpu_gemm_set_tune(g->gemm, !opts->no_gemm_tune);
+    gpu_gemm_set_fast_accum(g->gemm, !opts->fp8_precise_accum);
 
     gpu_attn_opts ao = gpu_attn_opts_default();
     ao.n_heads = g->H;

@@ -35,7 +35,7 @@ struct gpu_gemm {
     int device;
     gemm_entry cache[GEMM_CACHE];
     int next_slot; /* round-robin replacement once full */
-    int8_t fast_accum; /* VITD_FP8_FAST_ACCUM=1: FP8 products summed without cuBLASLt's periodic promotion */
+    int8_t fast_accum; /* FP8 products summed without cuBLASLt's periodic promotion (gpu_gemm_set_fast_accum) */
     int tune;          /* 1: time the heuristic's candidates at a shape's first sighting (gpu_gemm_set_tune) */
     cudaEvent_t ev[2]; /* tuning's timers, made at the first tuning */
     gpu_gemm_tune_stats stats;
@@ -77,8 +77,6 @@ vitd_status gpu_gemm_create(size_t workspace_bytes, gpu_gemm **out, vitd_err *er
     CUBLAS_TRY(cublasLtCreate(&g->lt));
     g->workspace_bytes = workspace_bytes;
     if (workspace_bytes) CUDA_TRY(cudaMalloc(&g->workspace, workspace_bytes));
-    const char *fa = getenv("VITD_FP8_FAST_ACCUM");
-    g->fast_accum = fa && !strcmp(fa, "1");
     CUDA_TRY(cudaGetDevice(&g->device));
     *out = g;
     return VITD_OK;
@@ -165,6 +163,8 @@ static int kind_of(const gemm_args *a) {
 }
 
 void gpu_gemm_set_tune(gpu_gemm *g, int on) { g->tune = on != 0; }
+
+void gpu_gemm_set_fast_accum(gpu_gemm *g, int on) { g->fast_accum = on != 0; }
 
 gpu_gemm_tune_stats gpu_gemm_get_tune_stats(const gpu_gemm *g) { return g->stats; }
 
