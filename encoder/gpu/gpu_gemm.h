@@ -5,10 +5,11 @@
  * FP8 (gpu_gemm_run with x8/w8 set): both operands E4M3 with one float32 dequantisation factor each on the device
  * (x ~ x_descale * x8, W ~ w_descale * w8; per tensor: cuBLASLt on Hopper takes scalar scales), products summed in
  * float32 with cuBLASLt's periodic promotion into float32 registers, or without it when fast accumulation is on
- * (gpu_gemm_set_fast_accum; the engine's default, config linear_fp8_fast_accum: 7-9% faster at 16K tokens on the
- * H100 and no measurable loss in the whole encoder, bench/RESULTS.md issue 14). The output is bf16, or E4M3 (y8 =
- * satfinite(y * y_scale), y_scale a device float) with the amax of the unscaled output written to y_amax: that is
- * how fc1 hands fc2 its input without a pass over memory. Shapes: in and out multiples of 16 (cuBLASLt's FP8 rule).
+ * (gpu_gemm_set_fast_accum; the engine's default, config linear_fp8_fast_accum: 6-11% faster encoder streams with
+ * FP8 linear on the H100 and no measurable loss in the whole encoder, bench/RESULTS.md issue 14). The output is
+ * bf16, or E4M3 (y8 = satfinite(y * y_scale), y_scale a device float) with the amax of the unscaled output written
+ * to y_amax: that is how fc1 hands fc2 its input without a pass over memory. Shapes: in and out multiples of 16
+ * (cuBLASLt's FP8 rule).
  *
  * Layout: PyTorch's row-major convention. x [n, in], W [out, in] (nn.Linear weight), bias [out], y [n, out].
  * Internally this is the column-major product y^T = W x^T (cuBLASLt is column-major), so no data is transposed.
