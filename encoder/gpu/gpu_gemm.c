@@ -47,6 +47,24 @@ static pthread_mutex_t tuned_mu = PTHREAD_MUTEX_INITIALIZER;
 static gemm_entry tuned[GEMM_TUNED_MAX];
 static int n_tuned;
 
+_Static_assert(sizeof(gemm_key) == 8 * sizeof(int) + sizeof(size_t), "gemm_key is compared with memcmp: no padding");
+
+/* The table's choice for k: an existing entry wins (another thread may have timed the same shape meanwhile), else
+ * *algo is entered. So every gpu_gemm of the process uses the first choice made for a shape, timed or not. */
+static void tuned_publish(const gemm_key *k, cublasLtMatmulAlgo_t *algo) {
+    static int full_logged;
+    pthread_mutex_lock(&tuned_mu);
+    int i = 0;
+    while (i < n_tuned && memcmp(&tuned[i].key, k, sizeof *k)) i++;
+    if (i < n_tuned) *algo = tuned[i].algo;
+    else if (n_tuned < GEMM_TUNED_MAX) tuned[n_tuned++] = (gemm_entry){*k, *algo, 1};
+    else if (!full_logged) {
+        full_logged = 1;
+        vitd_log(VITD_LOG_INFO, "gemm: %d tuned shapes: later ones are not shared between engines", GEMM_TUNED_MAX);
+    }
+    pthread_mutex_unlock(&tuned_mu);
+}
+
 static int tuned_find(const gemm_key *k, cublasLtMatmulAlgo_t *algo) {
     int found = 0;
     pthread_mutex_lock(&tuned_mu);
@@ -54,12 +72,6 @@ static int tuned_find(const gemm_key *k, cublasLtMatmulAlgo_t *algo) {
         if (!memcmp(&tuned[i].key, k, sizeof *k)) *algo = tuned[i].algo, found = 1;
     pthread_mutex_unlock(&tuned_mu);
     return found;
-}
-
-static void tuned_add(const gemm_key *k, const cublasLtMatmulAlgo_t *algo) {
-    pthread_mutex_lock(&tuned_mu);
-    if (n_tuned < GEMM_TUNED_MAX) tuned[n_tuned++] = (gemm_entry){*k, *algo, 1};
-    pthread_mutex_unlock(&tuned_mu);
 }
 
 /* Tokens are bucketed to the next power of two (at least 64) for the algorithm choice: the best tile rarely
@@ -169,9 +181,10 @@ void gpu_gemm_set_fast_accum(gpu_gemm *g, int on) { g->fast_accum = on != 0; }
 gpu_gemm_tune_stats gpu_gemm_get_tune_stats(const gpu_gemm *g) { return g->stats; }
 
 /* Times the candidates on this call's operands, writing a scratch output (y itself is not touched: the residual
- * GEMMs read it), GEMM_TUNE_REPS calls after one warm-up each. Returns the fastest candidate's index (0 unless
- * another is GEMM_TUNE_MIN_GAIN faster than the heuristic's first), or -1 when nothing could be timed (a
- * capturing stream, no memory for the scratch output, no candidate that runs). */
+ * GEMMs read it; their scratch starts as a copy of y) and a scratch amax, GEMM_TUNE_REPS calls after one warm-up
+ * each. Returns the fastest candidate's index (0 unless another is GEMM_TUNE_MIN_GAIN faster than the first), or
+ * -1 when nothing could be timed (a capturing stream, no memory for the scratch output, no candidate that runs).
+ * desc is left as it came. */
 static int tune(gpu_gemm *g, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t lay[4], size_t y_bytes,
                 const cublasLtMatmulHeuristicResult_t *res, int count, const gemm_args *a, cudaStream_t stream) {
     enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
@@ -182,12 +195,20 @@ static int tune(gpu_gemm *g, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t l
         return -1;
     for (int i = 0; i < 2; i++)
         if (!g->ev[i] && cudaEventCreate(&g->ev[i]) != cudaSuccess) return -1;
-    if (cudaMallocAsync(&scratch, y_bytes, stream) != cudaSuccess) {
-        cudaGetLastError(); /* an allocation failure is not sticky: clear it and keep the heuristic's choice */
+    const size_t amax_at = (y_bytes + 15) & ~(size_t)15; /* a 16-byte aligned float after the output */
+    if (cudaMallocAsync(&scratch, amax_at + 16, stream) != cudaSuccess) {
+        cudaGetLastError(); /* this allocation's failure (not sticky): keep the heuristic's choice */
         return -1;
     }
+    float *amax = a->y_amax ? (float *)((char *)scratch + amax_at) : NULL;
+    if (amax && cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_AMAX_D_POINTER, &amax, sizeof amax) !=
+                    CUBLAS_STATUS_SUCCESS)
+        count = 0;
+    if (a->accumulate && cudaMemcpyAsync(scratch, a->y, y_bytes, cudaMemcpyDeviceToDevice, stream) != cudaSuccess)
+        count = 0;
     const float alpha = 1.0f, beta = a->accumulate ? 1.0f : 0.0f;
     const void *c_ptr = a->fp8 && a->y_scale ? NULL : scratch;
+    int failed = 0;
     for (int i = 0; i < count; i++) {
         ms[i] = -1;
         int ok = 1;
@@ -201,10 +222,15 @@ static int tune(gpu_gemm *g, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t l
         if (ok && cudaEventRecord(g->ev[1], stream) == cudaSuccess && cudaEventSynchronize(g->ev[1]) == cudaSuccess &&
             cudaEventElapsedTime(&t, g->ev[0], g->ev[1]) == cudaSuccess)
             ms[i] = t / GEMM_TUNE_REPS;
+        failed |= ms[i] < 0;
         if (ms[i] >= 0 && (best < 0 || ms[i] < ms[best])) best = i;
     }
+    if (amax && cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_AMAX_D_POINTER, &a->y_amax,
+                                               sizeof a->y_amax) != CUBLAS_STATUS_SUCCESS)
+        best = -2; /* desc could not be restored: the caller's call fails on its own check below */
     cudaFreeAsync(scratch, stream);
-    cudaGetLastError();
+    if (failed) cudaGetLastError(); /* a candidate that failed to launch: its error is this function's */
+    if (best == -2) return -2;
     if (best < 0) return -1;
     if (ms[0] >= 0 && ms[best] > (1 - GEMM_TUNE_MIN_GAIN) * ms[0]) best = 0;
     g->stats.shapes++;
@@ -258,10 +284,14 @@ static vitd_status choose_algo(gpu_gemm *g, cublasLtMatmulDesc_t desc, cublasLtM
                     res[m++] = res[i];
             }
             pick = m ? tune(g, desc, lay, y_bytes, res, m, a, stream) : -1;
-            if (pick >= 0) tuned_add(key, &res[pick].algo);
-            else pick = 0; /* untimed: the heuristic's first (that runs at this n, when any does) */
+            if (pick == -2) {
+                st = vitd_fail(err, VITD_E_GPU, "gemm: could not restore the amax pointer after tuning");
+                goto fail;
+            }
+            if (pick < 0) pick = 0; /* untimed: the heuristic's first (that runs at this n, when any does) */
         }
         algo = res[pick].algo;
+        if (g->tune) tuned_publish(key, &algo);
     }
     gemm_entry *slot = &g->cache[g->next_slot];
     g->next_slot = (g->next_slot + 1) % GEMM_CACHE;

@@ -2,7 +2,7 @@
  * out, with the epilogues cuBLASLt fuses (bias; bias + tanh-GELU) and an optional residual accumulate
  * (y += x W^T + b, by beta = 1 with C = D).
  *
- * FP8 (gpu_gemm_run with x8/w8 set): both operands E4M3 with one float32 dequantisation factor each on the device
+ * FP8 (gpu_gemm_run with gemm_args.fp8 set): both operands E4M3 with one float32 dequantisation factor each on the device
  * (x ~ x_descale * x8, W ~ w_descale * w8; per tensor: cuBLASLt on Hopper takes scalar scales), products summed in
  * float32 with cuBLASLt's periodic promotion into float32 registers, or without it when fast accumulation is on
  * (gpu_gemm_set_fast_accum; the engine's default, config linear_fp8_fast_accum: 6-11% faster encoder streams with
@@ -17,11 +17,13 @@
  * Algorithm choice: cuBLASLt's heuristic, cached per (n rounded up to a power-of-two bucket, in, out, epilogue,
  * accumulate, types), so a steady state queries nothing; matrix layouts are rebuilt per call (host-only, cheap,
  * graph-capturable). With tuning on (gpu_gemm_set_tune; the engine's default, config gemm_tune), a bucket's first
- * call outside a graph capture times the heuristic's first 8 candidates on its own operands (into a scratch output,
- * 3 calls each after a warm-up; a one-off cost of a few to tens of milliseconds that the engine's start-up warm-up
- * pays) and keeps the fastest, the heuristic's first unless another is 2% faster. The choice is shared by every
- * gpu_gemm of the process on that device, so two engines compute the same bits; two processes may choose
- * differently (timing noise) and then differ by float rounding.
+ * call times the heuristic's first 8 candidates on its own operands (into a scratch output and amax, 3 calls each
+ * after a warm-up; a one-off cost of a few to tens of milliseconds that the engine's start-up warm-up pays) and
+ * keeps the fastest, the heuristic's first unless another is 2% faster. When that first call cannot time (it is
+ * inside a graph capture, which the engine never does for a new shape, or the scratch cannot be allocated) the
+ * heuristic's first is kept without timing. Every choice made with tuning on is shared by all gpu_gemms of the
+ * process on that device (the first made wins, also between threads), so two engines compute the same bits; two
+ * processes may choose differently (timing noise) and then differ by float rounding.
  * A gpu_gemm owns its cuBLASLt handle and workspace (allocated at creation). One gpu_gemm is used by one thread.
  */
 #ifndef VITD_GPU_GEMM_H
@@ -69,8 +71,9 @@ void gpu_gemm_set_fast_accum(gpu_gemm *g, int on);
 /* Tuning on (1) or off (0, the default of gpu_gemm_create) for shapes not chosen yet. */
 void gpu_gemm_set_tune(gpu_gemm *g, int on);
 
-/* What tuning measured over the shapes this gpu_gemm timed: ms_first sums the heuristic's first candidate's time
- * per call, ms_chosen the chosen one's (one call of each shape, at the size it was first seen). */
+/* What tuning measured over the shapes this gpu_gemm timed: ms_first sums the time per call of the heuristic's first
+ * candidate that runs at the call's n, ms_chosen the chosen one's (one call of each shape, at the size it was first
+ * seen). */
 typedef struct {
     long shapes, changed; /* shapes timed; shapes where another candidate than the heuristic's first won */
     double ms_first, ms_chosen;
