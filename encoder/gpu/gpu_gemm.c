@@ -227,7 +227,7 @@ static int tune(gpu_gemm *g, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t l
     }
     if (amax && cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_AMAX_D_POINTER, &a->y_amax,
                                                sizeof a->y_amax) != CUBLAS_STATUS_SUCCESS)
-        best = -2; /* desc could not be restored: the caller's call fails on its own check below */
+        best = -2; /* desc could not be restored: the caller fails the call */
     cudaFreeAsync(scratch, stream);
     if (failed) cudaGetLastError(); /* a candidate that failed to launch: its error is this function's */
     if (best == -2) return -2;
