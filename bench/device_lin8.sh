@@ -88,7 +88,8 @@ if want bench; then
         [ "$gm" = all ] || name=bench_${gm//,/+}
         run $name "${BENCH_LIMIT:-300}" "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --attn bf16,auto \
             --linear bf16,fp8 --linear-gemms "$gm" ${CASES:+--cases $CASES} --profile ${BENCH_ARGS:-}
-        grep -E "^encoder|^stream|^ratio|^linratio|^route|^linroute|^graphs|^gemm_tune" "$OUT/$name.log" | sed "s/^/[$gm] /" |
+        grep -E "^encoder|^stream|^ratio|^linratio|^route|^linroute|^graphs|^gemm_tune" "$OUT/$name.log" |
+            sed "s/^/[$gm] /" |
             tee -a "$SUM"
     done
 fi

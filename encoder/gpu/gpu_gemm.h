@@ -2,9 +2,9 @@
  * out, with the epilogues cuBLASLt fuses (bias; bias + tanh-GELU) and an optional residual accumulate
  * (y += x W^T + b, by beta = 1 with C = D).
  *
- * FP8 (gpu_gemm_run with gemm_args.fp8 set): both operands E4M3 with one float32 dequantisation factor each on the device
- * (x ~ x_descale * x8, W ~ w_descale * w8; per tensor: cuBLASLt on Hopper takes scalar scales), products summed in
- * float32 with cuBLASLt's periodic promotion into float32 registers, or without it when fast accumulation is on
+ * FP8 (gpu_gemm_run with gemm_args.fp8 set): both operands E4M3 with one float32 dequantisation factor each on the
+ * device (x ~ x_descale * x8, W ~ w_descale * w8; per tensor: cuBLASLt on Hopper takes scalar scales), products
+ * summed in float32 with cuBLASLt's periodic promotion into float32 registers, or without it when fast accumulation is on
  * (gpu_gemm_set_fast_accum; the engine's default, config linear_fp8_fast_accum: 6-11% faster encoder streams with
  * FP8 linear on the H100 and no measurable loss in the whole encoder, bench/RESULTS.md issue 14). The output is
  * bf16, or E4M3 (y8 = satfinite(y * y_scale), y_scale a device float) with the amax of the unscaled output written
