@@ -49,14 +49,20 @@ static int n_tuned;
 
 _Static_assert(sizeof(gemm_key) == 8 * sizeof(int) + sizeof(size_t), "gemm_key is compared with memcmp: no padding");
 
+/* The index of k's valid entry among e[0..n), or -1: serves the per-gpu_gemm cache and the tuned table. */
+static int entry_find(const gemm_entry *e, int n, const gemm_key *k) {
+    for (int i = 0; i < n; i++)
+        if (e[i].valid && !memcmp(&e[i].key, k, sizeof *k)) return i;
+    return -1;
+}
+
 /* The table's choice for k: an existing entry wins (another thread may have timed the same shape meanwhile), else
  * *algo is entered. So every gpu_gemm of the process uses the first choice made for a shape, timed or not. */
 static void tuned_publish(const gemm_key *k, cublasLtMatmulAlgo_t *algo) {
     static int full_logged;
     pthread_mutex_lock(&tuned_mu);
-    int i = 0;
-    while (i < n_tuned && memcmp(&tuned[i].key, k, sizeof *k)) i++;
-    if (i < n_tuned) *algo = tuned[i].algo;
+    const int i = entry_find(tuned, n_tuned, k);
+    if (i >= 0) *algo = tuned[i].algo;
     else if (n_tuned < GEMM_TUNED_MAX) tuned[n_tuned++] = (gemm_entry){*k, *algo, 1};
     else if (!full_logged) {
         full_logged = 1;
@@ -66,12 +72,11 @@ static void tuned_publish(const gemm_key *k, cublasLtMatmulAlgo_t *algo) {
 }
 
 static int tuned_find(const gemm_key *k, cublasLtMatmulAlgo_t *algo) {
-    int found = 0;
     pthread_mutex_lock(&tuned_mu);
-    for (int i = 0; i < n_tuned && !found; i++)
-        if (!memcmp(&tuned[i].key, k, sizeof *k)) *algo = tuned[i].algo, found = 1;
+    const int i = entry_find(tuned, n_tuned, k);
+    if (i >= 0) *algo = tuned[i].algo;
     pthread_mutex_unlock(&tuned_mu);
-    return found;
+    return i >= 0;
 }
 
 /* Tokens are bucketed to the next power of two (at least 64) for the algorithm choice: the best tile rarely
@@ -254,12 +259,9 @@ static vitd_status choose_algo(gpu_gemm *g, cublasLtMatmulDesc_t desc, cublasLtM
     const int nb = key->n_bucket, in = a->in, out = a->out;
     int returned = 0, pick = 0;
     cublasLtMatmulAlgo_t algo;
-    *hit = NULL;
-    for (int i = 0; i < GEMM_CACHE; i++)
-        if (g->cache[i].valid && !memcmp(&g->cache[i].key, key, sizeof *key)) {
-            *hit = &g->cache[i];
-            return VITD_OK;
-        }
+    const int c = entry_find(g->cache, GEMM_CACHE, key);
+    *hit = c >= 0 ? &g->cache[c] : NULL;
+    if (*hit) return VITD_OK;
     if (!(g->tune && tuned_find(key, &algo))) {
         if ((st = make_pref(g, &pref, err)) != VITD_OK) goto fail;
         /* Choose with the bucket's n, so the cached algorithm suits the whole bucket. */
