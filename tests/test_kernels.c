@@ -443,6 +443,31 @@ static void case_gemm(int n, int in, int out, gemm_epilogue epi, int acc, int re
     free(x); free(w); free(b); free(y0); free(ref); free(extra); free(hx); free(hw); free(hb); free(got);
 }
 
+/* The GEMM cases: the 8B tower's shapes at 1-4096 tokens and odd sizes, a real photograph's patch rows (real), and
+ * the tiny preset's; tuned: run again on a gpu_gemm with tuning on. */
+static const struct {
+    int n, in, out;
+    gemm_epilogue epi;
+    int acc, real, tuned;
+} k_gemm[] = {
+    {1, 1152, 3456, GEMM_EPI_BIAS, 0, 0, 0},
+    {7, 1152, 1152, GEMM_EPI_BIAS, 1, 0, 1},
+    {257, 1152, 4304, GEMM_EPI_BIAS_GELU_TANH, 0, 0, 1},
+    {1000, 4304, 1152, GEMM_EPI_BIAS, 1, 0, 1},
+    {333, 4608, 4096, GEMM_EPI_BIAS, 0, 0, 0},
+    {100, 1280, 1152, GEMM_EPI_NONE, 0, 0, 0},
+    {4096, 1152, 3456, GEMM_EPI_BIAS, 0, 0, 1},
+    {504, 1536, 1152, GEMM_EPI_BIAS, 0, 1, 1},
+    {16, 144, 432, GEMM_EPI_BIAS, 0, 0, 0},
+};
+
+/* Every case of k_gemm (tuned_only: those marked tuned) through case_gemm on g_gemm. */
+static void run_gemm_cases(int tuned_only) {
+    for (size_t i = 0; i < sizeof k_gemm / sizeof *k_gemm; i++)
+        if (!tuned_only || k_gemm[i].tuned)
+            case_gemm(k_gemm[i].n, k_gemm[i].in, k_gemm[i].out, k_gemm[i].epi, k_gemm[i].acc, k_gemm[i].real);
+}
+
 /* One GEMM on its own gpu_gemm and stream (same_choice's threads). */
 typedef struct {
     gpu_gemm *g;
@@ -581,15 +606,7 @@ int main(int argc, char **argv) {
     case_convert((size_t)1 << 22);
 
     printf("cuBLASLt linear layers\n");
-    case_gemm(1, 1152, 3456, GEMM_EPI_BIAS, 0, 0);
-    case_gemm(7, 1152, 1152, GEMM_EPI_BIAS, 1, 0);
-    case_gemm(257, 1152, 4304, GEMM_EPI_BIAS_GELU_TANH, 0, 0);
-    case_gemm(1000, 4304, 1152, GEMM_EPI_BIAS, 1, 0);
-    case_gemm(333, 4608, 4096, GEMM_EPI_BIAS, 0, 0);
-    case_gemm(100, 1280, 1152, GEMM_EPI_NONE, 0, 0);
-    case_gemm(4096, 1152, 3456, GEMM_EPI_BIAS, 0, 0);
-    case_gemm(504, 1536, 1152, GEMM_EPI_BIAS, 0, 1);
-    case_gemm(16, 144, 432, GEMM_EPI_BIAS, 0, 0);
+    run_gemm_cases(0);
 
     /* Algorithm tuning (gpu_gemm_set_tune): a fresh gpu_gemm times the candidates of every shape at first sight;
      * the same cases must hold (the residual cases show the timing runs left y alone). */
@@ -599,11 +616,7 @@ int main(int argc, char **argv) {
     CHECK_OK(gpu_gemm_create((size_t)32 << 20, &g_gemm, &err), &err);
     if (g_gemm) {
         gpu_gemm_set_tune(g_gemm, 1);
-        case_gemm(7, 1152, 1152, GEMM_EPI_BIAS, 1, 0);
-        case_gemm(257, 1152, 4304, GEMM_EPI_BIAS_GELU_TANH, 0, 0);
-        case_gemm(1000, 4304, 1152, GEMM_EPI_BIAS, 1, 0);
-        case_gemm(4096, 1152, 3456, GEMM_EPI_BIAS, 0, 0);
-        case_gemm(504, 1536, 1152, GEMM_EPI_BIAS, 0, 1);
+        run_gemm_cases(1);
         const gpu_gemm_tune_stats ts = gpu_gemm_get_tune_stats(g_gemm);
         printf("  tuned shapes %ld, %ld changed; one call each: %.4f ms with the heuristic's first, %.4f chosen\n",
                ts.shapes, ts.changed, ts.ms_first, ts.ms_chosen);
