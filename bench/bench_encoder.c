@@ -33,9 +33,11 @@
  * the FP8 GEMMs with cuBLASLt's periodic float32 promotion instead of the default fast accumulation.
  * --bf16-out: every run (synchronous ones too) in the per-image form with bf16 outputs (vitd_batch.image_bf16),
  * which is what the server asks for (output_dtype auto): no float32 conversion on the host.
+ * --attn-short-max N: BF16 attention of images of at most N patches on vitd's own kernel (attn_short_max; 0 =
+ * always cuDNN, for the comparison; default the engine's).
  * Usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] [--attn bf16,fp8,auto] [--profile]
  *                      [--max-batch-tokens N] [--linear bf16,fp8,auto] [--linear-gemms qkv,proj,fc1,fc2]
- *                      [--no-graphs] [--no-gemm-tune] [--precise-accum] [--bf16-out]
+ *                      [--no-graphs] [--no-gemm-tune] [--precise-accum] [--bf16-out] [--attn-short-max N]
  * Without --model it writes the 8b demo checkpoint to /tmp/vitd_bench_8b (kept for later runs).
  */
 #include <math.h>
@@ -182,7 +184,7 @@ static double time_stream(gpu_engine *ge, const bcase *bc, const vitd_vision_con
 int main(int argc, char **argv) {
     const char *model_dir = NULL, *only = NULL, *attn_list = "bf16,fp8,auto", *lin_list = "bf16,fp8";
     const char *lin_gemms = NULL;
-    int iters = 20, warmup = 3, profile = 0, no_graphs = 0, bf16_out = 0, no_tune = 0, precise = 0;
+    int iters = 20, warmup = 3, profile = 0, no_graphs = 0, bf16_out = 0, no_tune = 0, precise = 0, short_max = -1;
     size_t max_tokens = 16384;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--model") && i + 1 < argc) model_dir = argv[++i];
@@ -197,11 +199,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--bf16-out")) bf16_out = 1;
         else if (!strcmp(argv[i], "--no-gemm-tune")) no_tune = 1;
         else if (!strcmp(argv[i], "--precise-accum")) precise = 1;
+        else if (!strcmp(argv[i], "--attn-short-max") && i + 1 < argc) short_max = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--profile")) profile = 1;
         else {
             fprintf(stderr, "usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] "
                             "[--attn bf16,fp8,auto] [--profile] [--max-batch-tokens N] [--linear bf16,fp8,auto] "
-                            "[--linear-gemms LIST] [--no-graphs] [--no-gemm-tune] [--precise-accum] [--bf16-out]\n");
+                            "[--linear-gemms LIST] [--no-graphs] [--no-gemm-tune] [--precise-accum] [--bf16-out] [--attn-short-max N]\n");
             return 2;
         }
     }
@@ -250,6 +253,7 @@ int main(int argc, char **argv) {
     eo.no_cuda_graphs = no_graphs;
     eo.no_gemm_tune = no_tune;
     eo.fp8_precise_accum = precise;
+    if (short_max >= 0) eo.attn_short_max = short_max ? short_max : -1;
     gpu_engine *ge = NULL;
     double t0 = vitd_now();
     if (gpu_engine_create(model, &eo, &ge, &err) != VITD_OK) {

@@ -19,7 +19,8 @@
 # --no-graphs and --bf16-out), tune (bench_encoder --no-gemm-tune: cuBLASLt's heuristic first choices against the
 # bench stage's tuned ones; TUNE_ATTN the attention paths, default bf16,auto), hf (hf_baseline.py eager), precise
 # (bench_encoder --precise-accum: FP8 GEMMs with cuBLASLt's periodic float32 promotion instead of the default fast
-# accumulation; auto attention, four cases).
+# accumulation; auto attention, four cases), short (test_attn_rope, and bench_encoder with vitd's own short-image
+# attention against cuDNN's: SHORT_MAX, SHORT_CASES, SHORT_GEMMS).
 # Environment: ITERS (20), HF_ITERS (20), CASES (all), DEADLINE (seconds from the start after which stages are
 # skipped, default 560).
 set -u
@@ -110,6 +111,20 @@ if want tune; then
         --linear bf16,fp8 \
         --linear-gemms "${TUNE_GEMMS:-all}" ${CASES:+--cases $CASES} --no-gemm-tune
     grep -E "^stream|^gemm_tune" "$OUT/bench_notune.log" | sed 's/^/notune /' | tee -a "$SUM"
+fi
+if want short; then
+    # vitd's own short-image attention (kernels/attn_rope.cu): its test (errors and kernel timings against rotary
+    # pack + cuDNN), then the engine with attn_short_max 0 (cuDNN for every image) and SHORT_MAX (default 1024)
+    run test_attn_rope 200 "$BIN/test_attn_rope"
+    grep -E "^  (timing|.* own |.* cuDNN )" "$OUT/test_attn_rope.log" | tee -a "$SUM"
+    for v in "cudnn 0" "own ${SHORT_MAX:-1024}"; do
+        set -- $v
+        run bench_short_$1 200 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --attn bf16,auto \
+            --linear bf16,fp8 --linear-gemms "${SHORT_GEMMS:-all}" --cases "${SHORT_CASES:-448x448x1,448x448x16}" \
+            --attn-short-max "$2" --profile
+        grep -E "^encoder|^stream|^route|^stage.*stage=(attention|rope_pack) " "$OUT/bench_short_$1.log" |
+            sed "s/^/short_$1 /" | tee -a "$SUM"
+    done
 fi
 if want hf; then
     run hf 300 env PYTHONUNBUFFERED=1 $PY bench/hf_baseline.py --model $MODEL --iters "$HF_ITERS" \

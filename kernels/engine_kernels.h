@@ -63,6 +63,22 @@ cudaError_t rope_pack_qkv_bf16(const uint16_t *qkv, const float *cos_t, const fl
                                int n_heads, int head_dim, int dp, uint16_t *q, uint16_t *k, uint16_t *v,
                                cudaStream_t stream);
 
+/* ---- kernels/attn_rope.cu ---- */
+
+/* 1 when attn_rope_bf16 runs this head shape: head_dim 72 padded to 80, or 64 (padded 64). */
+int attn_rope_supported(int head_dim, int head_dim_padded);
+
+/* vitd's own short-sequence BF16 attention with the rotary fused into its loads, replacing rope_pack_qkv_bf16 +
+ * cuDNN's BF16 attention: per cu_seqlens segment and head, o = softmax(rot(q) rot(k)^T hd^-0.5) v, q and k rotated
+ * and rounded to bf16 exactly as rope_pack_qkv_bf16 does, P rounded to bf16 for P V, float32 softmax and sums.
+ *   qkv [n_tokens, 3*H*hd] bf16, cos_t / sin_t [n_tokens, hd/2] (rope_tables), cu_seqlens [n_seg + 1] device int32
+ *   (cu[0] = 0, cu[n_seg] = n_tokens), o [n_tokens, H, dp] bf16 with lanes hd..dp-1 written 0.
+ * 8-byte aligned pointers, attn_rope_supported shapes (cudaErrorInvalidValue otherwise).
+ * Twins: cpu_rope_apply (rounded to bf16) then cpu_attention. */
+cudaError_t attn_rope_bf16(const uint16_t *qkv, const float *cos_t, const float *sin_t, const int32_t *cu_seqlens,
+                           int n_seg, int n_tokens, int n_heads, int head_dim, int head_dim_padded, uint16_t *o,
+                           cudaStream_t stream);
+
 /* ---- kernels/act.cu ---- */
 
 /* Exact (erf) GELU in place, x = bf16(0.5 x (1 + erf(x / sqrt 2))) evaluated in float32 (nn.GELU() on bf16, the

@@ -63,7 +63,7 @@ static int parse_double(const char *s, const char *flag, double lo, double hi, d
 }
 
 /* The encoder flags shared by encode and calibrate: --backend, --attn-dtype, --linear-dtype, --linear-fp8-gemms,
- * --no-cuda-graphs, --no-gemm-tune, --linear-precise-accum, --device, --fp8-*. Returns 1 if
+ * --no-cuda-graphs, --no-gemm-tune, --attn-short-max, --linear-precise-accum, --device, --fp8-*. Returns 1 if
  * argv[*i] was one of them (value stored), 0 if not, -1 on a usage error (printed). */
 static int encoder_flag(int argc, char **argv, int *i, vitd_encoder_opts *eo, int *bad) {
     const char *v;
@@ -87,6 +87,9 @@ static int encoder_flag(int argc, char **argv, int *i, vitd_encoder_opts *eo, in
         eo->no_cuda_graphs = 1;
     } else if (!strcmp(argv[*i], "--no-gemm-tune")) {
         eo->no_gemm_tune = 1;
+    } else if ((v = flag_value(argc, argv, i, "--attn-short-max", bad))) {
+        if (parse_long(v, "--attn-short-max", 0, 65536, &n)) return -1;
+        eo->attn_short_max = n ? (int)n : -1;
     } else if (!strcmp(argv[*i], "--linear-precise-accum")) {
         eo->fp8_precise_accum = 1;
     } else if ((v = flag_value(argc, argv, i, "--device", bad))) {
@@ -329,7 +332,7 @@ static void encode_usage(FILE *f) {
                "                   [--fp8-history N] [--attn-route-file FILE]\n"
                "                   [--linear-dtype bf16|fp8|auto] [--linear-fp8-gemms qkv,proj,fc1,fc2] "
                "[--no-cuda-graphs]\n"
-               "                   [--no-gemm-tune] [--linear-precise-accum]\n"
+               "                   [--no-gemm-tune] [--linear-precise-accum] [--attn-short-max N]\n"
                "Encodes the images in one batch (--one-by-one: each alone) and writes per image\n"
                "image.<i>.embeddings [tokens, out_hidden], image.<i>.deepstack.<layer> and image.<i>.grid_thw.\n"
                "--format json prints the same answer as the HTTP service's JSON instead.\n");

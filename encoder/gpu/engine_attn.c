@@ -11,12 +11,22 @@
 #include "fp8_scales.h"
 #include "util.h"
 
-/* The BF16 attention step: rotary + split + pad of the QKV output, then cuDNN BF16 attention into o [N, H, dp]
- * (pad lanes 0). calib: float[4] where the amax of Q, K (rotated) and V is folded in (vitd calibrate), or NULL. */
-static vitd_status attention_bf16(gpu_engine *g, int n_tokens, float *calib, vitd_err *err) {
+/* The BF16 attention step of a batch of n_seg segments (cu_seqlens in g->cu), the longest max_len tokens, into
+ * o [N, H, dp] (pad lanes 0): vitd's own rotary + attention kernel when max_len <= attn_short_max (one launch;
+ * short images, where cuDNN's kernels fill too little of the GPU), else rotary + split + pad of the QKV output
+ * and cuDNN BF16 attention. calib: float[4] where the amax of Q, K (rotated) and V is folded in (vitd calibrate),
+ * or NULL. */
+static vitd_status attention_bf16(gpu_engine *g, int n_tokens, int n_seg, int max_len, float *calib,
+                                  vitd_err *err) {
     vitd_status st = VITD_OK;
-    KTRY(rope_pack_qkv_bf16(g->qkv, g->cos_t, g->sin_t, n_tokens, g->H, g->hd, g->dp, g->q, g->k, g->v, g->s_main));
     if (calib) KTRY(fp8_quant_qkv_amax(g->qkv, g->cos_t, g->sin_t, n_tokens, g->H, g->hd, calib, g->s_main));
+    if (max_len <= g->attn_short_max) {
+        KTRY(attn_rope_bf16(g->qkv, g->cos_t, g->sin_t, g->cu, n_seg, n_tokens, g->H, g->hd, g->dp, g->o,
+                            g->s_main));
+        engine_prof_mark(g, ST_ATTN);
+        return VITD_OK;
+    }
+    KTRY(rope_pack_qkv_bf16(g->qkv, g->cos_t, g->sin_t, n_tokens, g->H, g->hd, g->dp, g->q, g->k, g->v, g->s_main));
     engine_prof_mark(g, ST_ROPE_PACK);
     st = gpu_attn_bf16(g->attn, g->q, g->k, g->v, g->o, g->s_main, err);
     engine_prof_mark(g, ST_ATTN);
@@ -55,10 +65,12 @@ fail:
 }
 
 /* The attention step of block `layer` on the path chosen for the batch (fp8 = 1: FP8; keep_o8 as above). */
-vitd_status engine_attention(gpu_engine *g, int layer, int n_tokens, int fp8, int keep_o8, vitd_err *err) {
-    if (!fp8) return attention_bf16(g, n_tokens, g->d_calib ? g->d_calib + (size_t)layer * 4 : NULL, err);
+vitd_status engine_attention(gpu_engine *g, const eng_pass *p, int layer, int keep_o8, vitd_err *err) {
+    if (!p->fp8)
+        return attention_bf16(g, p->N, p->n_seg, p->max_len, g->d_calib ? g->d_calib + (size_t)layer * 4 : NULL,
+                              err);
     float *L = g->d_fp8 + (size_t)layer * g->fp8_stride;
-    vitd_status st = attention_fp8(g, L, n_tokens, g->fp8_steps[layer] == 0, keep_o8, err);
+    vitd_status st = attention_fp8(g, L, p->N, g->fp8_steps[layer] == 0, keep_o8, err);
     if (st == VITD_OK) g->fp8_steps[layer]++;
     return st;
 }
@@ -94,8 +106,9 @@ fail:
 /* One attention step of the current probe batch for timing: BF16, or FP8 on the probe state block in its steady
  * form (quantise with amax, attention, dequantise + ring update; static: neither amax nor ring). The inputs are
  * the zeroed activations: attention time does not depend on the values. */
-static vitd_status probe_step(gpu_engine *g, int n_tokens, int fp8, vitd_err *err) {
-    if (!fp8) return attention_bf16(g, n_tokens, NULL, err);
+static vitd_status probe_step(gpu_engine *g, int n_images, int len, int fp8, vitd_err *err) {
+    const int n_tokens = n_images * len;
+    if (!fp8) return attention_bf16(g, n_tokens, n_images, len, NULL, err);
     return attention_fp8(g, g->d_fp8 + (size_t)g->cfg.depth * g->fp8_stride, n_tokens, 0, 0, err);
 }
 
@@ -107,8 +120,8 @@ static vitd_status time_shape(gpu_engine *g, attn_route_entry *e, cudaEvent_t ev
     const int T = e->n_images * e->max_len, reps = T >= 16384 ? 3 : T >= 4096 ? 5 : 10;
     double best[2] = {1e30, 1e30};
     if ((st = probe_batch(g, e->n_images, e->max_len, err)) != VITD_OK) goto fail;
-    if ((st = probe_step(g, T, 0, err)) != VITD_OK) goto fail;
-    if ((st = probe_step(g, T, 1, err)) != VITD_OK) {
+    if ((st = probe_step(g, e->n_images, e->max_len, 0, err)) != VITD_OK) goto fail;
+    if ((st = probe_step(g, e->n_images, e->max_len, 1, err)) != VITD_OK) {
         *fp8_failed = 1;
         goto fail;
     }
@@ -117,7 +130,7 @@ static vitd_status time_shape(gpu_engine *g, attn_route_entry *e, cudaEvent_t ev
             float ms = 0;
             CUDA_TRY(cudaEventRecord(ev[0], g->s_main));
             for (int r = 0; r < reps; r++)
-                if ((st = probe_step(g, T, fp8, err)) != VITD_OK) {
+                if ((st = probe_step(g, e->n_images, e->max_len, fp8, err)) != VITD_OK) {
                     *fp8_failed = fp8;
                     goto fail;
                 }

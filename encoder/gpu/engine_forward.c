@@ -125,7 +125,7 @@ static vitd_status run_block(gpu_engine *g, const eng_pass *p, int i, vitd_err *
     if ((st = gpu_gemm_run(g->gemm, &a, g->s_main, err)) != VITD_OK) goto fail;
     engine_prof_mark(g, ST_QKV);
 
-    if ((st = engine_attention(g, i, N, p->fp8, proj8, err)) != VITD_OK) goto fail;
+    if ((st = engine_attention(g, p, i, proj8, err)) != VITD_OK) goto fail;
     a = (gemm_args){.x = g->o, .w = bl->proj_w, .bias = bl->proj_b, .y = g->x, .n = N, .in = g->H * g->dp,
                     .out = d, .epi = GEMM_EPI_BIAS, .accumulate = 1};
     if (proj8) {
@@ -438,7 +438,7 @@ vitd_status gpu_engine_submit(gpu_engine *g, const vitd_batch *b, vitd_err *err)
     engine_prof_mark(g, ST_POS_ROPE);
 
     /* The blocks, in segments that end at a deepstack tap (the merger runs between them, outside any graph). */
-    eng_pass pass = {.N = N, .fp8 = fp8, .lin = lin8_choose(g, N)};
+    eng_pass pass = {.N = N, .n_seg = n_seg, .max_len = max_len, .fp8 = fp8, .lin = lin8_choose(g, N)};
     if (pass.lin && !g->lin_static && g->lin_steps == 0) {
         pass.lin = 0; /* the first FP8-linear batch records the amax its successors are scaled by */
         pass.lin_calib = 1;

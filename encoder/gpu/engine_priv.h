@@ -99,6 +99,7 @@ typedef struct {
 /* What one batch runs: its tokens and paths (decided at submit). */
 typedef struct {
     int N;
+    int n_seg, max_len; /* segments (images) and the longest's tokens: BF16 attention's kernel (attn_short_max) */
     int fp8;           /* FP8 attention */
     unsigned lin;      /* GEMMs in FP8 (LIN8_* bits); 0 = all BF16 */
     int lin_calib;     /* dynamic FP8 linear's first batch: BF16 GEMMs recording the inputs' amax */
@@ -195,6 +196,10 @@ struct gpu_engine {
     int last_lin;                /* -1 none, 0 bf16, 1 fp8 */
     char lin_fallback[200];      /* why FP8 linear does not run though allowed ("" otherwise) */
 
+    /* BF16 attention of a batch whose longest segment has <= attn_short_max tokens: vitd's own rotary + attention
+     * kernel (kernels/attn_rope.cu) instead of rotary pack + cuDNN; 0 = never */
+    int attn_short_max;
+
     /* CUDA graphs of the block segments (engine_graph.c) */
     int graphs_on;
     size_t graph_max_tokens;
@@ -221,9 +226,9 @@ void engine_pool_run(host_pool *p, size_t n, size_t min_items, cpu_range_fn fn, 
 void engine_pool_run_range(host_pool *p, size_t begin, size_t end, size_t min_items, cpu_range_fn fn, void *ctx);
 
 /* engine_attn.c */
-/* The attention step of block `layer` on the batch's path (fp8 = 1: FP8; keep_o8: the projection reads o8 itself,
- * no dequantisation, and the caller runs the ring update after it). */
-vitd_status engine_attention(gpu_engine *g, int layer, int n_tokens, int fp8, int keep_o8, vitd_err *err);
+/* The attention step of block `layer` on pass p's path (p->fp8: FP8; keep_o8: the projection reads o8 itself, no
+ * dequantisation, and the caller runs the ring update after it). */
+vitd_status engine_attention(gpu_engine *g, const eng_pass *p, int layer, int keep_o8, vitd_err *err);
 /* The attention path of a batch of n_seg segments whose longest has max_len tokens: 1 = FP8. */
 int engine_choose_fp8(const gpu_engine *g, int n_seg, int max_len);
 /* Gets the FP8 path ready (plans; auto: the timing table). On failure *dead says whether the device is lost. */

@@ -1,0 +1,295 @@
+/* attn_rope.cu — vitd's own BF16 attention for short images, with the 2-D rotary of q and k done while loading
+ * (issue 14: one 448x448 image, 784 tokens, spent ~36 us per block in rotary + pack (10 us) and cuDNN's attention
+ * (26 us), which at that length fills under one wave of the GPU).
+ *
+ * Math, per cu_seqlens segment and head (non-causal, as cuDNN's BF16 path and HF's sdpa):
+ *   q, k = rotate_half rotary of the QKV output's q and k thirds in float32, rounded to bf16 (exactly
+ *          rope_pack_qkv_bf16's arithmetic, so the operands are bit-identical to the cuDNN path's);
+ *   s = q k^T (bf16 products, float32 sums on the tensor cores), p = softmax(s * hd^-0.5) by the online
+ *   (flash) recurrence in float32 with exp2, p rounded to bf16 for p v, o = (p v) / rowsum(p) rounded to bf16.
+ * Output o [N, H, dp] bf16 with lanes hd..dp-1 = 0: the layout the output projection reads (engine_forward.c).
+ *
+ * Work split. One CTA of 4 warps owns 64 query rows of one (segment, head): blockIdx.x walks the segments' 64-row
+ * tiles in order (the CTA finds its segment from cu_seqlens; the grid has N/64 + n_seg tiles, the spare ones
+ * return), blockIdx.y is the head. Each warp keeps its 16 query rows as mma A fragments in registers and runs
+ * mma.sync m16n8k16 (bf16 in, float32 accumulate): S = Q K^T over dp (pad lanes 0), then O += P V over hd with the
+ * score accumulators reused as P's A fragments (the C layout of two n8 tiles is the A layout of one k16 step).
+ * Keys arrive in blocks of 64: K rotated into shared memory [64][dp+8] (row pad: conflict-free fragment reads),
+ * V transposed into [dp][64+8]; the next block's global loads are issued into registers before the current
+ * block's math, so their latency hides behind it. Rows past a segment's end load as 0 and their scores as -inf.
+ * Limits: head_dim 64 (dp 64) or 72 (dp 80); any segment length. Faster than cuDNN only for short segments
+ * (the engine's attn_short_max); long ones want cuDNN's Hopper kernels.
+ * Twins: cpu_rope_apply (then bf16 rounding) and cpu_attention. Tests: tests/test_attn_rope.c.
+ */
+#include "common.cuh"
+#include "engine_kernels.h"
+
+namespace {
+
+constexpr int BM = 64;  /* query rows per CTA */
+constexpr int BN = 64;  /* keys per step */
+constexpr int THREADS = 128;
+
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+    return (uint32_t)f32_to_bf16_bits(lo) | ((uint32_t)f32_to_bf16_bits(hi) << 16);
+}
+__device__ __forceinline__ float lo16(uint32_t u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float hi16(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
+
+/* Rotates lanes j, j+1 with their partners j+half, j+half+1 (rope.cu's arithmetic): *lo gets out[j..j+1], *hi
+ * out[j+half..]. a, b: the raw bf16 pairs; c, s: cos and sin of the two angles. */
+__device__ __forceinline__ void rotate2(uint32_t a, uint32_t b, float2 c, float2 s, uint32_t *lo, uint32_t *hi) {
+    const float a0 = lo16(a), a1 = hi16(a), b0 = lo16(b), b1 = hi16(b);
+    *lo = pack2(__fsub_rn(__fmul_rn(a0, c.x), __fmul_rn(b0, s.x)), __fsub_rn(__fmul_rn(a1, c.y), __fmul_rn(b1, s.y)));
+    *hi = pack2(__fadd_rn(__fmul_rn(b0, c.x), __fmul_rn(a0, s.x)), __fadd_rn(__fmul_rn(b1, c.y), __fmul_rn(a1, s.y)));
+}
+
+template <int HD>
+struct kv_regs {
+    static constexpr int HALF = HD / 2, PAIRS = HALF / 2;
+    static constexpr int KI = (BN * PAIRS + THREADS - 1) / THREADS, VI = (BN * HALF + THREADS - 1) / THREADS;
+    uint32_t ka[KI], kb[KI], v[VI];
+    float2 c[KI], s[KI];
+};
+
+template <int HD, int DP>
+__global__ __launch_bounds__(THREADS) void attn_rope_kernel(const uint16_t *__restrict__ qkv,
+                                                            const float *__restrict__ cos_t,
+                                                            const float *__restrict__ sin_t,
+                                                            const int32_t *__restrict__ cu, int n_seg, int n_heads,
+                                                            float scale_log2, uint16_t *__restrict__ out) {
+    using R = kv_regs<HD>;
+    constexpr int HALF = R::HALF, PAIRS = R::PAIRS, LDK = DP + 8, LDV = BN + 8, KS = DP / 16, NO = HD / 8;
+    __shared__ __align__(16) uint16_t Qs[BM * LDK];
+    __shared__ __align__(16) uint16_t Ks[BN * LDK];
+    __shared__ __align__(16) uint16_t Vt[HD * LDV]; /* rows >= hd are never read: p v runs over hd only */
+    __shared__ int info[3];
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
+    const int h = blockIdx.y;
+    if (tid == 0) {
+        int tile = blockIdx.x, seg = -1;
+        for (int s = 0; s < n_seg; s++) {
+            const int nt = (cu[s + 1] - cu[s] + BM - 1) / BM;
+            if (tile < nt) { seg = s; break; }
+            tile -= nt;
+        }
+        info[0] = seg < 0 ? -1 : cu[seg];
+        info[1] = seg < 0 ? 0 : cu[seg + 1] - cu[seg];
+        info[2] = tile * BM;
+    }
+    __syncthreads();
+    if (info[0] < 0) return;
+    const long long t0 = info[0];
+    const int len = info[1], q0 = info[2];
+    const long long ld = 3LL * n_heads * HD;
+    const uint16_t *qbase = qkv + (long long)h * HD, *kbase = qbase + (long long)n_heads * HD,
+                   *vbase = kbase + (long long)n_heads * HD;
+
+    /* Q tile, rotated; the pad lanes of Q and K are zeroed once (the loads below write lanes < hd only) */
+    for (int it = tid; it < BM * PAIRS; it += THREADS) {
+        const int r = it / PAIRS, j = (it - r * PAIRS) * 2;
+        uint32_t lo = 0, hi = 0;
+        if (q0 + r < len) {
+            const long long t = t0 + q0 + r;
+            const uint16_t *src = qbase + t * ld;
+            rotate2(*reinterpret_cast<const uint32_t *>(src + j), *reinterpret_cast<const uint32_t *>(src + j + HALF),
+                    *reinterpret_cast<const float2 *>(cos_t + t * HALF + j),
+                    *reinterpret_cast<const float2 *>(sin_t + t * HALF + j), &lo, &hi);
+        }
+        *reinterpret_cast<uint32_t *>(&Qs[r * LDK + j]) = lo;
+        *reinterpret_cast<uint32_t *>(&Qs[r * LDK + j + HALF]) = hi;
+    }
+    constexpr int PADW = DP > HD ? DP - HD : 1; /* pad lanes (the loop below runs only when DP > HD) */
+    for (int it = tid; DP > HD && it < BM * PADW; it += THREADS) {
+        const int r = it / PADW, c = HD + it % PADW;
+        Qs[r * LDK + c] = 0;
+        Ks[r * LDK + c] = 0;
+    }
+
+    R pre;
+    auto load_kv = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < R::KI; i++) {
+            const int it = tid + i * THREADS, r = it / PAIRS, j = (it - r * PAIRS) * 2;
+            pre.ka[i] = pre.kb[i] = 0;
+            pre.c[i] = pre.s[i] = make_float2(0.f, 0.f);
+            if (it < BN * PAIRS && k0 + r < len) {
+                const long long t = t0 + k0 + r;
+                const uint16_t *src = kbase + t * ld;
+                pre.ka[i] = *reinterpret_cast<const uint32_t *>(src + j);
+                pre.kb[i] = *reinterpret_cast<const uint32_t *>(src + j + HALF);
+                pre.c[i] = *reinterpret_cast<const float2 *>(cos_t + t * HALF + j);
+                pre.s[i] = *reinterpret_cast<const float2 *>(sin_t + t * HALF + j);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < R::VI; i++) {
+            const int it = tid + i * THREADS, r = it / HALF, j = (it - r * HALF) * 2;
+            pre.v[i] = 0;
+            if (it < BN * HALF && k0 + r < len)
+                pre.v[i] = *reinterpret_cast<const uint32_t *>(vbase + (t0 + k0 + r) * ld + j);
+        }
+    };
+    auto store_kv = [&]() {
+#pragma unroll
+        for (int i = 0; i < R::KI; i++) {
+            const int it = tid + i * THREADS, r = it / PAIRS, j = (it - r * PAIRS) * 2;
+            if (it < BN * PAIRS) {
+                uint32_t lo, hi;
+                rotate2(pre.ka[i], pre.kb[i], pre.c[i], pre.s[i], &lo, &hi);
+                *reinterpret_cast<uint32_t *>(&Ks[r * LDK + j]) = lo;
+                *reinterpret_cast<uint32_t *>(&Ks[r * LDK + j + HALF]) = hi;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < R::VI; i++) {
+            const int it = tid + i * THREADS, r = it / HALF, j = (it - r * HALF) * 2;
+            if (it < BN * HALF) {
+                Vt[j * LDV + r] = (uint16_t)(pre.v[i] & 0xffffu);
+                Vt[(j + 1) * LDV + r] = (uint16_t)(pre.v[i] >> 16);
+            }
+        }
+    };
+
+    load_kv(0);
+    __syncthreads();
+    uint32_t qf[KS][4];
+    {
+        const uint16_t *q = Qs + (warp * 16 + g) * LDK + 2 * tq;
+#pragma unroll
+        for (int kk = 0; kk < KS; kk++) {
+            qf[kk][0] = *reinterpret_cast<const uint32_t *>(q + kk * 16);
+            qf[kk][1] = *reinterpret_cast<const uint32_t *>(q + 8 * LDK + kk * 16);
+            qf[kk][2] = *reinterpret_cast<const uint32_t *>(q + kk * 16 + 8);
+            qf[kk][3] = *reinterpret_cast<const uint32_t *>(q + 8 * LDK + kk * 16 + 8);
+        }
+    }
+    float o[NO][4];
+#pragma unroll
+    for (int n = 0; n < NO; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+    const int n_blk = (len + BN - 1) / BN;
+    for (int kb = 0; kb < n_blk; kb++) {
+        const int k0 = kb * BN;
+        store_kv();
+        __syncthreads();
+        if (kb + 1 < n_blk) load_kv(k0 + BN);
+
+        float s[BN / 8][4];
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+            const uint16_t *k = Ks + (n * 8 + g) * LDK + 2 * tq;
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++)
+                mma16816(s[n], qf[kk], *reinterpret_cast<const uint32_t *>(k + kk * 16),
+                         *reinterpret_cast<const uint32_t *>(k + kk * 16 + 8));
+        }
+        if (k0 + BN > len) {
+#pragma unroll
+            for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    if (k0 + n * 8 + 2 * tq + (e & 1) >= len) s[n][e] = -INFINITY;
+        }
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++) {
+            mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
+        }
+#pragma unroll
+        for (int off = 1; off < 4; off <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        const float n0 = fmaxf(m0, mx0 * scale_log2), n1 = fmaxf(m1, mx1 * scale_log2);
+        const float al0 = exp2f(m0 - n0), al1 = exp2f(m1 - n1);
+        m0 = n0;
+        m1 = n1;
+        float r0 = 0.f, r1 = 0.f;
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++) {
+            s[n][0] = exp2f(fmaf(s[n][0], scale_log2, -n0));
+            s[n][1] = exp2f(fmaf(s[n][1], scale_log2, -n0));
+            s[n][2] = exp2f(fmaf(s[n][2], scale_log2, -n1));
+            s[n][3] = exp2f(fmaf(s[n][3], scale_log2, -n1));
+            r0 += s[n][0] + s[n][1];
+            r1 += s[n][2] + s[n][3];
+        }
+        l0 = l0 * al0 + r0;
+        l1 = l1 * al1 + r1;
+#pragma unroll
+        for (int n = 0; n < NO; n++) {
+            o[n][0] *= al0;
+            o[n][1] *= al0;
+            o[n][2] *= al1;
+            o[n][3] *= al1;
+        }
+#pragma unroll
+        for (int kk = 0; kk < BN / 16; kk++) {
+            const uint32_t a[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
+                                   pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            const uint16_t *v = Vt + g * LDV + kk * 16 + 2 * tq;
+#pragma unroll
+            for (int n = 0; n < NO; n++)
+                mma16816(o[n], a, *reinterpret_cast<const uint32_t *>(v + n * 8 * LDV),
+                         *reinterpret_cast<const uint32_t *>(v + n * 8 * LDV + 8));
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    const float i0 = 1.f / l0, i1 = 1.f / l1;
+    const int ra = q0 + warp * 16 + g, rb = ra + 8;
+    uint16_t *oa = out + ((t0 + ra) * n_heads + h) * DP, *ob = out + ((t0 + rb) * n_heads + h) * DP;
+#pragma unroll
+    for (int n = 0; n < NO; n++) {
+        const int c = n * 8 + 2 * tq;
+        if (ra < len) *reinterpret_cast<uint32_t *>(oa + c) = pack2(o[n][0] * i0, o[n][1] * i0);
+        if (rb < len) *reinterpret_cast<uint32_t *>(ob + c) = pack2(o[n][2] * i1, o[n][3] * i1);
+    }
+    for (int c = HD + 2 * tq; c < DP; c += 8) {
+        if (ra < len) *reinterpret_cast<uint32_t *>(oa + c) = 0u;
+        if (rb < len) *reinterpret_cast<uint32_t *>(ob + c) = 0u;
+    }
+}
+
+template <int HD, int DP>
+cudaError_t launch(const uint16_t *qkv, const float *cos_t, const float *sin_t, const int32_t *cu, int n_seg,
+                   int n_tokens, int n_heads, uint16_t *o, cudaStream_t stream) {
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);
+    const dim3 grid((unsigned)((n_tokens + BM - 1) / BM + n_seg), (unsigned)n_heads);
+    attn_rope_kernel<HD, DP><<<grid, THREADS, 0, stream>>>(qkv, cos_t, sin_t, cu, n_seg, n_heads, scale_log2, o);
+    return cudaGetLastError();
+}
+
+}  // namespace
+
+extern "C" int attn_rope_supported(int head_dim, int head_dim_padded) {
+    return (head_dim == 72 && head_dim_padded == 80) || (head_dim == 64 && head_dim_padded == 64);
+}
+
+extern "C" cudaError_t attn_rope_bf16(const uint16_t *qkv, const float *cos_t, const float *sin_t,
+                                      const int32_t *cu_seqlens, int n_seg, int n_tokens, int n_heads, int head_dim,
+                                      int head_dim_padded, uint16_t *o, cudaStream_t stream) {
+    if (n_tokens <= 0 || n_seg <= 0) return cudaSuccess;
+    if (n_heads <= 0 || n_heads > 65535 || !attn_rope_supported(head_dim, head_dim_padded) ||
+        (((uintptr_t)qkv | (uintptr_t)cos_t | (uintptr_t)sin_t | (uintptr_t)o) & 7u))
+        return cudaErrorInvalidValue;
+    if (head_dim == 72) return launch<72, 80>(qkv, cos_t, sin_t, cu_seqlens, n_seg, n_tokens, n_heads, o, stream);
+    return launch<64, 64>(qkv, cos_t, sin_t, cu_seqlens, n_seg, n_tokens, n_heads, o, stream);
+}
