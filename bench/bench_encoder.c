@@ -33,8 +33,8 @@
  * the FP8 GEMMs with cuBLASLt's periodic float32 promotion instead of the default fast accumulation.
  * --bf16-out: every run (synchronous ones too) in the per-image form with bf16 outputs (vitd_batch.image_bf16),
  * which is what the server asks for (output_dtype auto): no float32 conversion on the host.
- * --attn-short-max N: BF16 attention of images of at most N patches on vitd's own kernel (attn_short_max; 0 =
- * always cuDNN, for the comparison; default the engine's).
+ * --attn-short-max N: BF16 attention of batches of at most N patches on vitd's own kernel (attn_short_max; 0 =
+ * always cuDNN, for the comparison; default: measured by the engine at start-up, logged).
  * Usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] [--attn bf16,fp8,auto] [--profile]
  *                      [--max-batch-tokens N] [--linear bf16,fp8,auto] [--linear-gemms qkv,proj,fc1,fc2]
  *                      [--no-graphs] [--no-gemm-tune] [--precise-accum] [--bf16-out] [--attn-short-max N]
@@ -253,7 +253,7 @@ int main(int argc, char **argv) {
     eo.no_cuda_graphs = no_graphs;
     eo.no_gemm_tune = no_tune;
     eo.fp8_precise_accum = precise;
-    if (short_max >= 0) eo.attn_short_max = short_max ? short_max : -1;
+    if (short_max >= 0) eo.attn_short_max = short_max ? short_max : -1; /* else measured (opts 0) */
     gpu_engine *ge = NULL;
     double t0 = vitd_now();
     if (gpu_engine_create(model, &eo, &ge, &err) != VITD_OK) {

@@ -114,16 +114,17 @@ if want tune; then
 fi
 if want short; then
     # vitd's own short-image attention (kernels/attn_rope.cu): its test (errors and kernel timings against rotary
-    # pack + cuDNN), then the engine with attn_short_max 0 (cuDNN for every image) and SHORT_MAX (default 1024)
+    # pack + cuDNN), then the engine with attn_short_max 0 (cuDNN for every batch) and as measured at start-up (or
+    # SHORT_MAX)
     run test_attn_rope 200 "$BIN/test_attn_rope"
     grep -E "^  (timing|.* own |.* cuDNN )" "$OUT/test_attn_rope.log" | tee -a "$SUM"
-    for v in "cudnn 0" "own ${SHORT_MAX:-1024}"; do
+    for v in "cudnn 0" "own ${SHORT_MAX:-}"; do
         set -- $v
         run bench_short_$1 200 "$BIN/bench_encoder" --model $MODEL --iters "$ITERS" --attn bf16,auto \
             --linear bf16,fp8 --linear-gemms "${SHORT_GEMMS:-all}" --cases "${SHORT_CASES:-448x448x1,448x448x16}" \
-            --attn-short-max "$2" --profile
-        grep -E "^encoder|^stream|^route|^stage.*stage=(attention|rope_pack) " "$OUT/bench_short_$1.log" |
-            sed "s/^/short_$1 /" | tee -a "$SUM"
+            ${2:+--attn-short-max $2} --profile
+        grep -E "^encoder|^stream|^route|^stage.*stage=(attention|rope_pack) |attn_short_max" \
+            "$OUT/bench_short_$1.log" | sed "s/^/short_$1 /" | tee -a "$SUM"
     done
 fi
 if want hf; then

@@ -63,10 +63,10 @@ static const config_option k_options[] = {
      OFF(cuda_graphs)},
     {"graph_max_tokens", "VITD_GRAPH_MAX_TOKENS", CONFIG_INT, "16384", 1, 16777216, NULL, NULL, false,
      "GPU: largest batch (patches) captured in CUDA graphs.", OFF(graph_max_tokens)},
-    {"attn_short_max", "VITD_ATTN_SHORT_MAX", CONFIG_INT, "1024", 0, 65536, NULL, "patches", false,
-     "GPU: BF16 attention of a batch whose longest image has at most this many patches runs vitd's own fused "
-     "rotary + attention kernel instead of rotary pack + cuDNN (faster for short images); 0 = always cuDNN.",
-     OFF(attn_short_max)},
+    {"attn_short_max", "VITD_ATTN_SHORT_MAX", CONFIG_INT, "-1", -1, 65536, NULL, "patches", false,
+     "GPU: BF16 attention of a batch of at most this many patches (all its images) runs vitd's own fused rotary + "
+     "attention kernel instead of rotary pack + cuDNN; -1 = measured at start-up (the longest single image the "
+     "own kernel ran faster), 0 = always cuDNN.", OFF(attn_short_max)},
     {"gemm_tune", "VITD_GEMM_TUNE", CONFIG_BOOL, "true", 0, 1, NULL, NULL, false,
      "GPU: time cuBLASLt's first 8 candidate algorithms once per GEMM shape bucket and keep the fastest (off: "
      "its heuristic's first).", OFF(gemm_tune)},

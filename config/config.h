@@ -46,10 +46,10 @@
  *   cuda_graphs             bool    true            GPU: capture a batch shape seen twice in CUDA graphs (block
  *                                                   segments) and replay them.
  *   graph_max_tokens        int     16384 [1,2^24]  GPU: largest batch (patches) captured.
- *   attn_short_max          int     1024 [0,65536]  GPU: BF16 attention of a batch whose longest image has at
- *                                                   most this many patches runs vitd's own rotary + attention
- *                                                   kernel (kernels/attn_rope.cu) instead of rotary pack +
- *                                                   cuDNN; 0 = always cuDNN.
+ *   attn_short_max          int     -1 [-1,65536]   GPU: BF16 attention of a batch of at most this many patches
+ *                                                   (all images) runs vitd's own rotary + attention kernel
+ *                                                   (kernels/attn_rope.cu) instead of rotary pack + cuDNN;
+ *                                                   -1 = measured at start-up, 0 = always cuDNN.
  *   gemm_tune               bool    true            GPU: time cuBLASLt's first 8 candidate algorithms per GEMM
  *                                                   shape bucket once and keep the fastest.
  *   device                  int     0      [0,63]   CUDA device ordinal.

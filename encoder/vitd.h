@@ -86,9 +86,6 @@ void vitd_log(vitd_log_level level, const char *fmt, ...) __attribute__((format(
 /* ---- model configuration ---- */
 
 #define VITD_MAX_DEEPSTACK 8
-/* Default attn_short_max (vitd_encoder_opts): the longest image (patches) whose BF16 attention runs vitd's own
- * kernel (bench/RESULTS.md has the measurement behind it). */
-#define VITD_ATTN_SHORT_MAX_DEFAULT 1024
 
 /* The `vision_config` of a Qwen3-VL config.json (MODEL.md section 8.1). */
 typedef struct {
@@ -174,10 +171,10 @@ typedef struct {
     /* CUDA graphs (GPU): a batch shape seen twice is captured (per block segment) and replayed after */
     int no_cuda_graphs;           /* 1: never capture (0, the default: graphs on) */
     size_t graph_max_tokens;      /* largest batch (patches) that is captured; 0 = 16384 */
-    int attn_short_max;           /* GPU: BF16 attention of a batch whose longest image has at most this many
-                                     patches runs vitd's own fused rotary + attention kernel instead of rotary
-                                     pack + cuDNN (faster for short images); 0 = the default
-                                     (VITD_ATTN_SHORT_MAX_DEFAULT), < 0 = always cuDNN */
+    int attn_short_max;           /* GPU: BF16 attention of a batch of at most this many patches (all images)
+                                     runs vitd's own fused rotary + attention kernel instead of rotary pack +
+                                     cuDNN (faster for small batches); 0 (the default) = measured at start-up,
+                                     < 0 = always cuDNN */
     int no_gemm_tune;             /* 1: cuBLASLt's first heuristic choice per GEMM shape; 0 (the default): the
                                      fastest of its first 8, timed once per shape bucket (gpu_gemm.h) */
     int defer_plan_builds;        /* GPU, for servers: 1 = no batch waits for a cuDNN plan build (50-170 ms): a

@@ -26,9 +26,9 @@
 
 namespace {
 
-constexpr int BM = 64;  /* query rows per CTA */
-constexpr int BN = 64;  /* keys per step */
-constexpr int THREADS = 128;
+constexpr int BN = 64;  /* keys per step; a CTA of W warps owns 16 W query rows */
+/* Query rows per CTA of attn_rope_bf16 (64: 4 warps, 128: 8 warps; bench/RESULTS.md has both measured). */
+#define ATTN_ROPE_ROWS 128
 
 __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -51,7 +51,7 @@ __device__ __forceinline__ void rotate2(uint32_t a, uint32_t b, float2 c, float2
     *hi = pack2(__fadd_rn(__fmul_rn(b0, c.x), __fmul_rn(a0, s.x)), __fadd_rn(__fmul_rn(b1, c.y), __fmul_rn(a1, s.y)));
 }
 
-template <int HD>
+template <int HD, int THREADS>
 struct kv_regs {
     static constexpr int HALF = HD / 2, PAIRS = HALF / 2;
     static constexpr int KI = (BN * PAIRS + THREADS - 1) / THREADS, VI = (BN * HALF + THREADS - 1) / THREADS;
@@ -59,17 +59,38 @@ struct kv_regs {
     float2 c[KI], s[KI];
 };
 
-template <int HD, int DP>
-__global__ __launch_bounds__(THREADS) void attn_rope_kernel(const uint16_t *__restrict__ qkv,
+/* ldmatrix: four 8x8 b16 matrices (lanes 8i..8i+7 give the row addresses of matrix i); .trans transposes each. */
+__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x2_t(uint32_t addr, uint32_t &r0, uint32_t &r1) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr));
+}
+
+/* Row strides (elements) of the shared tiles: a multiple of 8 (16-byte rows for ldmatrix) with an odd count of
+ * 16-byte units, so the 8 rows one ldmatrix phase reads fall in distinct banks. */
+__host__ __device__ constexpr int row_stride(int w) { return ((w + 7) / 8 % 2) ? (w + 7) / 8 * 8 : (w + 7) / 8 * 8 + 8; }
+
+template <int HD, int DP, int W>
+__global__ __launch_bounds__(32 * W) void attn_rope_kernel(const uint16_t *__restrict__ qkv,
                                                             const float *__restrict__ cos_t,
                                                             const float *__restrict__ sin_t,
                                                             const int32_t *__restrict__ cu, int n_seg, int n_heads,
                                                             float scale_log2, uint16_t *__restrict__ out) {
-    using R = kv_regs<HD>;
-    constexpr int HALF = R::HALF, PAIRS = R::PAIRS, LDK = DP + 8, LDV = BN + 8, KS = DP / 16, NO = HD / 8;
-    __shared__ __align__(16) uint16_t Qs[BM * LDK];
-    __shared__ __align__(16) uint16_t Ks[BN * LDK];
-    __shared__ __align__(16) uint16_t Vt[HD * LDV]; /* rows >= hd are never read: p v runs over hd only */
+    constexpr int THREADS = 32 * W, BM = 16 * W;
+    using R = kv_regs<HD, THREADS>;
+    constexpr int HALF = R::HALF, PAIRS = R::PAIRS, LDK = row_stride(DP), LDV = row_stride(HD), KS = DP / 16,
+                  NO = HD / 8;
+    static_assert(BM <= 2 * BN, "the Q tile is staged in the two K buffers");
+    /* two stages of K (rotated, [BN][LDK], lanes >= hd zero) and V ([BN][LDV]); the Q tile passes through Ks (from
+     * its second buffer when it fits there, else from the first row of both) */
+    __shared__ __align__(16) uint16_t Ks[2][BN * LDK];
+    __shared__ __align__(16) uint16_t Vs[2][BN * LDV];
     __shared__ int info[3];
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
@@ -93,7 +114,8 @@ __global__ __launch_bounds__(THREADS) void attn_rope_kernel(const uint16_t *__re
     const uint16_t *qbase = qkv + (long long)h * HD, *kbase = qbase + (long long)n_heads * HD,
                    *vbase = kbase + (long long)n_heads * HD;
 
-    /* Q tile, rotated; the pad lanes of Q and K are zeroed once (the loads below write lanes < hd only) */
+    /* Q tile, rotated, into the K buffers; the pad lanes of both K stages are zeroed once (stores write lanes < hd) */
+    uint16_t *const qs = BM <= BN ? Ks[1] : Ks[0];
     for (int it = tid; it < BM * PAIRS; it += THREADS) {
         const int r = it / PAIRS, j = (it - r * PAIRS) * 2;
         uint32_t lo = 0, hi = 0;
@@ -104,14 +126,14 @@ __global__ __launch_bounds__(THREADS) void attn_rope_kernel(const uint16_t *__re
                     *reinterpret_cast<const float2 *>(cos_t + t * HALF + j),
                     *reinterpret_cast<const float2 *>(sin_t + t * HALF + j), &lo, &hi);
         }
-        *reinterpret_cast<uint32_t *>(&Qs[r * LDK + j]) = lo;
-        *reinterpret_cast<uint32_t *>(&Qs[r * LDK + j + HALF]) = hi;
+        *reinterpret_cast<uint32_t *>(&qs[r * LDK + j]) = lo;
+        *reinterpret_cast<uint32_t *>(&qs[r * LDK + j + HALF]) = hi;
     }
     constexpr int PADW = DP > HD ? DP - HD : 1; /* pad lanes (the loop below runs only when DP > HD) */
-    for (int it = tid; DP > HD && it < BM * PADW; it += THREADS) {
+    for (int it = tid; DP > HD && it < BN * PADW; it += THREADS) {
         const int r = it / PADW, c = HD + it % PADW;
-        Qs[r * LDK + c] = 0;
-        Ks[r * LDK + c] = 0;
+        Ks[0][r * LDK + c] = 0;
+        Ks[1][r * LDK + c] = 0;
     }
 
     R pre;
@@ -138,24 +160,21 @@ __global__ __launch_bounds__(THREADS) void attn_rope_kernel(const uint16_t *__re
                 pre.v[i] = *reinterpret_cast<const uint32_t *>(vbase + (t0 + k0 + r) * ld + j);
         }
     };
-    auto store_kv = [&]() {
+    auto store_kv = [&](int buf) {
 #pragma unroll
         for (int i = 0; i < R::KI; i++) {
             const int it = tid + i * THREADS, r = it / PAIRS, j = (it - r * PAIRS) * 2;
             if (it < BN * PAIRS) {
                 uint32_t lo, hi;
                 rotate2(pre.ka[i], pre.kb[i], pre.c[i], pre.s[i], &lo, &hi);
-                *reinterpret_cast<uint32_t *>(&Ks[r * LDK + j]) = lo;
-                *reinterpret_cast<uint32_t *>(&Ks[r * LDK + j + HALF]) = hi;
+                *reinterpret_cast<uint32_t *>(&Ks[buf][r * LDK + j]) = lo;
+                *reinterpret_cast<uint32_t *>(&Ks[buf][r * LDK + j + HALF]) = hi;
             }
         }
 #pragma unroll
         for (int i = 0; i < R::VI; i++) {
             const int it = tid + i * THREADS, r = it / HALF, j = (it - r * HALF) * 2;
-            if (it < BN * HALF) {
-                Vt[j * LDV + r] = (uint16_t)(pre.v[i] & 0xffffu);
-                Vt[(j + 1) * LDV + r] = (uint16_t)(pre.v[i] >> 16);
-            }
+            if (it < BN * HALF) *reinterpret_cast<uint32_t *>(&Vs[buf][r * LDV + j]) = pre.v[i];
         }
     };
 
@@ -163,7 +182,7 @@ __global__ __launch_bounds__(THREADS) void attn_rope_kernel(const uint16_t *__re
     __syncthreads();
     uint32_t qf[KS][4];
     {
-        const uint16_t *q = Qs + (warp * 16 + g) * LDK + 2 * tq;
+        const uint16_t *q = qs + (warp * 16 + g) * LDK + 2 * tq;
 #pragma unroll
         for (int kk = 0; kk < KS; kk++) {
             qf[kk][0] = *reinterpret_cast<const uint32_t *>(q + kk * 16);
@@ -172,28 +191,37 @@ __global__ __launch_bounds__(THREADS) void attn_rope_kernel(const uint16_t *__re
             qf[kk][3] = *reinterpret_cast<const uint32_t *>(q + 8 * LDK + kk * 16 + 8);
         }
     }
+    if (BM > BN) __syncthreads(); /* the Q tile overlaps Ks[0] */
+    store_kv(0);
+    __syncthreads();
     float o[NO][4];
 #pragma unroll
     for (int n = 0; n < NO; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    /* this lane's ldmatrix row: matrix mi = lane / 8, row lane % 8 */
+    const int mi = lane >> 3, mr = lane & 7;
+    const uint32_t k_lane = (uint32_t)((((mi >> 1) * 8 + mr) * LDK + (mi & 1) * 8) * 2);
+    const uint32_t v_lane = (uint32_t)((((mi & 1) * 8 + mr) * LDV + (mi >> 1) * 8) * 2);
 
     const int n_blk = (len + BN - 1) / BN;
     for (int kb = 0; kb < n_blk; kb++) {
-        const int k0 = kb * BN;
-        store_kv();
-        __syncthreads();
+        const int k0 = kb * BN, buf = kb & 1;
         if (kb + 1 < n_blk) load_kv(k0 + BN);
+        const uint32_t ks = (uint32_t)__cvta_generic_to_shared(Ks[buf]) + k_lane;
+        const uint32_t vs = (uint32_t)__cvta_generic_to_shared(Vs[buf]) + v_lane;
 
         float s[BN / 8][4];
 #pragma unroll
-        for (int n = 0; n < BN / 8; n++) {
-            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-            const uint16_t *k = Ks + (n * 8 + g) * LDK + 2 * tq;
+        for (int n = 0; n < BN / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
-            for (int kk = 0; kk < KS; kk++)
-                mma16816(s[n], qf[kk], *reinterpret_cast<const uint32_t *>(k + kk * 16),
-                         *reinterpret_cast<const uint32_t *>(k + kk * 16 + 8));
-        }
+        for (int n = 0; n < BN / 8; n += 2)
+#pragma unroll
+            for (int kk = 0; kk < KS; kk++) {
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4(ks + (uint32_t)((n * 8 * LDK + kk * 16) * 2), b0, b1, b2, b3);
+                mma16816(s[n], qf[kk], b0, b1);
+                mma16816(s[n + 1], qf[kk], b2, b3);
+            }
         if (k0 + BN > len) {
 #pragma unroll
             for (int n = 0; n < BN / 8; n++)
@@ -239,16 +267,26 @@ __global__ __launch_bounds__(THREADS) void attn_rope_kernel(const uint16_t *__re
         for (int kk = 0; kk < BN / 16; kk++) {
             const uint32_t a[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
                                    pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-            const uint16_t *v = Vt + g * LDV + kk * 16 + 2 * tq;
+            const uint32_t v = vs + (uint32_t)(kk * 16 * LDV * 2);
 #pragma unroll
-            for (int n = 0; n < NO; n++)
-                mma16816(o[n], a, *reinterpret_cast<const uint32_t *>(v + n * 8 * LDV),
-                         *reinterpret_cast<const uint32_t *>(v + n * 8 * LDV + 8));
+            for (int n = 0; n + 1 < NO; n += 2) {
+                uint32_t b0, b1, b2, b3;
+                ldsm_x4_t(v + (uint32_t)(n * 8 * 2), b0, b1, b2, b3);
+                mma16816(o[n], a, b0, b1);
+                mma16816(o[n + 1], a, b2, b3);
+            }
+            if (NO % 2) {
+                uint32_t b0, b1;
+                ldsm_x2_t(v + (uint32_t)((NO - 1) * 8 * 2), b0, b1);
+                mma16816(o[NO - 1], a, b0, b1);
+            }
         }
+        /* the other stage was last read in the previous step, which the barrier below that step closed */
+        if (kb + 1 < n_blk) store_kv(buf ^ 1);
         __syncthreads();
     }
 
-#pragma unroll
+    #pragma unroll
     for (int off = 1; off < 4; off <<= 1) {
         l0 += __shfl_xor_sync(0xffffffffu, l0, off);
         l1 += __shfl_xor_sync(0xffffffffu, l1, off);
@@ -268,12 +306,12 @@ __global__ __launch_bounds__(THREADS) void attn_rope_kernel(const uint16_t *__re
     }
 }
 
-template <int HD, int DP>
+template <int HD, int DP, int W>
 cudaError_t launch(const uint16_t *qkv, const float *cos_t, const float *sin_t, const int32_t *cu, int n_seg,
                    int n_tokens, int n_heads, uint16_t *o, cudaStream_t stream) {
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);
-    const dim3 grid((unsigned)((n_tokens + BM - 1) / BM + n_seg), (unsigned)n_heads);
-    attn_rope_kernel<HD, DP><<<grid, THREADS, 0, stream>>>(qkv, cos_t, sin_t, cu, n_seg, n_heads, scale_log2, o);
+    const dim3 grid((unsigned)((n_tokens + 16 * W - 1) / (16 * W) + n_seg), (unsigned)n_heads);
+    attn_rope_kernel<HD, DP, W><<<grid, 32 * W, 0, stream>>>(qkv, cos_t, sin_t, cu, n_seg, n_heads, scale_log2, o);
     return cudaGetLastError();
 }
 
@@ -283,13 +321,24 @@ extern "C" int attn_rope_supported(int head_dim, int head_dim_padded) {
     return (head_dim == 72 && head_dim_padded == 80) || (head_dim == 64 && head_dim_padded == 64);
 }
 
+extern "C" cudaError_t attn_rope_bf16_rows(const uint16_t *qkv, const float *cos_t, const float *sin_t,
+                                           const int32_t *cu_seqlens, int n_seg, int n_tokens, int n_heads,
+                                           int head_dim, int head_dim_padded, uint16_t *o, int rows,
+                                           cudaStream_t stream) {
+    if (n_tokens <= 0 || n_seg <= 0) return cudaSuccess;
+    if (n_heads <= 0 || n_heads > 65535 || !attn_rope_supported(head_dim, head_dim_padded) ||
+        (rows != 64 && rows != 128) || (((uintptr_t)qkv | (uintptr_t)cos_t | (uintptr_t)sin_t | (uintptr_t)o) & 7u))
+        return cudaErrorInvalidValue;
+    if (head_dim == 72)
+        return rows == 64 ? launch<72, 80, 4>(qkv, cos_t, sin_t, cu_seqlens, n_seg, n_tokens, n_heads, o, stream)
+                          : launch<72, 80, 8>(qkv, cos_t, sin_t, cu_seqlens, n_seg, n_tokens, n_heads, o, stream);
+    return rows == 64 ? launch<64, 64, 4>(qkv, cos_t, sin_t, cu_seqlens, n_seg, n_tokens, n_heads, o, stream)
+                      : launch<64, 64, 8>(qkv, cos_t, sin_t, cu_seqlens, n_seg, n_tokens, n_heads, o, stream);
+}
+
 extern "C" cudaError_t attn_rope_bf16(const uint16_t *qkv, const float *cos_t, const float *sin_t,
                                       const int32_t *cu_seqlens, int n_seg, int n_tokens, int n_heads, int head_dim,
                                       int head_dim_padded, uint16_t *o, cudaStream_t stream) {
-    if (n_tokens <= 0 || n_seg <= 0) return cudaSuccess;
-    if (n_heads <= 0 || n_heads > 65535 || !attn_rope_supported(head_dim, head_dim_padded) ||
-        (((uintptr_t)qkv | (uintptr_t)cos_t | (uintptr_t)sin_t | (uintptr_t)o) & 7u))
-        return cudaErrorInvalidValue;
-    if (head_dim == 72) return launch<72, 80>(qkv, cos_t, sin_t, cu_seqlens, n_seg, n_tokens, n_heads, o, stream);
-    return launch<64, 64>(qkv, cos_t, sin_t, cu_seqlens, n_seg, n_tokens, n_heads, o, stream);
+    return attn_rope_bf16_rows(qkv, cos_t, sin_t, cu_seqlens, n_seg, n_tokens, n_heads, head_dim, head_dim_padded,
+                               o, ATTN_ROPE_ROWS, stream);
 }

@@ -88,8 +88,8 @@ static int encoder_flag(int argc, char **argv, int *i, vitd_encoder_opts *eo, in
     } else if (!strcmp(argv[*i], "--no-gemm-tune")) {
         eo->no_gemm_tune = 1;
     } else if ((v = flag_value(argc, argv, i, "--attn-short-max", bad))) {
-        if (parse_long(v, "--attn-short-max", 0, 65536, &n)) return -1;
-        eo->attn_short_max = n ? (int)n : -1;
+        if (parse_long(v, "--attn-short-max", -1, 65536, &n)) return -1;
+        eo->attn_short_max = n < 0 ? 0 : n ? (int)n : -1; /* -1 measured, 0 never (the config's meanings) */
     } else if (!strcmp(argv[*i], "--linear-precise-accum")) {
         eo->fp8_precise_accum = 1;
     } else if ((v = flag_value(argc, argv, i, "--device", bad))) {

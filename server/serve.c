@@ -387,7 +387,7 @@ int serve_main(int argc, char **argv) {
     eo.no_gemm_tune = !cfg.gemm_tune;
     eo.fp8_precise_accum = !cfg.linear_fp8_fast_accum;
     eo.graph_max_tokens = (size_t)cfg.graph_max_tokens;
-    eo.attn_short_max = cfg.attn_short_max ? cfg.attn_short_max : -1;
+    eo.attn_short_max = cfg.attn_short_max < 0 ? 0 : cfg.attn_short_max ? cfg.attn_short_max : -1;
     eo.device = cfg.device;
     eo.threads = cfg.encoder_threads;
     eo.max_batch_tokens = encoder_tokens;

@@ -11,16 +11,15 @@
 #include "fp8_scales.h"
 #include "util.h"
 
-/* The BF16 attention step of a batch of n_seg segments (cu_seqlens in g->cu), the longest max_len tokens, into
- * o [N, H, dp] (pad lanes 0): vitd's own rotary + attention kernel when max_len <= attn_short_max (one launch;
- * short images, where cuDNN's kernels fill too little of the GPU), else rotary + split + pad of the QKV output
- * and cuDNN BF16 attention. calib: float[4] where the amax of Q, K (rotated) and V is folded in (vitd calibrate),
- * or NULL. */
-static vitd_status attention_bf16(gpu_engine *g, int n_tokens, int n_seg, int max_len, float *calib,
-                                  vitd_err *err) {
+/* The BF16 attention step of a batch of n_tokens in n_seg segments (cu_seqlens in g->cu) into o [N, H, dp] (pad
+ * lanes 0): vitd's own rotary + attention kernel when n_tokens <= attn_short_max (one launch; small batches,
+ * where the separate rotary pass costs as much as the attention and cuDNN's kernels fill little of the GPU), else
+ * rotary + split + pad of the QKV output and cuDNN BF16 attention. calib: float[4] where the amax of Q, K
+ * (rotated) and V is folded in (vitd calibrate), or NULL. */
+static vitd_status attention_bf16(gpu_engine *g, int n_tokens, int n_seg, float *calib, vitd_err *err) {
     vitd_status st = VITD_OK;
     if (calib) KTRY(fp8_quant_qkv_amax(g->qkv, g->cos_t, g->sin_t, n_tokens, g->H, g->hd, calib, g->s_main));
-    if (max_len <= g->attn_short_max) {
+    if (n_tokens <= g->attn_short_max) {
         KTRY(attn_rope_bf16(g->qkv, g->cos_t, g->sin_t, g->cu, n_seg, n_tokens, g->H, g->hd, g->dp, g->o,
                             g->s_main));
         engine_prof_mark(g, ST_ATTN);
@@ -67,8 +66,7 @@ fail:
 /* The attention step of block `layer` on the path chosen for the batch (fp8 = 1: FP8; keep_o8 as above). */
 vitd_status engine_attention(gpu_engine *g, const eng_pass *p, int layer, int keep_o8, vitd_err *err) {
     if (!p->fp8)
-        return attention_bf16(g, p->N, p->n_seg, p->max_len, g->d_calib ? g->d_calib + (size_t)layer * 4 : NULL,
-                              err);
+        return attention_bf16(g, p->N, p->n_seg, g->d_calib ? g->d_calib + (size_t)layer * 4 : NULL, err);
     float *L = g->d_fp8 + (size_t)layer * g->fp8_stride;
     vitd_status st = attention_fp8(g, L, p->N, g->fp8_steps[layer] == 0, keep_o8, err);
     if (st == VITD_OK) g->fp8_steps[layer]++;
@@ -108,7 +106,7 @@ fail:
  * the zeroed activations: attention time does not depend on the values. */
 static vitd_status probe_step(gpu_engine *g, int n_images, int len, int fp8, vitd_err *err) {
     const int n_tokens = n_images * len;
-    if (!fp8) return attention_bf16(g, n_tokens, n_images, len, NULL, err);
+    if (!fp8) return attention_bf16(g, n_tokens, n_images, NULL, err);
     return attention_fp8(g, g->d_fp8 + (size_t)g->cfg.depth * g->fp8_stride, n_tokens, 0, 0, err);
 }
 
@@ -142,6 +140,63 @@ static vitd_status time_shape(gpu_engine *g, attn_route_entry *e, cudaEvent_t ev
     e->ms_bf16 = best[0];
     e->ms_fp8 = best[1];
 fail:
+    return st;
+}
+
+/* attn_short_max: setting > 0 is taken as given, < 0 means never; 0 measures it: one image of 64, 128, ..., 2048
+ * tokens (up to max_tokens), the BF16 attention step timed with vitd's own kernel and with rotary pack + cuDNN
+ * (min over 2 rounds of the mean of 10 steps, CUDA events); the limit is the longest length up to which the own
+ * kernel was at least 2% faster at every measured length (0: none). A batch then takes the own kernel when all its
+ * images together have at most that many tokens (batches of several images favour cuDNN more than one image of
+ * the same total: measured, bench/RESULTS.md). */
+vitd_status engine_short_setup(gpu_engine *g, int setting, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    cudaEvent_t ev[2] = {NULL, NULL};
+    const double t0 = vitd_now();
+    char table[600] = "";
+    size_t used = 0;
+    int limit = 0;
+    g->attn_short_max = setting < 0 ? 0 : setting;
+    if (setting != 0 || !attn_rope_supported(g->hd, g->dp)) {
+        if (setting != 0 && g->attn_short_max && !attn_rope_supported(g->hd, g->dp)) {
+            vitd_log(VITD_LOG_INFO, "gpu engine: attn_short_max %d not used: vitd's own attention kernel runs "
+                     "head_dim 64 or 72, this model has %d; every BF16 batch runs cuDNN", setting, g->hd);
+            g->attn_short_max = 0;
+        }
+        return VITD_OK;
+    }
+    CUDA_TRY(cudaEventCreate(&ev[0]));
+    CUDA_TRY(cudaEventCreate(&ev[1]));
+    for (int len = 64, winning = 1; winning && len <= 2048 && (size_t)len <= g->max_tokens; len *= 2) {
+        double best[2] = {1e30, 1e30};
+        if ((st = probe_batch(g, 1, len, err)) != VITD_OK) goto fail;
+        for (int round = 0; round < 3; round++) /* round 0 warms both paths up */
+            for (int own = 0; own < 2; own++) {
+                const int reps = 10;
+                float ms = 0;
+                g->attn_short_max = own ? len : 0;
+                CUDA_TRY(cudaEventRecord(ev[0], g->s_main));
+                for (int r = 0; r < reps; r++)
+                    if ((st = attention_bf16(g, len, 1, NULL, err)) != VITD_OK) goto fail;
+                CUDA_TRY(cudaEventRecord(ev[1], g->s_main));
+                CUDA_TRY(cudaEventSynchronize(ev[1]));
+                CUDA_TRY(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+                if (round > 0 && ms / reps < best[own]) best[own] = ms / reps;
+            }
+        winning = best[1] < (1 - ATTN_ROUTE_MARGIN) * best[0];
+        if (winning) limit = len;
+        if (used < sizeof table)
+            used += (size_t)snprintf(table + used, sizeof table - used, "%s%d tokens own %.1f us, cuDNN %.1f us",
+                                     used ? "; " : "", len, 1e3 * best[1], 1e3 * best[0]);
+    }
+    g->attn_short_max = limit;
+    vitd_log(VITD_LOG_INFO, "gpu engine: attn_short_max measured in %.0f ms: %d (BF16 attention of batches up to "
+             "this many tokens runs vitd's own kernel; rotary + attention per layer: %s)", 1e3 * (vitd_now() - t0),
+             limit, table);
+fail:
+    if (st != VITD_OK) g->attn_short_max = 0;
+    if (ev[0]) cudaEventDestroy(ev[0]);
+    if (ev[1]) cudaEventDestroy(ev[1]);
     return st;
 }
 

@@ -438,7 +438,7 @@ vitd_status gpu_engine_submit(gpu_engine *g, const vitd_batch *b, vitd_err *err)
     engine_prof_mark(g, ST_POS_ROPE);
 
     /* The blocks, in segments that end at a deepstack tap (the merger runs between them, outside any graph). */
-    eng_pass pass = {.N = N, .n_seg = n_seg, .max_len = max_len, .fp8 = fp8, .lin = lin8_choose(g, N)};
+    eng_pass pass = {.N = N, .n_seg = n_seg, .fp8 = fp8, .lin = lin8_choose(g, N)};
     if (pass.lin && !g->lin_static && g->lin_steps == 0) {
         pass.lin = 0; /* the first FP8-linear batch records the amax its successors are scaled by */
         pass.lin_calib = 1;

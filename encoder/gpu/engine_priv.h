@@ -99,7 +99,7 @@ typedef struct {
 /* What one batch runs: its tokens and paths (decided at submit). */
 typedef struct {
     int N;
-    int n_seg, max_len; /* segments (images) and the longest's tokens: BF16 attention's kernel (attn_short_max) */
+    int n_seg;         /* segments (images) */
     int fp8;           /* FP8 attention */
     unsigned lin;      /* GEMMs in FP8 (LIN8_* bits); 0 = all BF16 */
     int lin_calib;     /* dynamic FP8 linear's first batch: BF16 GEMMs recording the inputs' amax */
@@ -196,8 +196,8 @@ struct gpu_engine {
     int last_lin;                /* -1 none, 0 bf16, 1 fp8 */
     char lin_fallback[200];      /* why FP8 linear does not run though allowed ("" otherwise) */
 
-    /* BF16 attention of a batch whose longest segment has <= attn_short_max tokens: vitd's own rotary + attention
-     * kernel (kernels/attn_rope.cu) instead of rotary pack + cuDNN; 0 = never */
+    /* BF16 attention of a batch of at most attn_short_max tokens: vitd's own rotary + attention kernel
+     * (kernels/attn_rope.cu) instead of rotary pack + cuDNN; 0 = never (engine_short_setup measures it) */
     int attn_short_max;
 
     /* CUDA graphs of the block segments (engine_graph.c) */
@@ -229,6 +229,9 @@ void engine_pool_run_range(host_pool *p, size_t begin, size_t end, size_t min_it
 /* The attention step of block `layer` on pass p's path (p->fp8: FP8; keep_o8: the projection reads o8 itself, no
  * dequantisation, and the caller runs the ring update after it). */
 vitd_status engine_attention(gpu_engine *g, const eng_pass *p, int layer, int keep_o8, vitd_err *err);
+/* Sets attn_short_max from the options, measuring it (one image of 64 ... 2048 tokens, both BF16 kernels timed)
+ * when they leave it to the engine; logged. */
+vitd_status engine_short_setup(gpu_engine *g, int setting, vitd_err *err);
 /* The attention path of a batch of n_seg segments whose longest has max_len tokens: 1 = FP8. */
 int engine_choose_fp8(const gpu_engine *g, int n_seg, int max_len);
 /* Gets the FP8 path ready (plans; auto: the timing table). On failure *dead says whether the device is lost. */

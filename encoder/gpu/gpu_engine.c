@@ -18,7 +18,6 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
-#include "engine_kernels.h"
 #include "engine_priv.h"
 #include "fp8_kernels.h"
 #include "fp8_scales.h"
@@ -380,13 +379,6 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
     g->lin_force = -1;
     g->last_lin = -1;
     g->graphs_on = !opts->no_cuda_graphs;
-    g->attn_short_max = opts->attn_short_max < 0 ? 0 : opts->attn_short_max ? opts->attn_short_max
-                                                                              : VITD_ATTN_SHORT_MAX_DEFAULT;
-    if (g->attn_short_max && !attn_rope_supported(g->hd, g->dp)) {
-        vitd_log(VITD_LOG_INFO, "gpu engine: attn_short_max %d not used: vitd's own attention kernel runs head_dim "
-                 "64 or 72, this model has %d; every BF16 batch runs cuDNN", g->attn_short_max, g->hd);
-        g->attn_short_max = 0;
-    }
     g->graph_max_tokens = opts->graph_max_tokens ? opts->graph_max_tokens : 16384;
 
     /* Memory plan vs what the device has free. */
@@ -475,6 +467,7 @@ vitd_status gpu_engine_create(const vitd_model *m, const vitd_encoder_opts *opts
     ao.max_seqlen = (int)N;
     ao.fp8 = want_fp8;
     if ((st = gpu_attn_create(g->device, &ao, &g->attn, err)) != VITD_OK) goto fail;
+    if ((st = engine_short_setup(g, opts->attn_short_max, err)) != VITD_OK) goto fail;
     int dead = 0;
     if (want_fp8 && (st = engine_fp8_setup(g, &dead, err)) != VITD_OK) {
         char msg[sizeof err->msg];
