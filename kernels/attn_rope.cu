@@ -21,35 +21,16 @@
  * (the engine's attn_short_max); long ones want cuDNN's Hopper kernels.
  * Twins: cpu_rope_apply (then bf16 rounding) and cpu_attention. Tests: tests/test_attn_rope.c.
  */
-#include "common.cuh"
+#include "attn_mma.cuh"
 #include "engine_kernels.h"
+
+using namespace attn_mma;
 
 namespace {
 
 constexpr int BN = 64;  /* keys per step; a CTA of W warps owns 16 W query rows */
-/* Query rows per CTA of attn_rope_bf16 (64: 4 warps, 128: 8 warps; bench/RESULTS.md has both measured). */
-#define ATTN_ROPE_ROWS 128
-
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-    return (uint32_t)f32_to_bf16_bits(lo) | ((uint32_t)f32_to_bf16_bits(hi) << 16);
-}
-__device__ __forceinline__ float lo16(uint32_t u) { return __uint_as_float(u << 16); }
-__device__ __forceinline__ float hi16(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
-
-/* Rotates lanes j, j+1 with their partners j+half, j+half+1 (rope.cu's arithmetic): *lo gets out[j..j+1], *hi
- * out[j+half..]. a, b: the raw bf16 pairs; c, s: cos and sin of the two angles. */
-__device__ __forceinline__ void rotate2(uint32_t a, uint32_t b, float2 c, float2 s, uint32_t *lo, uint32_t *hi) {
-    const float a0 = lo16(a), a1 = hi16(a), b0 = lo16(b), b1 = hi16(b);
-    *lo = pack2(__fsub_rn(__fmul_rn(a0, c.x), __fmul_rn(b0, s.x)), __fsub_rn(__fmul_rn(a1, c.y), __fmul_rn(b1, s.y)));
-    *hi = pack2(__fadd_rn(__fmul_rn(b0, c.x), __fmul_rn(a0, s.x)), __fadd_rn(__fmul_rn(b1, c.y), __fmul_rn(a1, s.y)));
-}
+/* The tiling of attn_rope_bf16 (engine_kernels.h; bench/RESULTS.md has the three measured). */
+#define ATTN_ROPE_DEFAULT ATTN_ROPE_ROWS128
 
 template <int HD, int THREADS>
 struct kv_regs {
@@ -58,23 +39,6 @@ struct kv_regs {
     uint32_t ka[KI], kb[KI], v[VI];
     float2 c[KI], s[KI];
 };
-
-/* ldmatrix: four 8x8 b16 matrices (lanes 8i..8i+7 give the row addresses of matrix i); .trans transposes each. */
-__device__ __forceinline__ void ldsm_x4(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t addr, uint32_t &r0, uint32_t &r1, uint32_t &r2, uint32_t &r3) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
-}
-__device__ __forceinline__ void ldsm_x2_t(uint32_t addr, uint32_t &r0, uint32_t &r1) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr));
-}
-
-/* Row strides (elements) of the shared tiles: a multiple of 8 (16-byte rows for ldmatrix) with an odd count of
- * 16-byte units, so the 8 rows one ldmatrix phase reads fall in distinct banks. */
-__host__ __device__ constexpr int row_stride(int w) { return ((w + 7) / 8 % 2) ? (w + 7) / 8 * 8 : (w + 7) / 8 * 8 + 8; }
 
 template <int HD, int DP, int W>
 __global__ __launch_bounds__(32 * W) void attn_rope_kernel(const uint16_t *__restrict__ qkv,
@@ -95,17 +59,7 @@ __global__ __launch_bounds__(32 * W) void attn_rope_kernel(const uint16_t *__res
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
     const int h = blockIdx.y;
-    if (tid == 0) {
-        int tile = blockIdx.x, seg = -1;
-        for (int s = 0; s < n_seg; s++) {
-            const int nt = (cu[s + 1] - cu[s] + BM - 1) / BM;
-            if (tile < nt) { seg = s; break; }
-            tile -= nt;
-        }
-        info[0] = seg < 0 ? -1 : cu[seg];
-        info[1] = seg < 0 ? 0 : cu[seg + 1] - cu[seg];
-        info[2] = tile * BM;
-    }
+    find_tile(cu, n_seg, BM, info);
     __syncthreads();
     if (info[0] < 0) return;
     const long long t0 = info[0];
@@ -116,19 +70,7 @@ __global__ __launch_bounds__(32 * W) void attn_rope_kernel(const uint16_t *__res
 
     /* Q tile, rotated, into the K buffers; the pad lanes of both K stages are zeroed once (stores write lanes < hd) */
     uint16_t *const qs = BM <= BN ? Ks[1] : Ks[0];
-    for (int it = tid; it < BM * PAIRS; it += THREADS) {
-        const int r = it / PAIRS, j = (it - r * PAIRS) * 2;
-        uint32_t lo = 0, hi = 0;
-        if (q0 + r < len) {
-            const long long t = t0 + q0 + r;
-            const uint16_t *src = qbase + t * ld;
-            rotate2(*reinterpret_cast<const uint32_t *>(src + j), *reinterpret_cast<const uint32_t *>(src + j + HALF),
-                    *reinterpret_cast<const float2 *>(cos_t + t * HALF + j),
-                    *reinterpret_cast<const float2 *>(sin_t + t * HALF + j), &lo, &hi);
-        }
-        *reinterpret_cast<uint32_t *>(&qs[r * LDK + j]) = lo;
-        *reinterpret_cast<uint32_t *>(&qs[r * LDK + j + HALF]) = hi;
-    }
+    load_rotated<HD, LDK>(qbase, ld, cos_t, sin_t, t0, q0, BM, len, tid, THREADS, qs);
     constexpr int PADW = DP > HD ? DP - HD : 1; /* pad lanes (the loop below runs only when DP > HD) */
     for (int it = tid; DP > HD && it < BN * PADW; it += THREADS) {
         const int r = it / PADW, c = HD + it % PADW;
@@ -210,100 +152,13 @@ __global__ __launch_bounds__(32 * W) void attn_rope_kernel(const uint16_t *__res
         const uint32_t ks = (uint32_t)__cvta_generic_to_shared(Ks[buf]) + k_lane;
         const uint32_t vs = (uint32_t)__cvta_generic_to_shared(Vs[buf]) + v_lane;
 
-        float s[BN / 8][4];
-#pragma unroll
-        for (int n = 0; n < BN / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-#pragma unroll
-        for (int n = 0; n < BN / 8; n += 2)
-#pragma unroll
-            for (int kk = 0; kk < KS; kk++) {
-                uint32_t b0, b1, b2, b3;
-                ldsm_x4(ks + (uint32_t)((n * 8 * LDK + kk * 16) * 2), b0, b1, b2, b3);
-                mma16816(s[n], qf[kk], b0, b1);
-                mma16816(s[n + 1], qf[kk], b2, b3);
-            }
-        if (k0 + BN > len) {
-#pragma unroll
-            for (int n = 0; n < BN / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++)
-                    if (k0 + n * 8 + 2 * tq + (e & 1) >= len) s[n][e] = -INFINITY;
-        }
-        float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-        for (int n = 0; n < BN / 8; n++) {
-            mx0 = fmaxf(mx0, fmaxf(s[n][0], s[n][1]));
-            mx1 = fmaxf(mx1, fmaxf(s[n][2], s[n][3]));
-        }
-#pragma unroll
-        for (int off = 1; off < 4; off <<= 1) {
-            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
-        }
-        const float n0 = fmaxf(m0, mx0 * scale_log2), n1 = fmaxf(m1, mx1 * scale_log2);
-        const float al0 = exp2f(m0 - n0), al1 = exp2f(m1 - n1);
-        m0 = n0;
-        m1 = n1;
-        float r0 = 0.f, r1 = 0.f;
-#pragma unroll
-        for (int n = 0; n < BN / 8; n++) {
-            s[n][0] = exp2f(fmaf(s[n][0], scale_log2, -n0));
-            s[n][1] = exp2f(fmaf(s[n][1], scale_log2, -n0));
-            s[n][2] = exp2f(fmaf(s[n][2], scale_log2, -n1));
-            s[n][3] = exp2f(fmaf(s[n][3], scale_log2, -n1));
-            r0 += s[n][0] + s[n][1];
-            r1 += s[n][2] + s[n][3];
-        }
-        l0 = l0 * al0 + r0;
-        l1 = l1 * al1 + r1;
-#pragma unroll
-        for (int n = 0; n < NO; n++) {
-            o[n][0] *= al0;
-            o[n][1] *= al0;
-            o[n][2] *= al1;
-            o[n][3] *= al1;
-        }
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            const uint32_t a[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
-                                   pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-            const uint32_t v = vs + (uint32_t)(kk * 16 * LDV * 2);
-#pragma unroll
-            for (int n = 0; n + 1 < NO; n += 2) {
-                uint32_t b0, b1, b2, b3;
-                ldsm_x4_t(v + (uint32_t)(n * 8 * 2), b0, b1, b2, b3);
-                mma16816(o[n], a, b0, b1);
-                mma16816(o[n + 1], a, b2, b3);
-            }
-            if (NO % 2) {
-                uint32_t b0, b1;
-                ldsm_x2_t(v + (uint32_t)((NO - 1) * 8 * 2), b0, b1);
-                mma16816(o[NO - 1], a, b0, b1);
-            }
-        }
+        attend_block<BN, KS, NO, LDK, LDV>(qf, ks, vs, k0, len, tq, scale_log2, o, m0, m1, l0, l1);
         /* the other stage was last read in the previous step, which the barrier below that step closed */
         if (kb + 1 < n_blk) store_kv(buf ^ 1);
         __syncthreads();
     }
 
-    #pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
-    }
-    const float i0 = 1.f / l0, i1 = 1.f / l1;
-    const int ra = q0 + warp * 16 + g, rb = ra + 8;
-    uint16_t *oa = out + ((t0 + ra) * n_heads + h) * DP, *ob = out + ((t0 + rb) * n_heads + h) * DP;
-#pragma unroll
-    for (int n = 0; n < NO; n++) {
-        const int c = n * 8 + 2 * tq;
-        if (ra < len) *reinterpret_cast<uint32_t *>(oa + c) = pack2(o[n][0] * i0, o[n][1] * i0);
-        if (rb < len) *reinterpret_cast<uint32_t *>(ob + c) = pack2(o[n][2] * i1, o[n][3] * i1);
-    }
-    for (int c = HD + 2 * tq; c < DP; c += 8) {
-        if (ra < len) *reinterpret_cast<uint32_t *>(oa + c) = 0u;
-        if (rb < len) *reinterpret_cast<uint32_t *>(ob + c) = 0u;
-    }
+    store_rows<HD, DP, NO>(o, quad_sum(l0), quad_sum(l1), out, t0, q0 + warp * 16 + g, len, n_heads, h, tq);
 }
 
 template <int HD, int DP, int W>
@@ -321,14 +176,21 @@ extern "C" int attn_rope_supported(int head_dim, int head_dim_padded) {
     return (head_dim == 72 && head_dim_padded == 80) || (head_dim == 64 && head_dim_padded == 64);
 }
 
-extern "C" cudaError_t attn_rope_bf16_rows(const uint16_t *qkv, const float *cos_t, const float *sin_t,
-                                           const int32_t *cu_seqlens, int n_seg, int n_tokens, int n_heads,
-                                           int head_dim, int head_dim_padded, uint16_t *o, int rows,
-                                           cudaStream_t stream) {
+cudaError_t attn_rope_split_launch(const uint16_t *qkv, const float *cos_t, const float *sin_t, const int32_t *cu,
+                                   int n_seg, int n_tokens, int n_heads, int head_dim, uint16_t *o,
+                                   cudaStream_t stream);
+
+extern "C" cudaError_t attn_rope_bf16_tiled(const uint16_t *qkv, const float *cos_t, const float *sin_t,
+                                            const int32_t *cu_seqlens, int n_seg, int n_tokens, int n_heads,
+                                            int head_dim, int head_dim_padded, uint16_t *o, int tiling,
+                                            cudaStream_t stream) {
     if (n_tokens <= 0 || n_seg <= 0) return cudaSuccess;
-    if (n_heads <= 0 || n_heads > 65535 || !attn_rope_supported(head_dim, head_dim_padded) ||
-        (rows != 64 && rows != 128) || (((uintptr_t)qkv | (uintptr_t)cos_t | (uintptr_t)sin_t | (uintptr_t)o) & 7u))
+    if (n_heads <= 0 || n_heads > 65535 || !attn_rope_supported(head_dim, head_dim_padded) || tiling < 0 ||
+        tiling >= ATTN_ROPE_TILINGS || (((uintptr_t)qkv | (uintptr_t)cos_t | (uintptr_t)sin_t | (uintptr_t)o) & 7u))
         return cudaErrorInvalidValue;
+    if (tiling == ATTN_ROPE_SPLIT64)
+        return attn_rope_split_launch(qkv, cos_t, sin_t, cu_seqlens, n_seg, n_tokens, n_heads, head_dim, o, stream);
+    const int rows = tiling == ATTN_ROPE_ROWS64 ? 64 : 128;
     if (head_dim == 72)
         return rows == 64 ? launch<72, 80, 4>(qkv, cos_t, sin_t, cu_seqlens, n_seg, n_tokens, n_heads, o, stream)
                           : launch<72, 80, 8>(qkv, cos_t, sin_t, cu_seqlens, n_seg, n_tokens, n_heads, o, stream);
@@ -339,6 +201,6 @@ extern "C" cudaError_t attn_rope_bf16_rows(const uint16_t *qkv, const float *cos
 extern "C" cudaError_t attn_rope_bf16(const uint16_t *qkv, const float *cos_t, const float *sin_t,
                                       const int32_t *cu_seqlens, int n_seg, int n_tokens, int n_heads, int head_dim,
                                       int head_dim_padded, uint16_t *o, cudaStream_t stream) {
-    return attn_rope_bf16_rows(qkv, cos_t, sin_t, cu_seqlens, n_seg, n_tokens, n_heads, head_dim, head_dim_padded,
-                               o, ATTN_ROPE_ROWS, stream);
+    return attn_rope_bf16_tiled(qkv, cos_t, sin_t, cu_seqlens, n_seg, n_tokens, n_heads, head_dim, head_dim_padded,
+                                o, ATTN_ROPE_DEFAULT, stream);
 }

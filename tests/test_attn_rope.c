@@ -9,9 +9,10 @@
  * 4100 tokens: any length is correct, only slower than cuDNN), and head_dim 64 (dp 64).
  * Checks per case: cosine >= 0.9999 and rel-L2 <= 0.01 against the twin (test_gpu_attn.s BF16 bounds); rel-L2 no
  * worse than 1.25x cuDNN's own error on the same inputs (+2e-4); pad lanes exactly +0; guard bands around the
- * output untouched; the 64- and 128-row tilings (attn_rope_bf16_rows) give attn_rope_bf16's bits. Unsupported
+ * output untouched; the 64- and 128-row tilings (attn_rope_bf16_tiled) give attn_rope_bf16's bits, the key-split
+ * one meets the same bounds. Unsupported
  * shapes are refused (cudaErrorInvalidValue). Timings of both tilings and of the replaced path are printed for
- * information (bench_encoder measures the engine).
+ * information (bench_encoder measures the engine; VITD_TEST_NO_TIMING skips them, for compute-sanitizer).
  * Without CUDA, a device, or compute capability >= 9.0 it exits 77.
  */
 #ifndef VITD_HAVE_CUDA
@@ -105,8 +106,8 @@ static float *download_o(const uint16_t *d, int N, int H, int hd, int dp, int *p
     return f;
 }
 
-/* Mean ms of `reps` runs of the own kernel with 64 (which = 0) or 128 (2) rows per block, or rotary pack + cuDNN
- * (1). */
+/* Mean ms of `reps` runs of the own kernel in tiling `which` (ATTN_ROPE_*), or of rotary pack + cuDNN (which =
+ * -1). */
 static double time_path(int which, int reps, const uint16_t *dqkv, const float *dc, const float *ds,
                         const int32_t *dcu, const acase *c, int N, uint16_t *o_own, uint16_t *q, uint16_t *k,
                         uint16_t *v, uint16_t *o_cd, gpu_attn_ctx *A) {
@@ -117,9 +118,9 @@ static double time_path(int which, int reps, const uint16_t *dqkv, const float *
     float ms = 0;
     for (int r = -2; r < reps; r++) {
         if (r == 0) CUDA_CHECK(cudaEventRecord(e0, g_stream));
-        if (which != 1) {
-            CUDA_CHECK(attn_rope_bf16_rows(dqkv, dc, ds, dcu, c->n_seg, N, c->H, c->hd, c->dp, o_own,
-                                           which ? 128 : 64, g_stream));
+        if (which >= 0) {
+            CUDA_CHECK(attn_rope_bf16_tiled(dqkv, dc, ds, dcu, c->n_seg, N, c->H, c->hd, c->dp, o_own, which,
+                                            g_stream));
         } else {
             CUDA_CHECK(rope_pack_qkv_bf16(dqkv, dc, ds, N, c->H, c->hd, c->dp, q, k, v, g_stream));
             if (gpu_attn_bf16(A, q, k, v, o_cd, g_stream, &err) != VITD_OK) break;
@@ -181,15 +182,25 @@ static void run_case(const acase *c) {
     CHECK_MSG(s.n_nan == 0 && s.cosine >= 0.9999 && s.rel_l2 <= 0.01, "%s: cos %.6f rel_l2 %.3e", what, s.cosine,
               s.rel_l2);
     CHECK_MSG(pad0, "%s: pad lanes not exactly +0", what);
-    /* both tilings compute the same bits (a row's arithmetic does not depend on which block owns it) */
-    for (int rows = 64; rows <= 128; rows *= 2) {
+    /* the single-pass tilings compute the same bits (a row's arithmetic does not depend on which block owns it);
+     * the key-split one sums in another order: held to the same bounds against the twin */
+    cmp_stats s_split = s;
+    for (int t = 0; t < ATTN_ROPE_TILINGS; t++) {
         CUDA_CHECK(cudaMemset(o_own, 0xff, on * 2));
-        CUDA_CHECK(attn_rope_bf16_rows(dqkv, dc, ds, dcu, c->n_seg, N, H, hd, dp, o_own, rows, g_stream));
+        CUDA_CHECK(attn_rope_bf16_tiled(dqkv, dc, ds, dcu, c->n_seg, N, H, hd, dp, o_own, t, g_stream));
         CUDA_CHECK(cudaStreamSynchronize(g_stream));
         float *other = download_o(o_own, N, H, hd, dp, &pad0);
-        cmp_stats so = cmp_f32(other, got, n, 0, 0);
-        CHECK_MSG(so.n_bad == 0 && pad0, "%s: the %d-row tiling differs from attn_rope_bf16's in %zu values",
-                  c->name, rows, so.n_bad);
+        if (t == ATTN_ROPE_SPLIT64) {
+            s_split = cmp_f32(other, ref, n, 0, 0);
+            snprintf(what, sizeof what, "%s own key-split", c->name);
+            cmp_print(what, s_split);
+            CHECK_MSG(s_split.n_nan == 0 && s_split.cosine >= 0.9999 && s_split.rel_l2 <= 0.01 && pad0,
+                      "%s: cos %.6f rel_l2 %.3e pad %d", what, s_split.cosine, s_split.rel_l2, pad0);
+        } else {
+            cmp_stats so = cmp_f32(other, got, n, 0, 0);
+            CHECK_MSG(so.n_bad == 0 && pad0, "%s: tiling %d differs from attn_rope_bf16's in %zu values", c->name, t,
+                      so.n_bad);
+        }
         free(other);
     }
 
@@ -223,12 +234,18 @@ static void run_case(const acase *c) {
         cmp_print(what, sc);
         CHECK_MSG(s.rel_l2 <= 1.25 * sc.rel_l2 + 2e-4, "%s: own rel_l2 %.3e vs cuDNN's %.3e", c->name, s.rel_l2,
                   sc.rel_l2);
+        CHECK_MSG(s_split.rel_l2 <= 1.25 * sc.rel_l2 + 2e-4, "%s: key-split rel_l2 %.3e vs cuDNN's %.3e", c->name,
+                  s_split.rel_l2, sc.rel_l2);
         const int reps = N <= 4096 ? 50 : 20;
-        const double t_own = time_path(0, reps, dqkv, dc, ds, dcu, c, N, o_own, q, k, v, o_cd, A);
-        const double t_128 = time_path(2, reps, dqkv, dc, ds, dcu, c, N, o_own, q, k, v, o_cd, A);
-        const double t_cd = time_path(1, reps, dqkv, dc, ds, dcu, c, N, o_own, q, k, v, o_cd, A);
-        printf("  timing %-12s own 64 rows %.2f us, 128 rows %.2f us; rope_pack + cuDNN %.2f us (%.2fx, %.2fx)\n",
-               c->name, 1e3 * t_own, 1e3 * t_128, 1e3 * t_cd, t_cd / t_own, t_cd / t_128);
+        if (getenv("VITD_TEST_NO_TIMING")) goto done; /* under compute-sanitizer */
+        double t[ATTN_ROPE_TILINGS];
+        for (int w = 0; w < ATTN_ROPE_TILINGS; w++)
+            t[w] = time_path(w, reps, dqkv, dc, ds, dcu, c, N, o_own, q, k, v, o_cd, A);
+        const double t_cd = time_path(-1, reps, dqkv, dc, ds, dcu, c, N, o_own, q, k, v, o_cd, A);
+        printf("  timing %-12s own: 64 rows %.2f us, 128 rows %.2f us, key-split %.2f us; rope_pack + cuDNN %.2f us "
+               "(%.2fx %.2fx %.2fx)\n", c->name, 1e3 * t[0], 1e3 * t[1], 1e3 * t[2], 1e3 * t_cd, t_cd / t[0],
+               t_cd / t[1], t_cd / t[2]);
+    done:
         free(cd);
     } else if (A) {
         CHECK_MSG(0, "%s: gpu_attn_begin: %s", c->name, err.msg);

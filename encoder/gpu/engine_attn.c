@@ -20,8 +20,8 @@ static vitd_status attention_bf16(gpu_engine *g, int n_tokens, int n_seg, float 
     vitd_status st = VITD_OK;
     if (calib) KTRY(fp8_quant_qkv_amax(g->qkv, g->cos_t, g->sin_t, n_tokens, g->H, g->hd, calib, g->s_main));
     if (n_tokens <= g->attn_short_max) {
-        KTRY(attn_rope_bf16(g->qkv, g->cos_t, g->sin_t, g->cu, n_seg, n_tokens, g->H, g->hd, g->dp, g->o,
-                            g->s_main));
+        KTRY(attn_rope_bf16_tiled(g->qkv, g->cos_t, g->sin_t, g->cu, n_seg, n_tokens, g->H, g->hd, g->dp, g->o,
+                                  g->attn_rope_tiling, g->s_main));
         engine_prof_mark(g, ST_ATTN);
         return VITD_OK;
     }
@@ -143,20 +143,22 @@ fail:
     return st;
 }
 
-/* attn_short_max: setting > 0 is taken as given, < 0 means never; 0 measures it: one image of 64, 128, ..., 2048
- * tokens (up to max_tokens), the BF16 attention step timed with vitd's own kernel and with rotary pack + cuDNN
- * (min over 2 rounds of the mean of 10 steps, CUDA events); the limit is the longest length up to which the own
- * kernel was at least 2% faster at every measured length (0: none). A batch then takes the own kernel when all its
- * images together have at most that many tokens (batches of several images favour cuDNN more than one image of
- * the same total: measured, bench/RESULTS.md). */
+/* attn_short_max: setting > 0 is taken as given (with the kernel's default tiling), < 0 means never; 0 measures
+ * it: one image of 64, 128, ..., 2048 tokens (up to max_tokens), the BF16 attention step timed with vitd's own
+ * kernel in each tiling (engine_kernels.h) and with rotary pack + cuDNN (min over 2 rounds of the mean of 10
+ * steps, CUDA events); the limit is the longest length up to which the own kernel's fastest tiling was at least 2%
+ * faster at every measured length (0: none), and that tiling is kept. A batch then takes the own kernel when all
+ * its images together have at most that many tokens (batches of several images favour cuDNN more than one image
+ * of the same total: measured, bench/RESULTS.md). */
 vitd_status engine_short_setup(gpu_engine *g, int setting, vitd_err *err) {
     vitd_status st = VITD_OK;
     cudaEvent_t ev[2] = {NULL, NULL};
     const double t0 = vitd_now();
     char table[600] = "";
     size_t used = 0;
-    int limit = 0;
+    int limit = 0, tiling = ATTN_ROPE_ROWS128;
     g->attn_short_max = setting < 0 ? 0 : setting;
+    g->attn_rope_tiling = ATTN_ROPE_ROWS128;
     if (setting != 0 || !attn_rope_supported(g->hd, g->dp)) {
         if (setting != 0 && g->attn_short_max && !attn_rope_supported(g->hd, g->dp)) {
             vitd_log(VITD_LOG_INFO, "gpu engine: attn_short_max %d not used: vitd's own attention kernel runs "
@@ -168,31 +170,41 @@ vitd_status engine_short_setup(gpu_engine *g, int setting, vitd_err *err) {
     CUDA_TRY(cudaEventCreate(&ev[0]));
     CUDA_TRY(cudaEventCreate(&ev[1]));
     for (int len = 64, winning = 1; winning && len <= 2048 && (size_t)len <= g->max_tokens; len *= 2) {
-        double best[2] = {1e30, 1e30};
+        double best[1 + ATTN_ROPE_TILINGS]; /* [0]: cuDNN, [1 + t]: tiling t */
+        for (int p = 0; p <= ATTN_ROPE_TILINGS; p++) best[p] = 1e30;
         if ((st = probe_batch(g, 1, len, err)) != VITD_OK) goto fail;
-        for (int round = 0; round < 3; round++) /* round 0 warms both paths up */
-            for (int own = 0; own < 2; own++) {
+        for (int round = 0; round < 3; round++) /* round 0 warms every path up */
+            for (int p = 0; p <= ATTN_ROPE_TILINGS; p++) {
                 const int reps = 10;
                 float ms = 0;
-                g->attn_short_max = own ? len : 0;
+                g->attn_short_max = p ? len : 0;
+                g->attn_rope_tiling = p ? p - 1 : 0;
                 CUDA_TRY(cudaEventRecord(ev[0], g->s_main));
                 for (int r = 0; r < reps; r++)
                     if ((st = attention_bf16(g, len, 1, NULL, err)) != VITD_OK) goto fail;
                 CUDA_TRY(cudaEventRecord(ev[1], g->s_main));
                 CUDA_TRY(cudaEventSynchronize(ev[1]));
                 CUDA_TRY(cudaEventElapsedTime(&ms, ev[0], ev[1]));
-                if (round > 0 && ms / reps < best[own]) best[own] = ms / reps;
+                if (round > 0 && ms / reps < best[p]) best[p] = ms / reps;
             }
-        winning = best[1] < (1 - ATTN_ROUTE_MARGIN) * best[0];
-        if (winning) limit = len;
+        int fast = 1;
+        for (int p = 2; p <= ATTN_ROPE_TILINGS; p++)
+            if (best[p] < best[fast]) fast = p;
+        winning = best[fast] < (1 - ATTN_ROUTE_MARGIN) * best[0];
+        if (winning) {
+            limit = len;
+            tiling = fast - 1;
+        }
         if (used < sizeof table)
-            used += (size_t)snprintf(table + used, sizeof table - used, "%s%d tokens own %.1f us, cuDNN %.1f us",
-                                     used ? "; " : "", len, 1e3 * best[1], 1e3 * best[0]);
+            used += (size_t)snprintf(table + used, sizeof table - used, "%s%d tokens own %.1f/%.1f/%.1f us, cuDNN "
+                                     "%.1f us", used ? "; " : "", len, 1e3 * best[1], 1e3 * best[2], 1e3 * best[3],
+                                     1e3 * best[0]);
     }
     g->attn_short_max = limit;
-    vitd_log(VITD_LOG_INFO, "gpu engine: attn_short_max measured in %.0f ms: %d (BF16 attention of batches up to "
-             "this many tokens runs vitd's own kernel; rotary + attention per layer: %s)", 1e3 * (vitd_now() - t0),
-             limit, table);
+    g->attn_rope_tiling = tiling;
+    vitd_log(VITD_LOG_INFO, "gpu engine: attn_short_max measured in %.0f ms: %d, tiling %d (BF16 attention of "
+             "batches up to this many tokens runs vitd's own kernel; rotary + attention per layer, own tilings "
+             "64-row/128-row/key-split: %s)", 1e3 * (vitd_now() - t0), limit, tiling, table);
 fail:
     if (st != VITD_OK) g->attn_short_max = 0;
     if (ev[0]) cudaEventDestroy(ev[0]);

@@ -199,6 +199,7 @@ struct gpu_engine {
     /* BF16 attention of a batch of at most attn_short_max tokens: vitd's own rotary + attention kernel
      * (kernels/attn_rope.cu) instead of rotary pack + cuDNN; 0 = never (engine_short_setup measures it) */
     int attn_short_max;
+    int attn_rope_tiling;        /* its tiling (ATTN_ROPE_*, engine_kernels.h) */
 
     /* CUDA graphs of the block segments (engine_graph.c) */
     int graphs_on;
