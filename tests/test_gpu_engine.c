@@ -282,14 +282,20 @@ static void check_api_and_errors(const char *dir) {
     vitd_encoder_free(enc);
     gpu_engine_free(ge);
 
-    /* a plan far beyond the device's memory */
+    /* a plan beyond the device's free memory: the largest max_batch_tokens, with all but 4 GiB of the device taken
+     * first (an H200's 141 GB would hold the plan itself) */
     eo.max_batch_tokens = (size_t)1 << 24;
     ge = NULL;
+    size_t mem_free = 0, mem_total = 0;
+    void *hog = NULL;
+    CUDA_CHECK(cudaMemGetInfo(&mem_free, &mem_total));
+    if (mem_free > ((size_t)8 << 30)) CUDA_CHECK(cudaMalloc(&hog, mem_free - ((size_t)4 << 30)));
     vitd_status s = gpu_engine_create(model, &eo, &ge, &err);
     CHECK_EQ_INT(VITD_E_NOMEM, s);
     CHECK_STR_CONTAINS(err.msg, "free");
     printf("  too little memory: %s\n", err.msg);
     gpu_engine_free(ge);
+    if (hog) CUDA_CHECK(cudaFree(hog));
     /* a device that does not exist */
     eo.max_batch_tokens = 4096;
     eo.device = 99;
