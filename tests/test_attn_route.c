@@ -127,6 +127,38 @@ static void check_decide_and_pick(void) {
     CHECK_EQ_INT(0, attn_route_fp8(t, 0, 1, 16384));
 }
 
+/* attn_short_decide / attn_short_tiling: the own kernel's reach and per-length tiling from start-up timings
+ * (shaped like the H200's: own wins up to 256 tokens, tilings trade places with length). */
+static void check_short(void) {
+    attn_short_entry t[ATTN_SHORT_LENS] = {
+        {17.1, {8.8, 7.7, 9.1}}, {15.8, {11.4, 11.9, 9.8}}, {17.8, {17.4, 17.7, 14.9}},
+        {23.2, {35.8, 28.8, 29.7}}, {33.5, {64.3, 51.1, 54.9}}, {86.0, {252.0, 201.0, 217.0}}};
+    int tiling[ATTN_SHORT_LENS];
+    CHECK_EQ_INT(256, attn_short_decide(t, ATTN_SHORT_LENS, 16384, 0.02, tiling));
+    CHECK_EQ_INT(1, tiling[0]);
+    CHECK_EQ_INT(2, tiling[1]);
+    CHECK_EQ_INT(2, tiling[2]);
+    CHECK_EQ_INT(1, tiling[3]);
+    CHECK_EQ_INT(1, attn_short_tiling(tiling, ATTN_SHORT_LENS, 1));
+    CHECK_EQ_INT(1, attn_short_tiling(tiling, ATTN_SHORT_LENS, 64));
+    CHECK_EQ_INT(2, attn_short_tiling(tiling, ATTN_SHORT_LENS, 65));
+    CHECK_EQ_INT(2, attn_short_tiling(tiling, ATTN_SHORT_LENS, 256));
+    CHECK_EQ_INT(1, attn_short_tiling(tiling, ATTN_SHORT_LENS, 100000)); /* past the table: the last entry */
+    /* the cap (max_batch_tokens) stops the reach; a later win does not extend it past a loss */
+    CHECK_EQ_INT(128, attn_short_decide(t, ATTN_SHORT_LENS, 200, 0.02, tiling));
+    t[4].ms_own[1] = 10.0; /* 1024 wins, but 512 lost */
+    CHECK_EQ_INT(256, attn_short_decide(t, ATTN_SHORT_LENS, 16384, 0.02, tiling));
+    /* within the margin is not a win; an unmeasured entry ends the reach */
+    t[0].ms_own[1] = 16.9;
+    t[0].ms_own[0] = t[0].ms_own[2] = 17.0;
+    CHECK_EQ_INT(0, attn_short_decide(t, ATTN_SHORT_LENS, 16384, 0.02, tiling));
+    t[0].ms_own[1] = 7.7;
+    t[1].ms_cudnn = -1;
+    CHECK_EQ_INT(64, attn_short_decide(t, ATTN_SHORT_LENS, 16384, 0.02, tiling));
+    CHECK_EQ_INT(0, tiling[1]);
+    CHECK_EQ_INT(0, attn_short_decide(t, 0, 16384, 0.02, tiling));
+}
+
 static char tmpdir[] = "/tmp/vitd_test_attn_route_XXXXXX";
 
 static void write_text(const char *path, const char *text) {
@@ -350,6 +382,7 @@ int main(void) {
     check_shapes();
     printf("decide and pick\n");
     check_decide_and_pick();
+    check_short();
     if (!mkdtemp(tmpdir)) {
         CHECK_MSG(0, "mkdtemp failed");
         return check_done("test_attn_route");

@@ -61,6 +61,28 @@ void attn_route_decide(attn_route_entry *t, int n, double margin) {
             if (t[j].n_images == t[i].n_images && t[j].max_len > t[i].max_len && !t[j].fp8) t[i].fp8 = 0;
 }
 
+int attn_short_decide(const attn_short_entry *t, int n, int cap, double margin, int *tiling) {
+    int reach = 0, winning = 1;
+    for (int i = 0; i < n; i++) {
+        const attn_short_entry *e = &t[i];
+        int best = 0;
+        for (int k = 1; k < ATTN_SHORT_TILINGS; k++)
+            if (e->ms_own[k] < e->ms_own[best]) best = k;
+        const int measured = e->ms_cudnn > 0 && e->ms_own[best] > 0;
+        tiling[i] = measured ? best : 0;
+        const int len = ATTN_SHORT_LEN0 << i;
+        winning = winning && len <= cap && measured && e->ms_own[best] < (1.0 - margin) * e->ms_cudnn;
+        if (winning) reach = len;
+    }
+    return reach;
+}
+
+int attn_short_tiling(const int *tiling, int n, int n_tokens) {
+    for (int i = 0; i < n; i++)
+        if ((ATTN_SHORT_LEN0 << i) >= n_tokens) return tiling[i];
+    return n > 0 ? tiling[n - 1] : 0;
+}
+
 int attn_route_pick(const attn_route_entry *t, int n, int n_images, int max_len) {
     int best = -1;
     for (int i = 0; i < n; i++) {

@@ -64,6 +64,28 @@ int attn_route_fp8(const attn_route_entry *t, int n, int n_images, int max_len);
 /* The table as one line per entry for the log: "1x4096 bf16 0.252 ms fp8 0.217 ms (1.16x) -> fp8". */
 void attn_route_format(const attn_route_entry *t, int n, char *buf, size_t len);
 
+/* ---- vitd's own BF16 attention for small batches (kernels/attn_rope.cu; the engine's attn_short_max) ----
+ * At start-up the engine times, for one image of ATTN_SHORT_LEN0 << i tokens (i < ATTN_SHORT_LENS, up to its
+ * max_batch_tokens), the BF16 attention step on the cuDNN path and on its own kernel in each tiling. The
+ * measurements are shared by every engine of the process on that GPU and model shape (the first one measures), so
+ * engines agree on the path, hence on the bits, for every batch both can take. */
+#define ATTN_SHORT_LEN0 64
+#define ATTN_SHORT_LENS 6 /* 64 ... 2048 */
+#define ATTN_SHORT_TILINGS 3
+
+typedef struct {
+    double ms_cudnn;                     /* <= 0: not measured */
+    double ms_own[ATTN_SHORT_TILINGS];   /* per tiling */
+} attn_short_entry;
+
+/* From entries t[i] (length ATTN_SHORT_LEN0 << i, i < n): the own kernel's reach, the longest length <= cap up to
+ * which at every length the fastest tiling was at least `margin` faster than cuDNN (0: none, also where an entry
+ * in that range is not measured), and each entry's fastest tiling in tiling[i] (0 where not measured). */
+int attn_short_decide(const attn_short_entry *t, int n, int cap, double margin, int *tiling);
+
+/* The tiling for a batch of n_tokens (<= the reach): that of the shortest measured length >= n_tokens. */
+int attn_short_tiling(const int *tiling, int n, int n_tokens);
+
 /* ---- a saved table (attn_route_file) ----
  * The timings depend on the GPU, the cuDNN build, the attention shape and the FP8 scaling, so a saved table names
  * them and is reused only where every one matches; a restart then skips the start-up timing (~1.5-2.6 s on the 8B

@@ -2,6 +2,7 @@
  * FP8 (rotary + quantise + pad + amax, cuDNN FP8, dequantise or the FP8 projection's own read), the per-layer scale
  * state, the start-up plans and timing table of attn_dtype auto (attn_route.h), the one-shot save of the dynamic
  * scales, and the attention part of gpu_engine.h's API. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,8 +21,10 @@ static vitd_status attention_bf16(gpu_engine *g, int n_tokens, int n_seg, float 
     vitd_status st = VITD_OK;
     if (calib) KTRY(fp8_quant_qkv_amax(g->qkv, g->cos_t, g->sin_t, n_tokens, g->H, g->hd, calib, g->s_main));
     if (n_tokens <= g->attn_short_max) {
+        const int tiling = g->short_force >= 0 ? g->short_force
+                                               : attn_short_tiling(g->short_tiling, ATTN_SHORT_LENS, n_tokens);
         KTRY(attn_rope_bf16_tiled(g->qkv, g->cos_t, g->sin_t, g->cu, n_seg, n_tokens, g->H, g->hd, g->dp, g->o,
-                                  g->attn_rope_tiling, g->s_main));
+                                  tiling, g->s_main));
         engine_prof_mark(g, ST_ATTN);
         return VITD_OK;
     }
@@ -143,72 +146,120 @@ fail:
     return st;
 }
 
-/* attn_short_max: setting > 0 is taken as given (with the kernel's default tiling), < 0 means never; 0 measures
- * it: one image of 64, 128, ..., 2048 tokens (up to max_tokens), the BF16 attention step timed with vitd's own
- * kernel in each tiling (engine_kernels.h) and with rotary pack + cuDNN (min over 2 rounds of the mean of 10
- * steps, CUDA events); the limit is the longest length up to which the own kernel's fastest tiling was at least 2%
- * faster at every measured length (0: none), and that tiling is kept. A batch then takes the own kernel when all
- * its images together have at most that many tokens (batches of several images favour cuDNN more than one image
- * of the same total: measured, bench/RESULTS.md). */
+/* The start-up measurements of the own kernel, shared by the engines of the process (attn_route.h): one per GPU and
+ * attention shape, each length measured by the first engine that can run it. */
+#define SHORT_CACHE 16
+static struct {
+    int device, n_heads, head_dim, head_dim_padded;
+    attn_short_entry e[ATTN_SHORT_LENS];
+} short_cache[SHORT_CACHE];
+static int short_cache_n;
+static pthread_mutex_t short_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Times the BF16 step on one image of len tokens: t->ms_cudnn and t->ms_own[] (min over 2 rounds of the mean of 10
+ * steps after a warm-up round, CUDA events on the compute stream). */
+static vitd_status time_short(gpu_engine *g, int len, attn_short_entry *t, cudaEvent_t ev[2], vitd_err *err) {
+    vitd_status st = VITD_OK;
+    double best[1 + ATTN_SHORT_TILINGS]; /* [0]: cuDNN, [1 + k]: tiling k */
+    for (int p = 0; p <= ATTN_SHORT_TILINGS; p++) best[p] = 1e30;
+    if ((st = probe_batch(g, 1, len, err)) != VITD_OK) goto fail;
+    for (int round = 0; round < 3; round++)
+        for (int p = 0; p <= ATTN_SHORT_TILINGS; p++) {
+            const int reps = 10;
+            float ms = 0;
+            g->attn_short_max = p ? len : 0;
+            g->short_force = p - 1;
+            CUDA_TRY(cudaEventRecord(ev[0], g->s_main));
+            for (int r = 0; r < reps; r++)
+                if ((st = attention_bf16(g, len, 1, NULL, err)) != VITD_OK) goto fail;
+            CUDA_TRY(cudaEventRecord(ev[1], g->s_main));
+            CUDA_TRY(cudaEventSynchronize(ev[1]));
+            CUDA_TRY(cudaEventElapsedTime(&ms, ev[0], ev[1]));
+            if (round > 0 && ms / reps < best[p]) best[p] = ms / reps;
+        }
+    t->ms_cudnn = best[0];
+    for (int k = 0; k < ATTN_SHORT_TILINGS; k++) t->ms_own[k] = best[1 + k];
+fail:
+    g->attn_short_max = 0;
+    g->short_force = -1;
+    return st;
+}
+
+/* attn_short_max: setting > 0 is taken as given (every batch up to it in the 128-row tiling), < 0 means never; 0
+ * measures: one image of 64, 128, ..., 2048 tokens (up to max_tokens), the BF16 attention step timed on the cuDNN
+ * path and on the own kernel in each tiling; the reach and the per-length tilings follow (attn_short_decide, a 2%
+ * margin). A batch then takes the own kernel when all its images together have at most that many tokens (batches
+ * of several images favour cuDNN more than one image of the same total: measured, bench/RESULTS.md). */
 vitd_status engine_short_setup(gpu_engine *g, int setting, vitd_err *err) {
+    _Static_assert(ATTN_SHORT_TILINGS == ATTN_ROPE_TILINGS, "attn_route.h and engine_kernels.h agree");
     vitd_status st = VITD_OK;
     cudaEvent_t ev[2] = {NULL, NULL};
     const double t0 = vitd_now();
     char table[600] = "";
     size_t used = 0;
-    int limit = 0, tiling = ATTN_ROPE_ROWS128;
+    int measured = 0;
     g->attn_short_max = setting < 0 ? 0 : setting;
-    g->attn_rope_tiling = ATTN_ROPE_ROWS128;
+    g->short_force = -1;
+    for (int i = 0; i < ATTN_SHORT_LENS; i++) g->short_tiling[i] = ATTN_ROPE_ROWS128;
     if (setting != 0 || !attn_rope_supported(g->hd, g->dp)) {
-        if (setting != 0 && g->attn_short_max && !attn_rope_supported(g->hd, g->dp)) {
+        if (g->attn_short_max && !attn_rope_supported(g->hd, g->dp)) {
             vitd_log(VITD_LOG_INFO, "gpu engine: attn_short_max %d not used: vitd's own attention kernel runs "
                      "head_dim 64 or 72, this model has %d; every BF16 batch runs cuDNN", setting, g->hd);
             g->attn_short_max = 0;
         }
         return VITD_OK;
     }
+    pthread_mutex_lock(&short_lock);
+    int c = 0;
+    while (c < short_cache_n && !(short_cache[c].device == g->device && short_cache[c].n_heads == g->H &&
+                                  short_cache[c].head_dim == g->hd && short_cache[c].head_dim_padded == g->dp))
+        c++;
+    if (c == short_cache_n && c < SHORT_CACHE) {
+        memset(&short_cache[c], 0, sizeof short_cache[c]);
+        short_cache[c].device = g->device;
+        short_cache[c].n_heads = g->H;
+        short_cache[c].head_dim = g->hd;
+        short_cache[c].head_dim_padded = g->dp;
+        short_cache_n++;
+    }
+    attn_short_entry local[ATTN_SHORT_LENS] = {{0}};
+    attn_short_entry *e = c < SHORT_CACHE ? short_cache[c].e : local;
     CUDA_TRY(cudaEventCreate(&ev[0]));
     CUDA_TRY(cudaEventCreate(&ev[1]));
-    for (int len = 64, winning = 1; winning && len <= 2048 && (size_t)len <= g->max_tokens; len *= 2) {
-        double best[1 + ATTN_ROPE_TILINGS]; /* [0]: cuDNN, [1 + t]: tiling t */
-        for (int p = 0; p <= ATTN_ROPE_TILINGS; p++) best[p] = 1e30;
-        if ((st = probe_batch(g, 1, len, err)) != VITD_OK) goto fail;
-        for (int round = 0; round < 3; round++) /* round 0 warms every path up */
-            for (int p = 0; p <= ATTN_ROPE_TILINGS; p++) {
-                const int reps = 10;
-                float ms = 0;
-                g->attn_short_max = p ? len : 0;
-                g->attn_rope_tiling = p ? p - 1 : 0;
-                CUDA_TRY(cudaEventRecord(ev[0], g->s_main));
-                for (int r = 0; r < reps; r++)
-                    if ((st = attention_bf16(g, len, 1, NULL, err)) != VITD_OK) goto fail;
-                CUDA_TRY(cudaEventRecord(ev[1], g->s_main));
-                CUDA_TRY(cudaEventSynchronize(ev[1]));
-                CUDA_TRY(cudaEventElapsedTime(&ms, ev[0], ev[1]));
-                if (round > 0 && ms / reps < best[p]) best[p] = ms / reps;
-            }
-        int fast = 1;
-        for (int p = 2; p <= ATTN_ROPE_TILINGS; p++)
-            if (best[p] < best[fast]) fast = p;
-        winning = best[fast] < (1 - ATTN_ROUTE_MARGIN) * best[0];
-        if (winning) {
-            limit = len;
-            tiling = fast - 1;
+    for (int i = 0; i < ATTN_SHORT_LENS; i++) {
+        const int len = ATTN_SHORT_LEN0 << i;
+        if ((size_t)len > g->max_tokens) break;
+        if (e[i].ms_cudnn <= 0) {
+            if ((st = time_short(g, len, &e[i], ev, err)) != VITD_OK) goto fail;
+            measured++;
         }
         if (used < sizeof table)
             used += (size_t)snprintf(table + used, sizeof table - used, "%s%d tokens own %.1f/%.1f/%.1f us, cuDNN "
-                                     "%.1f us", used ? "; " : "", len, 1e3 * best[1], 1e3 * best[2], 1e3 * best[3],
-                                     1e3 * best[0]);
+                                     "%.1f us", used ? "; " : "", len, 1e3 * e[i].ms_own[0], 1e3 * e[i].ms_own[1],
+                                     1e3 * e[i].ms_own[2], 1e3 * e[i].ms_cudnn);
     }
-    g->attn_short_max = limit;
-    g->attn_rope_tiling = tiling;
-    vitd_log(VITD_LOG_INFO, "gpu engine: attn_short_max measured in %.0f ms: %d, tiling %d (BF16 attention of "
-             "batches up to this many tokens runs vitd's own kernel; rotary + attention per layer, own tilings "
-             "64-row/128-row/key-split: %s)", 1e3 * (vitd_now() - t0), limit, tiling, table);
+    g->attn_short_max = attn_short_decide(e, ATTN_SHORT_LENS, (int)(g->max_tokens < 65536 ? g->max_tokens : 65536),
+                                          ATTN_ROUTE_MARGIN, g->short_tiling);
+    vitd_log(VITD_LOG_INFO, "gpu engine: attn_short_max %d, tiling per length %d/%d/%d/%d/%d/%d (%s in %.0f ms; BF16 "
+             "attention of batches up to this many tokens runs vitd's own kernel; per layer, own tilings "
+             "64-row/128-row/key-split: %s)", g->attn_short_max, g->short_tiling[0], g->short_tiling[1],
+             g->short_tiling[2], g->short_tiling[3], g->short_tiling[4], g->short_tiling[5],
+             measured ? "measured" : "this process's measurement", 1e3 * (vitd_now() - t0), table);
 fail:
-    if (st != VITD_OK) g->attn_short_max = 0;
+    pthread_mutex_unlock(&short_lock);
     if (ev[0]) cudaEventDestroy(ev[0]);
     if (ev[1]) cudaEventDestroy(ev[1]);
+    if (st != VITD_OK) {
+        g->attn_short_max = 0;
+        /* an optional speed-up: only a lost device (a sticky error) fails the engine */
+        cudaError_t ce = cudaStreamSynchronize(g->s_main);
+        if (ce == cudaSuccess) ce = cudaGetLastError();
+        if (ce == cudaSuccess) {
+            vitd_log(VITD_LOG_WARN, "gpu engine: attn_short_max not measured (%s); every BF16 batch runs cuDNN",
+                     err ? err->msg : "error");
+            st = VITD_OK;
+        }
+    }
     return st;
 }
 

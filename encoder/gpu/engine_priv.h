@@ -199,7 +199,8 @@ struct gpu_engine {
     /* BF16 attention of a batch of at most attn_short_max tokens: vitd's own rotary + attention kernel
      * (kernels/attn_rope.cu) instead of rotary pack + cuDNN; 0 = never (engine_short_setup measures it) */
     int attn_short_max;
-    int attn_rope_tiling;        /* its tiling (ATTN_ROPE_*, engine_kernels.h) */
+    int short_tiling[ATTN_SHORT_LENS]; /* its tiling (ATTN_ROPE_*) per length bucket (attn_short_tiling) */
+    int short_force;             /* >= 0: the start-up measurement forces this tiling */
 
     /* CUDA graphs of the block segments (engine_graph.c) */
     int graphs_on;
@@ -230,8 +231,9 @@ void engine_pool_run_range(host_pool *p, size_t begin, size_t end, size_t min_it
 /* The attention step of block `layer` on pass p's path (p->fp8: FP8; keep_o8: the projection reads o8 itself, no
  * dequantisation, and the caller runs the ring update after it). */
 vitd_status engine_attention(gpu_engine *g, const eng_pass *p, int layer, int keep_o8, vitd_err *err);
-/* Sets attn_short_max from the options, measuring it (one image of 64 ... 2048 tokens, both BF16 kernels timed)
- * when they leave it to the engine; logged. */
+/* Sets attn_short_max and the tilings from the options, measuring them (one image of 64 ... 2048 tokens, the cuDNN
+ * path and each own tiling timed; shared per process, attn_route.h) when they leave it to the engine; logged. A
+ * failed measurement leaves the own kernel off (error only when the device is lost). */
 vitd_status engine_short_setup(gpu_engine *g, int setting, vitd_err *err);
 /* The attention path of a batch of n_seg segments whose longest has max_len tokens: 1 = FP8. */
 int engine_choose_fp8(const gpu_engine *g, int n_seg, int max_len);
