@@ -199,12 +199,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--bf16-out")) bf16_out = 1;
         else if (!strcmp(argv[i], "--no-gemm-tune")) no_tune = 1;
         else if (!strcmp(argv[i], "--precise-accum")) precise = 1;
-        else if (!strcmp(argv[i], "--attn-short-max") && i + 1 < argc) short_max = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--attn-short-max") && i + 1 < argc && atoi(argv[i + 1]) >= 0)
+            short_max = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--profile")) profile = 1;
         else {
             fprintf(stderr, "usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] "
                             "[--attn bf16,fp8,auto] [--profile] [--max-batch-tokens N] [--linear bf16,fp8,auto] "
-                            "[--linear-gemms LIST] [--no-graphs] [--no-gemm-tune] [--precise-accum] [--bf16-out] [--attn-short-max N]\n");
+                            "[--linear-gemms LIST] [--no-graphs] [--no-gemm-tune] [--precise-accum] [--bf16-out] "
+                            "[--attn-short-max N]\n");
             return 2;
         }
     }

@@ -9,16 +9,18 @@
  *   (flash) recurrence in float32 with exp2, p rounded to bf16 for p v, o = (p v) / rowsum(p) rounded to bf16.
  * Output o [N, H, dp] bf16 with lanes hd..dp-1 = 0: the layout the output projection reads (engine_forward.c).
  *
- * Work split. One CTA of 4 warps owns 64 query rows of one (segment, head): blockIdx.x walks the segments' 64-row
- * tiles in order (the CTA finds its segment from cu_seqlens; the grid has N/64 + n_seg tiles, the spare ones
- * return), blockIdx.y is the head. Each warp keeps its 16 query rows as mma A fragments in registers and runs
- * mma.sync m16n8k16 (bf16 in, float32 accumulate): S = Q K^T over dp (pad lanes 0), then O += P V over hd with the
- * score accumulators reused as P's A fragments (the C layout of two n8 tiles is the A layout of one k16 step).
- * Keys arrive in blocks of 64: K rotated into shared memory [64][dp+8] (row pad: conflict-free fragment reads),
- * V transposed into [dp][64+8]; the next block's global loads are issued into registers before the current
- * block's math, so their latency hides behind it. Rows past a segment's end load as 0 and their scores as -inf.
- * Limits: head_dim 64 (dp 64) or 72 (dp 80); any segment length. Faster than cuDNN only for short segments
- * (the engine's attn_short_max); long ones want cuDNN's Hopper kernels.
+ * Work split (the single-pass tilings; attn_rope_split.cu has the key-split one). One CTA of W warps (4 or 8)
+ * owns 16 W query rows of one (segment, head): blockIdx.x walks the segments' tiles in order (the CTA finds its
+ * segment from cu_seqlens; the grid has N/(16 W) + n_seg tiles, the spare ones return), blockIdx.y is the head.
+ * Each warp keeps its 16 query rows as mma A fragments in registers and runs mma.sync m16n8k16 (bf16 in, float32
+ * accumulate): S = Q K^T over dp (pad lanes 0), then O += P V over hd with the score accumulators reused as P's A
+ * fragments (the C layout of two n8 tiles is the A layout of one k16 step; attn_mma.cuh's attend_block). Keys
+ * arrive in blocks of 64, double-buffered in shared memory: K rotated into [64][dp+8], V row-major [64][hd(+8)]
+ * read transposed by ldmatrix (row strides with an odd count of 16-byte units: conflict-free ldmatrix phases);
+ * the next block's global loads are issued into registers before the current block's math and stored after it.
+ * Rows past a segment's end load as 0 and their scores as -inf.
+ * Limits: head_dim 64 (dp 64) or 72 (dp 80); any segment length. Faster than cuDNN only for small batches (the
+ * engine measures where, attn_short_max); long ones want cuDNN's Hopper kernels.
  * Twins: cpu_rope_apply (then bf16 rounding) and cpu_attention. Tests: tests/test_attn_rope.c.
  */
 #include "attn_mma.cuh"
@@ -69,7 +71,7 @@ __global__ __launch_bounds__(32 * W) void attn_rope_kernel(const uint16_t *__res
                    *vbase = kbase + (long long)n_heads * HD;
 
     /* Q tile, rotated, into the K buffers; the pad lanes of both K stages are zeroed once (stores write lanes < hd) */
-    uint16_t *const qs = BM <= BN ? Ks[1] : Ks[0];
+    uint16_t *const qs = BM <= BN ? Ks[1] : &Ks[0][0]; /* 128 rows: both buffers, as one flat array */
     load_rotated<HD, LDK>(qbase, ld, cos_t, sin_t, t0, q0, BM, len, tid, THREADS, qs);
     constexpr int PADW = DP > HD ? DP - HD : 1; /* pad lanes (the loop below runs only when DP > HD) */
     for (int it = tid; DP > HD && it < BN * PADW; it += THREADS) {

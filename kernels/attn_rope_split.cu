@@ -19,7 +19,9 @@ namespace {
 constexpr int BN = 64, BM = 64, THREADS = 256;
 
 /* named barrier `id` over the `n` threads of one half */
-__device__ __forceinline__ void half_sync(int id, int n) { asm volatile("bar.sync %0, %1;\n" : : "r"(id), "r"(n)); }
+__device__ __forceinline__ void half_sync(int id, int n) {
+    asm volatile("bar.sync %0, %1;\n" : : "r"(id), "r"(n) : "memory"); /* memory: no shared access moves across */
+}
 
 template <int HD, int DP>
 __global__ __launch_bounds__(THREADS, 2) void attn_rope_split_kernel(const uint16_t *__restrict__ qkv,

@@ -78,8 +78,9 @@ int attn_rope_supported(int head_dim, int head_dim_padded);
 cudaError_t attn_rope_bf16(const uint16_t *qkv, const float *cos_t, const float *sin_t, const int32_t *cu_seqlens,
                            int n_seg, int n_tokens, int n_heads, int head_dim, int head_dim_padded, uint16_t *o,
                            cudaStream_t stream);
-/* The same in a chosen tiling (tests and measurements): 64 or 128 query rows per thread block in one pass over the
- * keys (the same bits), or 64 rows with the keys split over two warp groups (attn_rope_split.cu). */
+/* The same in a chosen tiling: 64 or 128 query rows per thread block in one pass over the keys (the same bits), or
+ * 64 rows with the keys split over two warp groups (attn_rope_split.cu). The engine picks per batch size what it
+ * measured fastest; attn_rope_bf16 runs the 128-row one. */
 enum { ATTN_ROPE_ROWS64 = 0, ATTN_ROPE_ROWS128 = 1, ATTN_ROPE_SPLIT64 = 2, ATTN_ROPE_TILINGS = 3 };
 cudaError_t attn_rope_bf16_tiled(const uint16_t *qkv, const float *cos_t, const float *sin_t,
                                  const int32_t *cu_seqlens, int n_seg, int n_tokens, int n_heads, int head_dim,

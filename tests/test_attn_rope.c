@@ -10,9 +10,9 @@
  * Checks per case: cosine >= 0.9999 and rel-L2 <= 0.01 against the twin (test_gpu_attn.s BF16 bounds); rel-L2 no
  * worse than 1.25x cuDNN's own error on the same inputs (+2e-4); pad lanes exactly +0; guard bands around the
  * output untouched; the 64- and 128-row tilings (attn_rope_bf16_tiled) give attn_rope_bf16's bits, the key-split
- * one meets the same bounds. Unsupported
- * shapes are refused (cudaErrorInvalidValue). Timings of both tilings and of the replaced path are printed for
- * information (bench_encoder measures the engine; VITD_TEST_NO_TIMING skips them, for compute-sanitizer).
+ * one meets the same bounds. Unsupported shapes are refused (cudaErrorInvalidValue). Timings of the three tilings
+ * and of the replaced path are printed for information (bench_encoder measures the engine; VITD_TEST_NO_TIMING
+ * skips them, for compute-sanitizer).
  * Without CUDA, a device, or compute capability >= 9.0 it exits 77.
  */
 #ifndef VITD_HAVE_CUDA

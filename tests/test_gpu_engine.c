@@ -6,7 +6,8 @@
  * Checks, per image and per output (embeddings and every deepstack feature): cosine >= 0.999 against the CPU
  * reference and no NaN/Inf (max abs and max rel reported); the same images encoded in one batch and each alone
  * agree within bf16 noise (cosine >= 0.9995); two batches in flight through submit/wait in the per-image form
- * (check_pipeline); the public API (vitd_encoder_create with backend "gpu") gives the
+ * (check_pipeline); vitd's own small-batch attention forced on and off (attn_short_max) against the reference,
+ * plain, captured and replayed runs bit-identical; the public API (vitd_encoder_create with backend "gpu") gives the
  * engine's result; and the clear errors: a batch over max_batch_tokens (VITD_E_TOO_LARGE), a plan larger than the
  * free device memory (VITD_E_NOMEM naming both numbers), a device that does not exist.
  * Models: the "tiny" preset (fast) and the "8b" preset (the real Qwen3-VL-8B tower shapes, random weights,
@@ -201,6 +202,32 @@ static void check_model(const char *dir, const char *label, const char *const *f
         CHECK_MSG(!memcmp(again.emb, bat.emb, nm * D * sizeof(float)), "second run of the same batch differs");
         outputs_free(&again);
         check_pipeline(ge, &im, &bat, D, nds);
+
+        /* vitd's own small-batch attention (kernels/attn_rope.cu) forced for the whole batch (attn_short_max = N)
+         * and never (< 0): each against the CPU reference and the batch above; three runs of each engine (plain,
+         * captured, replayed from the CUDA graph) agree bit for bit */
+        for (int own = 1; own >= 0; own--) {
+            gpu_engine_free(ge);
+            ge = NULL;
+            eo.attn_short_max = own ? (int)N : -1;
+            CHECK_OK(gpu_engine_create(model, &eo, &ge, &err), &err);
+            if (!ge) break;
+            outputs o3[3];
+            for (int r = 0; r < 3; r++) {
+                outputs_alloc(&o3[r], nm, D, nds);
+                CHECK_OK(run_subset(gpu_run, ge, &im, 0, im.n, D, nds, &o3[r], &err), &err);
+            }
+            const char *what = own ? "own attention vs cpu" : "cuDNN attention vs cpu";
+            const double wc = compare(what, &im, &o3[2], &ref, D, nds, 0.999);
+            const double wb = compare(own ? "own attention vs batch" : "cuDNN attention vs batch", &im, &o3[2], &bat,
+                                      D, nds, 0.9995);
+            printf("  %s: worst cosine %.7f (vs the batch above %.7f)\n", what, wc, wb);
+            for (int r = 1; r < 3; r++)
+                CHECK_MSG(!memcmp(o3[0].emb, o3[r].emb, nm * D * sizeof(float)), "%s: run %d differs from run 0",
+                          what, r);
+            for (int r = 0; r < 3; r++) outputs_free(&o3[r]);
+        }
+        eo.attn_short_max = 0;
 
         /* Over the batch budget. */
         gpu_engine_free(ge);
