@@ -67,6 +67,42 @@ __device__ __forceinline__ void find_tile(const int32_t *__restrict__ cu, int n_
     info[2] = tile * bm;
 }
 
+/* Zeroes lanes HD..DP-1 of the first `rows` rows of two [rows][LDK] K tiles (the loads write lanes < HD only, so
+ * once per block suffices). */
+template <int HD, int DP, int LDK>
+__device__ __forceinline__ void zero_pad_lanes(uint16_t *a, uint16_t *b, int rows, int tid, int nthreads) {
+    constexpr int PADW = DP > HD ? DP - HD : 1; /* the loop runs only when DP > HD */
+    for (int it = tid; DP > HD && it < rows * PADW; it += nthreads) {
+        const int r = it / PADW, c = HD + it % PADW;
+        a[r * LDK + c] = 0;
+        b[r * LDK + c] = 0;
+    }
+}
+
+/* A warp's 16 query rows as mma A fragments, one per 16 lanes of DP: q points at row g, lane 2 tq of the tile. */
+template <int KS, int LDK>
+__device__ __forceinline__ void load_q_frags(const uint16_t *q, uint32_t (&qf)[KS][4]) {
+#pragma unroll
+    for (int kk = 0; kk < KS; kk++) {
+        qf[kk][0] = *reinterpret_cast<const uint32_t *>(q + kk * 16);
+        qf[kk][1] = *reinterpret_cast<const uint32_t *>(q + 8 * LDK + kk * 16);
+        qf[kk][2] = *reinterpret_cast<const uint32_t *>(q + kk * 16 + 8);
+        qf[kk][3] = *reinterpret_cast<const uint32_t *>(q + 8 * LDK + kk * 16 + 8);
+    }
+}
+
+/* This lane's byte offsets into a K tile ([.][LDK], ldmatrix.x4: matrices (n, d lo/hi), (n+1, d lo/hi)) and a V
+ * tile ([.][LDV], ldmatrix.x4.trans: matrices (keys lo/hi, d n), (keys lo/hi, d n+1)): matrix lane / 8, row
+ * lane % 8. */
+template <int LDK>
+__device__ __forceinline__ uint32_t k_lane_offset(int lane) {
+    return (uint32_t)(((((lane >> 3) >> 1) * 8 + (lane & 7)) * LDK + ((lane >> 3) & 1) * 8) * 2);
+}
+template <int LDV>
+__device__ __forceinline__ uint32_t v_lane_offset(int lane) {
+    return (uint32_t)(((((lane >> 3) & 1) * 8 + (lane & 7)) * LDV + ((lane >> 3) >> 1) * 8) * 2);
+}
+
 /* Rows r0 .. r0+rows-1 of a segment (first token t0, len tokens) of one head's q or k (base: that third at the
  * head's column; ld: the QKV row length) rotated into dst [rows][LDK]; rows at or past len as 0, lanes >= HD not
  * written. Thread tid of nthreads. */

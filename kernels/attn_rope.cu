@@ -73,12 +73,7 @@ __global__ __launch_bounds__(32 * W) void attn_rope_kernel(const uint16_t *__res
     /* Q tile, rotated, into the K buffers; the pad lanes of both K stages are zeroed once (stores write lanes < hd) */
     uint16_t *const qs = BM <= BN ? Ks[1] : &Ks[0][0]; /* 128 rows: both buffers, as one flat array */
     load_rotated<HD, LDK>(qbase, ld, cos_t, sin_t, t0, q0, BM, len, tid, THREADS, qs);
-    constexpr int PADW = DP > HD ? DP - HD : 1; /* pad lanes (the loop below runs only when DP > HD) */
-    for (int it = tid; DP > HD && it < BN * PADW; it += THREADS) {
-        const int r = it / PADW, c = HD + it % PADW;
-        Ks[0][r * LDK + c] = 0;
-        Ks[1][r * LDK + c] = 0;
-    }
+    zero_pad_lanes<HD, DP, LDK>(Ks[0], Ks[1], BN, tid, THREADS);
 
     R pre;
     auto load_kv = [&](int k0) {
@@ -125,16 +120,7 @@ __global__ __launch_bounds__(32 * W) void attn_rope_kernel(const uint16_t *__res
     load_kv(0);
     __syncthreads();
     uint32_t qf[KS][4];
-    {
-        const uint16_t *q = qs + (warp * 16 + g) * LDK + 2 * tq;
-#pragma unroll
-        for (int kk = 0; kk < KS; kk++) {
-            qf[kk][0] = *reinterpret_cast<const uint32_t *>(q + kk * 16);
-            qf[kk][1] = *reinterpret_cast<const uint32_t *>(q + 8 * LDK + kk * 16);
-            qf[kk][2] = *reinterpret_cast<const uint32_t *>(q + kk * 16 + 8);
-            qf[kk][3] = *reinterpret_cast<const uint32_t *>(q + 8 * LDK + kk * 16 + 8);
-        }
-    }
+    load_q_frags<KS, LDK>(qs + (warp * 16 + g) * LDK + 2 * tq, qf);
     if (BM > BN) __syncthreads(); /* the Q tile overlaps Ks[0] */
     store_kv(0);
     __syncthreads();
@@ -142,10 +128,7 @@ __global__ __launch_bounds__(32 * W) void attn_rope_kernel(const uint16_t *__res
 #pragma unroll
     for (int n = 0; n < NO; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-    /* this lane's ldmatrix row: matrix mi = lane / 8, row lane % 8 */
-    const int mi = lane >> 3, mr = lane & 7;
-    const uint32_t k_lane = (uint32_t)((((mi >> 1) * 8 + mr) * LDK + (mi & 1) * 8) * 2);
-    const uint32_t v_lane = (uint32_t)((((mi & 1) * 8 + mr) * LDV + (mi >> 1) * 8) * 2);
+    const uint32_t k_lane = k_lane_offset<LDK>(lane), v_lane = v_lane_offset<LDV>(lane);
 
     const int n_blk = (len + BN - 1) / BN;
     for (int kb = 0; kb < n_blk; kb++) {

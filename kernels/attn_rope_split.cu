@@ -48,35 +48,18 @@ __global__ __launch_bounds__(THREADS, 2) void attn_rope_split_kernel(const uint1
                    *vbase = kbase + (long long)n_heads * HD;
 
     load_rotated<HD, LDK>(qbase, ld, cos_t, sin_t, t0, q0, BM, len, tid, THREADS, Ks[0]);
-    constexpr int PADW = DP > HD ? DP - HD : 1; /* pad lanes of Q and K (the loop runs only when DP > HD) */
-    for (int it = tid; DP > HD && it < BN * PADW; it += THREADS) {
-        const int r = it / PADW, c = HD + it % PADW;
-        Ks[0][r * LDK + c] = 0;
-        Ks[1][r * LDK + c] = 0;
-    }
+    zero_pad_lanes<HD, DP, LDK>(Ks[0], Ks[1], BN, tid, THREADS); /* of Q and K */
     __syncthreads();
     uint32_t qf[KS][4];
-    {
-        const uint16_t *q = Ks[0] + (wq * 16 + g) * LDK + 2 * tq;
-#pragma unroll
-        for (int kk = 0; kk < KS; kk++) {
-            qf[kk][0] = *reinterpret_cast<const uint32_t *>(q + kk * 16);
-            qf[kk][1] = *reinterpret_cast<const uint32_t *>(q + 8 * LDK + kk * 16);
-            qf[kk][2] = *reinterpret_cast<const uint32_t *>(q + kk * 16 + 8);
-            qf[kk][3] = *reinterpret_cast<const uint32_t *>(q + 8 * LDK + kk * 16 + 8);
-        }
-    }
+    load_q_frags<KS, LDK>(Ks[0] + (wq * 16 + g) * LDK + 2 * tq, qf);
     __syncthreads(); /* the Q tile is read: Ks[0] becomes the first half's K tile */
 
     float o[NO][4];
 #pragma unroll
     for (int n = 0; n < NO; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
-    const int mi = lane >> 3, mr = lane & 7;
-    const uint32_t ks = (uint32_t)__cvta_generic_to_shared(Ks[half]) +
-                        (uint32_t)((((mi >> 1) * 8 + mr) * LDK + (mi & 1) * 8) * 2);
-    const uint32_t vs = (uint32_t)__cvta_generic_to_shared(Vs[half]) +
-                        (uint32_t)((((mi & 1) * 8 + mr) * LDV + (mi >> 1) * 8) * 2);
+    const uint32_t ks = (uint32_t)__cvta_generic_to_shared(Ks[half]) + k_lane_offset<LDK>(lane);
+    const uint32_t vs = (uint32_t)__cvta_generic_to_shared(Vs[half]) + v_lane_offset<LDV>(lane);
     const int n_blk = (len + BN - 1) / BN, split = (n_blk + 1) / 2;
     const int kb0 = half ? split : 0, kb1 = half ? n_blk : split;
     for (int kb = kb0; kb < kb1; kb++) {
