@@ -1,6 +1,7 @@
 /* gpu_check.h — for GPU tests and benchmarks only: CUDA_CHECK aborts the program with the call text, the CUDA
  * error string and file:line (library code uses gpu_common.h's CUDA_TRY, which fills a vitd_err instead);
- * gpu_require_sm90 skips a test where vitd's kernels cannot run; gpu_rand_bf16 / gpu_to_bf16 make the kernel tests' data. */
+ * gpu_require_sm90 skips a test where vitd's kernels cannot run; gpu_rand_bf16 / gpu_to_bf16 make the kernel tests'
+ * data; gpu_guarded / gpu_guard_ok_free wrap outputs in canary bands. */
 #ifndef VITD_GPU_CHECK_H
 #define VITD_GPU_CHECK_H
 
@@ -57,6 +58,31 @@ static inline uint16_t *gpu_to_bf16(const float *x, size_t n) {
     uint16_t *h = malloc(n * 2);
     for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(x[i]);
     return h;
+}
+
+/* Device buffers between guard bands: GPU_GUARD bytes of GPU_CANARY before and after, so a kernel writing outside
+ * its output shows. gpu_guarded returns the inner pointer; gpu_guard_ok_free returns 1 if both bands still hold
+ * the canary and frees the buffer. */
+#define GPU_GUARD 4096
+#define GPU_CANARY 0xA5
+
+static inline void *gpu_guarded(size_t bytes) {
+    char *p;
+    CUDA_CHECK(cudaMalloc((void **)&p, bytes + 2 * GPU_GUARD));
+    CUDA_CHECK(cudaMemset(p, GPU_CANARY, bytes + 2 * GPU_GUARD));
+    return p + GPU_GUARD;
+}
+
+static inline int gpu_guard_ok_free(void *inner, size_t bytes) {
+    char *p = (char *)inner - GPU_GUARD;
+    unsigned char *h = malloc(2 * GPU_GUARD);
+    CUDA_CHECK(cudaMemcpy(h, p, GPU_GUARD, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(h + GPU_GUARD, (char *)inner + bytes, GPU_GUARD, cudaMemcpyDeviceToHost));
+    int ok = 1;
+    for (int i = 0; i < 2 * GPU_GUARD; i++) ok &= h[i] == GPU_CANARY;
+    free(h);
+    CUDA_CHECK(cudaFree(p));
+    return ok;
 }
 
 #endif

@@ -39,8 +39,6 @@ int main(void) {
 
 #include "gpu_check.h"
 
-#define GUARD 4096
-#define CANARY 0xA5
 #define MAX_SEG 16
 
 static unsigned long long g_seed = 0x5eed0a77ULL;
@@ -63,25 +61,6 @@ static const acase k_cases[] = {
     {"4100", 16, 72, 80, 1, {4100}},
     {"hd64 mixed", 16, 64, 64, 3, {300, 17, 784}},
 };
-
-static void *dev_guarded(size_t bytes) {
-    char *p;
-    CUDA_CHECK(cudaMalloc((void **)&p, bytes + 2 * GUARD));
-    CUDA_CHECK(cudaMemset(p, CANARY, bytes + 2 * GUARD));
-    return p + GUARD;
-}
-
-static int guard_ok_free(void *inner, size_t bytes) {
-    char *p = (char *)inner - GUARD;
-    unsigned char *h = malloc(2 * GUARD);
-    CUDA_CHECK(cudaMemcpy(h, p, GUARD, cudaMemcpyDeviceToHost));
-    CUDA_CHECK(cudaMemcpy(h + GUARD, (char *)inner + bytes, GUARD, cudaMemcpyDeviceToHost));
-    int ok = 1;
-    for (int i = 0; i < 2 * GUARD; i++) ok &= h[i] == CANARY;
-    free(h);
-    CUDA_CHECK(cudaFree(p));
-    return ok;
-}
 
 static void *upload(const void *h, size_t bytes) {
     void *d;
@@ -169,7 +148,7 @@ static void run_case(const acase *c) {
     float *dc = upload(tc, (size_t)N * half * 4), *ds = upload(ts, (size_t)N * half * 4);
     int32_t *dcu = upload(cu, (size_t)(c->n_seg + 1) * 4);
     const size_t on = (size_t)N * H * dp;
-    uint16_t *o_own = dev_guarded(on * 2);
+    uint16_t *o_own = gpu_guarded(on * 2);
     CUDA_CHECK(attn_rope_bf16(dqkv, dc, ds, dcu, c->n_seg, N, H, hd, dp, o_own, g_stream));
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
     int pad0 = 0;
@@ -250,7 +229,7 @@ static void run_case(const acase *c) {
     } else if (A) {
         CHECK_MSG(0, "%s: gpu_attn_begin: %s", c->name, err.msg);
     }
-    CHECK_MSG(guard_ok_free(o_own, on * 2), "%s: guard band around o overwritten", c->name);
+    CHECK_MSG(gpu_guard_ok_free(o_own, on * 2), "%s: guard band around o overwritten", c->name);
     gpu_attn_free(A);
     cudaFree(q);
     cudaFree(k);

@@ -42,37 +42,15 @@ int main(void) {
 
 #include "gpu_check.h"
 
-#define GUARD 4096 /* bytes of canary before and after each device output */
-#define CANARY 0xA5
 
 static unsigned long long g_seed = 0x5eed0001ULL;
 static cudaStream_t g_stream;
 static gpu_gemm *g_gemm;
 
-/* ---- device buffers between guard bands ---- */
-
-static void *dev_guarded(size_t bytes) {
-    char *p;
-    CUDA_CHECK(cudaMalloc((void **)&p, bytes + 2 * GUARD));
-    CUDA_CHECK(cudaMemset(p, CANARY, bytes + 2 * GUARD));
-    return p + GUARD;
-}
-
-/* Returns 1 if both guard bands still hold the canary; frees the buffer. */
-static int dev_guard_ok_free(void *inner, size_t bytes) {
-    char *p = (char *)inner - GUARD;
-    unsigned char *h = malloc(2 * GUARD);
-    CUDA_CHECK(cudaMemcpy(h, p, GUARD, cudaMemcpyDeviceToHost));
-    CUDA_CHECK(cudaMemcpy(h + GUARD, (char *)inner + bytes, GUARD, cudaMemcpyDeviceToHost));
-    int ok = 1;
-    for (int i = 0; i < 2 * GUARD; i++) ok &= h[i] == CANARY;
-    free(h);
-    CUDA_CHECK(cudaFree(p));
-    return ok;
-}
+/* ---- device buffers between guard bands (gpu_check.h) ---- */
 
 static void *dev_upload(const void *h, size_t bytes) {
-    void *d = dev_guarded(bytes);
+    void *d = gpu_guarded(bytes);
     CUDA_CHECK(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice));
     return d;
 }
@@ -179,14 +157,14 @@ static void case_ln(int rows, int dim, int inplace, int real) {
     for (int j = 0; j < dim; j++) gm[j] = bf16_to_f32(f32_to_bf16(gm[j] + 1.0f));
     uint16_t *hx = to_bf16(x, n), *hg = to_bf16(gm, dim), *hb = to_bf16(bt, dim);
     uint16_t *dx = dev_upload(hx, n * 2), *dg = dev_upload(hg, dim * 2), *db = dev_upload(hb, dim * 2);
-    uint16_t *dy = inplace ? dx : dev_guarded(n * 2);
+    uint16_t *dy = inplace ? dx : gpu_guarded(n * 2);
     CUDA_CHECK(ln_bf16(dx, dg, db, dy, rows, dim, 1e-6f, g_stream));
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
     float *got = download_bf16(dy, n), *ref = malloc(n * sizeof(float));
     cpu_layernorm(x, gm, bt, ref, (size_t)rows, (size_t)dim, 1e-6, 1);
-    int guards = dev_guard_ok_free(dx, n * 2);
-    if (!inplace) guards &= dev_guard_ok_free(dy, n * 2);
-    guards &= dev_guard_ok_free(dg, dim * 2) & dev_guard_ok_free(db, dim * 2);
+    int guards = gpu_guard_ok_free(dx, n * 2);
+    if (!inplace) guards &= gpu_guard_ok_free(dy, n * 2);
+    guards &= gpu_guard_ok_free(dg, dim * 2) & gpu_guard_ok_free(db, dim * 2);
     char what[96];
     snprintf(what, sizeof what, "ln rows=%d dim=%d%s%s", rows, dim, inplace ? " inplace" : "", real ? " real" : "");
     report(what, got, ref, n, 1e-4, 8e-3, 0.99999, guards);
@@ -228,8 +206,8 @@ static void case_pos(const vitd_grid *grids, int n, int d, size_t limit, const c
     CUDA_CHECK(pos_embed_add_bf16(dx, dt, side, d, dtok, (int)N, g_stream));
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
     float *got = download_bf16(dx, N * d);
-    int guards = dev_guard_ok_free(dx, N * d * 2) & dev_guard_ok_free(dt, (size_t)side * side * d * 4) &
-                 dev_guard_ok_free(dtok, N * 16);
+    int guards = gpu_guard_ok_free(dx, N * d * 2) & gpu_guard_ok_free(dt, (size_t)side * side * d * 4) &
+                 gpu_guard_ok_free(dtok, N * 16);
     char what[96];
     snprintf(what, sizeof what, "pos_embed %s tokens=%zu d=%d", name, N, d);
     report(what, got, ref, N * d, 0, 8e-3, 0.99999, guards);
@@ -256,15 +234,15 @@ static void case_rope_tables(const vitd_grid *grids, int n, int hd, const char *
     CHECK_MSG(dup_ok, "cpu_rope_cos_sin halves differ");
     int32_t *dtok = dev_upload(tok, N * 16);
     float *dinv = dev_upload(inv, (size_t)hd / 4 * 4);
-    float *dc = dev_guarded(N * half * 4), *ds = dev_guarded(N * half * 4);
+    float *dc = gpu_guarded(N * half * 4), *ds = gpu_guarded(N * half * 4);
     CUDA_CHECK(rope_tables(dtok, (int)N, dinv, hd, dc, ds, g_stream));
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
     float *gc = malloc(N * half * 4), *gs = malloc(N * half * 4);
     CUDA_CHECK(cudaMemcpy(gc, dc, N * half * 4, cudaMemcpyDeviceToHost));
     CUDA_CHECK(cudaMemcpy(gs, ds, N * half * 4, cudaMemcpyDeviceToHost));
-    int gcos = dev_guard_ok_free(dc, N * half * 4), gsin = dev_guard_ok_free(ds, N * half * 4);
-    dev_guard_ok_free(dtok, N * 16);
-    dev_guard_ok_free(dinv, (size_t)hd / 4 * 4);
+    int gcos = gpu_guard_ok_free(dc, N * half * 4), gsin = gpu_guard_ok_free(ds, N * half * 4);
+    gpu_guard_ok_free(dtok, N * 16);
+    gpu_guard_ok_free(dinv, (size_t)hd / 4 * 4);
     char what[96];
     /* float32 cos/sin of the same float angle: a few ulp apart at most */
     snprintf(what, sizeof what, "rope_tables cos %s tokens=%zu hd=%d", name, N, hd);
@@ -290,7 +268,7 @@ static void case_rope_pack(int N, int H, int hd, int dp) {
     uint16_t *dqkv = dev_upload(hq, (size_t)N * row * 2);
     float *dc = dev_upload(tc, (size_t)N * half * 4), *dsn = dev_upload(ts, (size_t)N * half * 4);
     const size_t on = (size_t)N * H * dp;
-    uint16_t *dq = dev_guarded(on * 2), *dk = dev_guarded(on * 2), *dv = dev_guarded(on * 2);
+    uint16_t *dq = gpu_guarded(on * 2), *dk = gpu_guarded(on * 2), *dv = gpu_guarded(on * 2);
     CUDA_CHECK(rope_pack_qkv_bf16(dqkv, dc, dsn, N, H, hd, dp, dq, dk, dv, g_stream));
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
     /* twin: rotate q and k of the float copy, round to bf16 */
@@ -313,7 +291,7 @@ static void case_rope_pack(int N, int H, int hd, int dp) {
                 }
         char what[96];
         snprintf(what, sizeof what, "rope_pack %s N=%d H=%d hd=%d dp=%d", names[w], N, H, hd, dp);
-        report(what, got, ref, on, 0, 8e-3, 0.99999, dev_guard_ok_free(outs[w], on * 2));
+        report(what, got, ref, on, 0, 8e-3, 0.99999, gpu_guard_ok_free(outs[w], on * 2));
         CHECK_MSG(pad_zero, "%s: pad lanes not exactly +0", what);
         if (w == 2) {
             cmp_stats s = cmp_f32(got, ref, on, 0, 0);
@@ -322,9 +300,9 @@ static void case_rope_pack(int N, int H, int hd, int dp) {
         free(got);
         free(ref);
     }
-    dev_guard_ok_free(dqkv, (size_t)N * row * 2);
-    dev_guard_ok_free(dc, (size_t)N * half * 4);
-    dev_guard_ok_free(dsn, (size_t)N * half * 4);
+    gpu_guard_ok_free(dqkv, (size_t)N * row * 2);
+    gpu_guard_ok_free(dc, (size_t)N * half * 4);
+    gpu_guard_ok_free(dsn, (size_t)N * half * 4);
     free(qkv); free(co); free(si); free(tc); free(ts); free(hq);
 }
 
@@ -339,7 +317,7 @@ static void case_gelu(size_t n) {
     float *got = download_bf16(d, n);
     char what[96];
     snprintf(what, sizeof what, "gelu_erf n=%zu", n);
-    report(what, got, ref, n, 1e-4, 8e-3, 0.99999, dev_guard_ok_free(d, n * 2));
+    report(what, got, ref, n, 1e-4, 8e-3, 0.99999, gpu_guard_ok_free(d, n * 2));
     free(x); free(ref); free(h); free(got);
 }
 
@@ -360,7 +338,7 @@ static void case_convert(size_t n) {
     }
     uint16_t *ref = to_bf16(x, n), *got = malloc(n * 2), *host = malloc(n * 2);
     float *dx = dev_upload(x, n * 4);
-    uint16_t *dy = dev_guarded(n * 2);
+    uint16_t *dy = gpu_guarded(n * 2);
     CUDA_CHECK(convert_f32_to_bf16(dx, dy, n, g_stream));
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
     CUDA_CHECK(cudaMemcpy(got, dy, n * 2, cudaMemcpyDeviceToHost));
@@ -370,12 +348,12 @@ static void case_convert(size_t n) {
         bad += got[i] != ref[i];
         bad_host += host[i] != ref[i];
     }
-    int g1 = dev_guard_ok_free(dy, n * 2);
+    int g1 = gpu_guard_ok_free(dy, n * 2);
     printf("  %-46s mismatches %zu (host SSE2 path %zu) guard %s\n", "f32_to_bf16", bad, bad_host, g1 ? "ok" : "CHANGED");
     CHECK_MSG(bad == 0 && bad_host == 0 && g1, "f32_to_bf16 n=%zu: %zu kernel / %zu host mismatches", n, bad, bad_host);
     /* back to f32 */
     uint16_t *db = dev_upload(ref, n * 2);
-    float *df = dev_guarded(n * 4), *gf = malloc(n * 4), *hf = malloc(n * 4);
+    float *df = gpu_guarded(n * 4), *gf = malloc(n * 4), *hf = malloc(n * 4);
     CUDA_CHECK(convert_bf16_to_f32(db, df, n, g_stream));
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
     CUDA_CHECK(cudaMemcpy(gf, df, n * 4, cudaMemcpyDeviceToHost));
@@ -385,12 +363,12 @@ static void case_convert(size_t n) {
         bad += gf[i] != bf16_to_f32(ref[i]);
         bad_host += hf[i] != bf16_to_f32(ref[i]);
     }
-    int g2 = dev_guard_ok_free(df, n * 4);
+    int g2 = gpu_guard_ok_free(df, n * 4);
     printf("  %-46s mismatches %zu (host path %zu) guard %s\n", "bf16_to_f32", bad, bad_host, g2 ? "ok" : "CHANGED");
     CHECK_MSG(bad == 0 && bad_host == 0 && g2, "bf16_to_f32 n=%zu: %zu kernel / %zu host mismatches", n, bad,
               bad_host);
-    dev_guard_ok_free(dx, n * 4);
-    dev_guard_ok_free(db, n * 2);
+    gpu_guard_ok_free(dx, n * 4);
+    gpu_guard_ok_free(db, n * 2);
     free(x); free(ref); free(got); free(host); free(gf); free(hf);
 }
 
@@ -425,15 +403,15 @@ static void case_gemm(int n, int in, int out, gemm_epilogue epi, int acc, int re
         dy = dev_upload(hy, ny * 2);
         free(hy);
     } else {
-        dy = dev_guarded(ny * 2);
+        dy = gpu_guarded(ny * 2);
     }
     vitd_err err = {0};
     CHECK_OK(gpu_gemm_bf16(g_gemm, dx, dw, epi == GEMM_EPI_NONE ? NULL : db, dy, n, in, out, epi, acc, g_stream, &err),
              &err);
     CUDA_CHECK(cudaStreamSynchronize(g_stream));
     float *got = download_bf16(dy, ny);
-    int guards = dev_guard_ok_free(dy, ny * 2) & dev_guard_ok_free(dx, (size_t)n * in * 2) &
-                 dev_guard_ok_free(dw, (size_t)out * in * 2) & dev_guard_ok_free(db, (size_t)out * 2);
+    int guards = gpu_guard_ok_free(dy, ny * 2) & gpu_guard_ok_free(dx, (size_t)n * in * 2) &
+                 gpu_guard_ok_free(dw, (size_t)out * in * 2) & gpu_guard_ok_free(db, (size_t)out * 2);
     const char *en = epi == GEMM_EPI_NONE ? "none" : epi == GEMM_EPI_BIAS ? "bias" : "bias+gelu_tanh";
     char what[96];
     snprintf(what, sizeof what, "gemm n=%d in=%d out=%d %s%s%s", n, in, out, en, acc ? " +=" : "",
@@ -511,7 +489,7 @@ static void same_choice(int n, int in, int out, gemm_epilogue epi, int threads) 
     pthread_t tid[2];
     int started[2] = {0, 0};
     for (int k = 0; k < 2; k++) {
-        dy[k] = dev_guarded(ny * 2);
+        dy[k] = gpu_guarded(ny * 2);
         hy[k] = malloc(ny * 2);
         job[k] = (gemm_job){.g = gs[k], .x = dx, .w = dw, .b = db, .y = dy[k], .n = n, .in = in, .out = out,
                             .epi = epi};
@@ -531,11 +509,11 @@ static void same_choice(int n, int in, int out, gemm_epilogue epi, int threads) 
               threads ? " (two threads)" : "");
     int guards = 1;
     for (int k = 0; k < 2; k++) {
-        guards &= dev_guard_ok_free(dy[k], ny * 2);
+        guards &= gpu_guard_ok_free(dy[k], ny * 2);
         free(hy[k]);
     }
-    guards &= dev_guard_ok_free(dx, (size_t)n * in * 2) & dev_guard_ok_free(dw, (size_t)out * in * 2) &
-              dev_guard_ok_free(db, (size_t)out * 2);
+    guards &= gpu_guard_ok_free(dx, (size_t)n * in * 2) & gpu_guard_ok_free(dw, (size_t)out * in * 2) &
+              gpu_guard_ok_free(db, (size_t)out * 2);
     CHECK_MSG(guards, "n=%d in=%d out=%d: a guard band around the operands or outputs was written", n, in, out);
     gpu_gemm_free(g2);
     free(x); free(w); free(b); free(hx); free(hw); free(hb);
