@@ -113,6 +113,27 @@ static vitd_status probe_step(gpu_engine *g, int n_images, int len, int fp8, vit
     return attention_fp8(g, g->d_fp8 + (size_t)g->cfg.depth * g->fp8_stride, n_tokens, 0, 0, err);
 }
 
+/* Mean ms of `reps` probe steps of the current probe batch (CUDA events on the compute stream) into *ms;
+ * *step_failed is set when a step failed (its message in err), not the timing calls. */
+static vitd_status time_steps(gpu_engine *g, int n_images, int len, int fp8, int reps, cudaEvent_t ev[2],
+                              double *ms, int *step_failed, vitd_err *err) {
+    vitd_status st = VITD_OK;
+    float elapsed = 0;
+    *step_failed = 0;
+    CUDA_TRY(cudaEventRecord(ev[0], g->s_main));
+    for (int r = 0; r < reps; r++)
+        if ((st = probe_step(g, n_images, len, fp8, err)) != VITD_OK) {
+            *step_failed = 1;
+            goto fail;
+        }
+    CUDA_TRY(cudaEventRecord(ev[1], g->s_main));
+    CUDA_TRY(cudaEventSynchronize(ev[1]));
+    CUDA_TRY(cudaEventElapsedTime(&elapsed, ev[0], ev[1]));
+    *ms = elapsed / reps;
+fail:
+    return st;
+}
+
 /* Times both paths on shape e (min over 2 rounds of the mean of `reps` steps, CUDA events on the compute stream).
  * fp8_failed is set when only the FP8 path failed (its message in err). */
 static vitd_status time_shape(gpu_engine *g, attn_route_entry *e, cudaEvent_t ev[2], int *fp8_failed,
@@ -128,17 +149,13 @@ static vitd_status time_shape(gpu_engine *g, attn_route_entry *e, cudaEvent_t ev
     }
     for (int round = 0; round < 2; round++)
         for (int fp8 = 0; fp8 < 2; fp8++) {
-            float ms = 0;
-            CUDA_TRY(cudaEventRecord(ev[0], g->s_main));
-            for (int r = 0; r < reps; r++)
-                if ((st = probe_step(g, e->n_images, e->max_len, fp8, err)) != VITD_OK) {
-                    *fp8_failed = fp8;
-                    goto fail;
-                }
-            CUDA_TRY(cudaEventRecord(ev[1], g->s_main));
-            CUDA_TRY(cudaEventSynchronize(ev[1]));
-            CUDA_TRY(cudaEventElapsedTime(&ms, ev[0], ev[1]));
-            if (ms / reps < best[fp8]) best[fp8] = ms / reps;
+            double ms = 0;
+            int step_failed = 0;
+            if ((st = time_steps(g, e->n_images, e->max_len, fp8, reps, ev, &ms, &step_failed, err)) != VITD_OK) {
+                if (step_failed) *fp8_failed = fp8;
+                goto fail;
+            }
+            if (ms < best[fp8]) best[fp8] = ms;
         }
     e->ms_bf16 = best[0];
     e->ms_fp8 = best[1];
@@ -165,17 +182,12 @@ static vitd_status time_short(gpu_engine *g, int len, attn_short_entry *t, cudaE
     if ((st = probe_batch(g, 1, len, err)) != VITD_OK) goto fail;
     for (int round = 0; round < 3; round++)
         for (int p = 0; p <= ATTN_SHORT_TILINGS; p++) {
-            const int reps = 10;
-            float ms = 0;
+            double ms = 0;
+            int step_failed = 0;
             g->attn_short_max = p ? len : 0;
             g->short_force = p - 1;
-            CUDA_TRY(cudaEventRecord(ev[0], g->s_main));
-            for (int r = 0; r < reps; r++)
-                if ((st = attention_bf16(g, len, 1, NULL, err)) != VITD_OK) goto fail;
-            CUDA_TRY(cudaEventRecord(ev[1], g->s_main));
-            CUDA_TRY(cudaEventSynchronize(ev[1]));
-            CUDA_TRY(cudaEventElapsedTime(&ms, ev[0], ev[1]));
-            if (round > 0 && ms / reps < best[p]) best[p] = ms / reps;
+            if ((st = time_steps(g, 1, len, 0, 10, ev, &ms, &step_failed, err)) != VITD_OK) goto fail;
+            if (round > 0 && ms < best[p]) best[p] = ms;
         }
     t->ms_cudnn = best[0];
     for (int k = 0; k < ATTN_SHORT_TILINGS; k++) t->ms_own[k] = best[1 + k];
