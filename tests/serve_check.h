@@ -252,20 +252,30 @@ static inline bool read_response(int fd, resp *r, bool head_only) {
     return true;
 }
 
+/* One request on an open connection fd. headers: extra header lines, each ending in \r\n (a "Connection: close"
+ * among them ends the connection after the answer). */
+static inline bool http_do_on(int fd, const char *method, const char *path, const char *headers, const void *body,
+                              size_t len, resp *r) {
+    memset(r, 0, sizeof *r);
+    char head[4096];
+    int hn = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s", method, path,
+                      headers ? headers : "");
+    if (body || !strcmp(method, "POST"))
+        hn += snprintf(head + hn, sizeof head - (size_t)hn, "Content-Length: %zu\r\n", len);
+    hn += snprintf(head + hn, sizeof head - (size_t)hn, "\r\n");
+    bool ok = loopback_send_all(fd, head, (size_t)hn) && (!len || loopback_send_all(fd, body, len));
+    return ok && read_response(fd, r, !strcmp(method, "HEAD"));
+}
+
 /* One request on a fresh connection (Connection: close). headers: extra header lines, each ending in \r\n. */
 static inline bool http_do(int port, const char *method, const char *path, const char *headers, const void *body,
                     size_t len, resp *r) {
     memset(r, 0, sizeof *r);
     int fd = loopback_connect(port, IO_TIMEOUT_S);
     if (fd < 0) return false;
-    char head[4096];
-    int hn = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s", method,
-                      path, headers ? headers : "");
-    if (body || !strcmp(method, "POST"))
-        hn += snprintf(head + hn, sizeof head - (size_t)hn, "Content-Length: %zu\r\n", len);
-    hn += snprintf(head + hn, sizeof head - (size_t)hn, "\r\n");
-    bool ok = loopback_send_all(fd, head, (size_t)hn) && (!len || loopback_send_all(fd, body, len));
-    ok = ok && read_response(fd, r, !strcmp(method, "HEAD"));
+    char all[4096];
+    snprintf(all, sizeof all, "Connection: close\r\n%s", headers ? headers : "");
+    bool ok = http_do_on(fd, method, path, all, body, len, r);
     close(fd);
     return ok;
 }
