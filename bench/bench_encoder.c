@@ -35,9 +35,13 @@
  * which is what the server asks for (output_dtype auto): no float32 conversion on the host.
  * --attn-short-max N: BF16 attention of batches of at most N patches on vitd's own kernel (attn_short_max; 0 =
  * always cuDNN, for the comparison; default: measured by the engine at start-up, logged).
+ * --cuda-profiler-range: after each case's timed runs, one more run between cudaProfilerStart and cudaProfilerStop,
+ * so that a profiler started with the range off (`ncu --profile-from-start off`) sees one forward pass of each case
+ * and nothing of the start-up (tuning, the attention measurements).
  * Usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] [--attn bf16,fp8,auto] [--profile]
  *                      [--max-batch-tokens N] [--linear bf16,fp8,auto] [--linear-gemms qkv,proj,fc1,fc2]
  *                      [--no-graphs] [--no-gemm-tune] [--precise-accum] [--bf16-out] [--attn-short-max N]
+ *                      [--cuda-profiler-range]
  * Without --model it writes the 8b demo checkpoint to /tmp/vitd_bench_8b (kept for later runs).
  */
 #include <math.h>
@@ -47,11 +51,16 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <cuda_profiler_api.h>
+#include <cuda_runtime.h>
+
 #include "demo_model.h"
 #include "gpu_engine.h"
 #include "util.h"
 
 #define MAX_IMAGES 64
+
+static int profiler_range; /* --cuda-profiler-range */
 
 typedef struct {
     const char *name;
@@ -132,6 +141,14 @@ static double time_case(gpu_engine *ge, const bcase *bc, const vitd_vision_confi
            "ran=%s\n", bc->name, path, bc->n, T, med, p10, p90, bc->n / (med * 1e-3),
            case_flops(bc, vc) / (med * 1e-3) / 1e12, gpu_engine_last_attn(ge));
     fflush(stdout);
+    if (profiler_range) {
+        cudaDeviceSynchronize();
+        cudaProfilerStart();
+        ok = gpu_engine_run(ge, b, &err) == VITD_OK;
+        cudaDeviceSynchronize();
+        cudaProfilerStop();
+        if (!ok) fprintf(stderr, "case %s attn %s (profiler range): %s\n", bc->name, path, err.msg);
+    }
     if (profile) {
         gpu_engine_set_profile(ge, 1);
         gpu_engine_stage st[32];
@@ -202,11 +219,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--attn-short-max") && i + 1 < argc && atoi(argv[i + 1]) >= 0)
             short_max = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--profile")) profile = 1;
+        else if (!strcmp(argv[i], "--cuda-profiler-range")) profiler_range = 1;
         else {
             fprintf(stderr, "usage: bench_encoder [--model DIR] [--iters N] [--warmup N] [--cases a,b] "
                             "[--attn bf16,fp8,auto] [--profile] [--max-batch-tokens N] [--linear bf16,fp8,auto] "
                             "[--linear-gemms LIST] [--no-graphs] [--no-gemm-tune] [--precise-accum] [--bf16-out] "
-                            "[--attn-short-max N]\n");
+                            "[--attn-short-max N] [--cuda-profiler-range]\n");
             return 2;
         }
     }

@@ -20,7 +20,8 @@
 # bench stage's tuned ones; TUNE_ATTN the attention paths, default bf16,auto), hf (hf_baseline.py eager), precise
 # (bench_encoder --precise-accum: FP8 GEMMs with cuBLASLt's periodic float32 promotion instead of the default fast
 # accumulation; auto attention, four cases), short (test_attn_rope, and bench_encoder with vitd's own short-image
-# attention against cuDNN's: SHORT_MAX, SHORT_CASES, SHORT_GEMMS).
+# attention against cuDNN's: SHORT_MAX, SHORT_CASES, SHORT_GEMMS), ncu (Nsight Compute's time of every kernel of
+# one forward pass, summed per kernel: NCU_CASES (448x448x1), NCU_ATTN (auto), NCU_GEMMS (all)).
 # Environment: ITERS (20), HF_ITERS (20), CASES (all), DEADLINE (seconds from the start after which stages are
 # skipped, default 560).
 set -u
@@ -127,6 +128,21 @@ if want short; then
             "$OUT/bench_short_$1.log" | sed "s/^/short_$1 /" | tee -a "$SUM"
     done
 fi
+if want ncu; then
+    # Nsight Compute's duration of every kernel of one forward pass (bench_encoder --cuda-profiler-range: the
+    # start-up is not profiled), summed per kernel name by bench/ncu_kernels.py: where a small batch's time goes
+    NCU=$(ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    if [ -z "$NCU" ]; then
+        say "ncu: not found"
+    else
+        run ncu 300 "$NCU" --profile-from-start off --metrics gpu__time_duration.sum --cache-control none \
+            --clock-control none --csv "$BIN/bench_encoder" --model $MODEL --iters 3 --warmup 2 \
+            --attn "${NCU_ATTN:-auto}" --linear fp8 --linear-gemms "${NCU_GEMMS:-all}" \
+            --cases "${NCU_CASES:-448x448x1}" --cuda-profiler-range
+        $PY "$(dirname "$0")/ncu_kernels.py" "$OUT/ncu.log" | tee -a "$SUM"
+    fi
+fi
+
 if want hf; then
     run hf 300 env PYTHONUNBUFFERED=1 $PY bench/hf_baseline.py --model $MODEL --iters "$HF_ITERS" \
         ${CASES:+--cases $CASES}
