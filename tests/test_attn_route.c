@@ -273,7 +273,7 @@ static void check_route_file(void) {
     snprintf(path, sizeof path, "%s/route.json", tmpdir);
     attn_route_key key = {.device = "NVIDIA H100 80GB HBM3", .cc_major = 9, .cc_minor = 0, .cudnn_version = 91900,
                           .n_heads = 16, .head_dim = 72, .head_dim_padded = 80, .fp8_static = 0, .fp8_history = 16,
-                          .max_tokens = 16384, .max_images = 64};
+                          .max_tokens = 16384, .max_images = 64, .attn_short_max = 256};
     attn_route_entry t[ATTN_ROUTE_MAX], back[ATTN_ROUTE_MAX];
     int n = attn_route_shapes(16384, 64, 16384, t, ATTN_ROUTE_MAX), nb = 0;
     for (int i = 0; i < n; i++) {
@@ -294,8 +294,8 @@ static void check_route_file(void) {
     struct {
         attn_route_key k;
         const char *want;
-    } other[6];
-    for (int i = 0; i < 6; i++) other[i].k = key;
+    } other[7];
+    for (int i = 0; i < 7; i++) other[i].k = key;
     snprintf(other[0].k.device, sizeof other[0].k.device, "NVIDIA H200");
     other[0].want = "device";
     other[1].k.cudnn_version = 91700;
@@ -308,7 +308,9 @@ static void check_route_file(void) {
     other[4].want = "compute capability 9.0";
     other[5].k.max_tokens = 65536;
     other[5].want = "max_tokens 16384";
-    for (int i = 0; i < 6; i++) {
+    other[6].k.attn_short_max = 0; /* BF16 timings taken with the own kernel are not cuDNN's */
+    other[6].want = "attn_short_max 256";
+    for (int i = 0; i < 7; i++) {
         CHECK_EQ_INT(VITD_E_UNSUPPORTED, attn_route_load(path, &other[i].k, back, ATTN_ROUTE_MAX, &nb, &err));
         CHECK_STR_CONTAINS(err.msg, other[i].want);
     }
@@ -321,7 +323,7 @@ static void check_route_file(void) {
     write_text(path, "{\"vitd_attn_route\": 1, \"measured_on\": {\"device\": \"NVIDIA H100 80GB HBM3\", \"cc\": "
                      "\"9.0\", \"cudnn\": 91900, \"heads\": 16, \"head_dim\": 72, \"head_dim_padded\": 80, "
                      "\"fp8_scaling\": \"dynamic\", \"fp8_history\": 16, \"max_tokens\": 16384, "
-                     "\"max_images\": 64}, \"shapes\": [{\"images\": 1, "
+                     "\"max_images\": 64, \"attn_short_max\": 256}, \"shapes\": [{\"images\": 1, "
                      "\"max_len\": 0, \"bf16_ms\": 1, \"fp8_ms\": 1}]}");
     CHECK_EQ_INT(VITD_E_INVALID_ARG, attn_route_load(path, &key, back, ATTN_ROUTE_MAX, &nb, &err));
     CHECK_STR_CONTAINS(err.msg, "shape 0");

@@ -130,6 +130,7 @@ vitd_status attn_route_save(const char *path, const attn_route_key *key, const a
     cJSON_AddNumberToObject(on, "fp8_history", key->fp8_history);
     cJSON_AddNumberToObject(on, "max_tokens", key->max_tokens);
     cJSON_AddNumberToObject(on, "max_images", key->max_images);
+    cJSON_AddNumberToObject(on, "attn_short_max", key->attn_short_max);
     cJSON *shapes = cJSON_AddArrayToObject(root, "shapes");
     for (int i = 0; i < n; i++) {
         cJSON *e = cJSON_CreateObject();
@@ -186,7 +187,8 @@ vitd_status attn_route_load(const char *path, const attn_route_key *key, attn_ro
                 {"head_dim_padded", num_of(on, "head_dim_padded"), key->head_dim_padded},
                 {"fp8_history", num_of(on, "fp8_history"), key->fp8_history},
                 {"max_tokens", num_of(on, "max_tokens"), key->max_tokens},
-                {"max_images", num_of(on, "max_images"), key->max_images}};
+                {"max_images", num_of(on, "max_images"), key->max_images},
+                {"attn_short_max", num_of(on, "attn_short_max"), key->attn_short_max}};
     if (!dev || strcmp(dev, key->device)) {
         st = vitd_fail(err, VITD_E_UNSUPPORTED, "attn_route_file %s: measured on device \"%s\", this is \"%s\"",
                        path, dev ? dev : "?", key->device);

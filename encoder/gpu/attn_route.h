@@ -68,7 +68,10 @@ void attn_route_format(const attn_route_entry *t, int n, char *buf, size_t len);
  * At start-up the engine times, for one image of ATTN_SHORT_LEN0 << i tokens (i < ATTN_SHORT_LENS, up to its
  * max_batch_tokens), the BF16 attention step on the cuDNN path and on its own kernel in each tiling. The
  * measurements are shared by every engine of the process on that GPU and model shape (the first one measures), so
- * engines agree on the path, hence on the bits, for every batch both can take. */
+ * engines with the same max_batch_tokens agree on the path, hence on the bits, for every batch. An engine with a
+ * smaller max_batch_tokens measures fewer lengths and may stop its reach lower (one of 200 tokens reaches at most
+ * 128 where one of 16384 reaches 256): a batch between the two reaches then runs cuDNN on the one and the own
+ * kernel on the other. */
 #define ATTN_SHORT_LEN0 64
 #define ATTN_SHORT_LENS 6 /* 64 ... 2048 */
 #define ATTN_SHORT_TILINGS 3
@@ -90,7 +93,8 @@ int attn_short_tiling(const int *tiling, int n, int n_tokens);
  * The timings depend on the GPU, the cuDNN build, the attention shape and the FP8 scaling, so a saved table names
  * them and is reused only where every one matches; a restart then skips the start-up timing (~1.5-2.6 s on the 8B
  * tower). JSON: {"vitd_attn_route": 1, "measured_on": {"device", "cc", "cudnn", "heads", "head_dim",
- * "head_dim_padded", "fp8_scaling", "fp8_history", "max_tokens", "max_images"}, "shapes": [{"images", "max_len",
+ * "head_dim_padded", "fp8_scaling", "fp8_history", "max_tokens", "max_images", "attn_short_max"}, "shapes":
+ * [{"images", "max_len",
  * "bf16_ms", "fp8_ms"}, ...]}.
  * Decisions are not stored: the loader's caller recomputes them (attn_route_decide). */
 typedef struct {
@@ -101,6 +105,7 @@ typedef struct {
     int fp8_static;           /* 1: static scales (no amax, no ring update) */
     int fp8_history;          /* ring length of dynamic scaling (0 with static scales) */
     int max_tokens, max_images; /* the engine's limits, which decide the measured shapes (attn_route_shapes) */
+    int attn_short_max;       /* the BF16 step's own-kernel reach (attn_short_max) its BF16 timings ran with */
 } attn_route_key;
 
 /* Writes the table atomically (a reader sees the old file or the new one). VITD_E_IO on failure. */

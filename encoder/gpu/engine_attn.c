@@ -263,7 +263,9 @@ fail:
     if (ev[1]) cudaEventDestroy(ev[1]);
     if (st != VITD_OK) {
         g->attn_short_max = 0;
-        /* an optional speed-up: only a lost device (a sticky error) fails the engine */
+        /* an optional speed-up: only a lost device (a sticky error) fails the engine. A runtime call that failed
+         * (an event, a copy, cuDNN's allocation) leaves its error pending: cleared first, a sticky one stays */
+        (void)cudaGetLastError();
         cudaError_t ce = cudaStreamSynchronize(g->s_main);
         if (ce == cudaSuccess) ce = cudaGetLastError();
         if (ce == cudaSuccess) {
@@ -299,7 +301,8 @@ vitd_status engine_fp8_setup(gpu_engine *g, int *dead, vitd_err *err) {
     const gpu_attn_features *ft = gpu_attn_features_of(g->attn);
     attn_route_key key = {.cc_major = ft->cc_major, .cc_minor = ft->cc_minor, .cudnn_version = ft->cudnn_version,
                           .n_heads = g->H, .head_dim = g->hd, .head_dim_padded = g->dp, .fp8_static = g->fp8_static,
-                          .fp8_history = g->fp8_hist, .max_tokens = (int)g->max_tokens, .max_images = g->max_images};
+                          .fp8_history = g->fp8_hist, .max_tokens = (int)g->max_tokens, .max_images = g->max_images,
+                          .attn_short_max = g->attn_short_max};
     snprintf(key.device, sizeof key.device, "%s", g->device_name);
     int loaded = 0;
     if (g->route_file) {
@@ -344,7 +347,9 @@ fail:
     if (ev[0]) cudaEventDestroy(ev[0]);
     if (ev[1]) cudaEventDestroy(ev[1]);
     if (st != VITD_OK) {
-        /* a sticky error leaves the context unusable: then the engine cannot be created at all */
+        /* a sticky error leaves the context unusable: then the engine cannot be created at all (a pending error
+         * of a failed runtime call is cleared first; a sticky one stays) */
+        (void)cudaGetLastError();
         cudaError_t ce = cudaStreamSynchronize(g->s_main);
         if (ce == cudaSuccess) ce = cudaGetLastError();
         if (ce != cudaSuccess) *dead = 1;
