@@ -10,9 +10,9 @@
  * Checks per case: cosine >= 0.9999 and rel-L2 <= 0.01 against the twin (test_gpu_attn.s BF16 bounds); rel-L2 no
  * worse than 1.25x cuDNN's own error on the same inputs (+2e-4); pad lanes exactly +0; guard bands around the
  * output untouched; the 64- and 128-row tilings (attn_rope_bf16_tiled) give attn_rope_bf16's bits, the key-split
- * one meets the same bounds. Unsupported shapes are refused (cudaErrorInvalidValue). Timings of the three tilings
- * and of the replaced path are printed for information (bench_encoder measures the engine; VITD_TEST_NO_TIMING
- * skips them, for compute-sanitizer).
+ * one meets the same bounds. Unsupported shapes, tilings and misaligned pointers are refused
+ * (cudaErrorInvalidValue). Timings of the three tilings and of the replaced path are printed for information
+ * (bench_encoder measures the engine; VITD_TEST_NO_TIMING skips them, for compute-sanitizer).
  * Without CUDA, a device, or compute capability >= 9.0 it exits 77.
  */
 #ifndef VITD_HAVE_CUDA
@@ -256,6 +256,16 @@ int main(void) {
     CHECK_EQ_INT(cudaErrorInvalidValue,
                  attn_rope_bf16((const uint16_t *)8, (const float *)8, (const float *)8, (const int32_t *)8, 1, 4, 16,
                                 80, 80, (uint16_t *)8, g_stream));
+    /* tilings outside the three, and a misaligned pointer (refused before any launch: the pointers are not read) */
+    const int bad_tiling[] = {-1, ATTN_ROPE_TILINGS};
+    for (int i = 0; i < 2; i++)
+        CHECK_EQ_INT(cudaErrorInvalidValue,
+                     attn_rope_bf16_tiled((const uint16_t *)8, (const float *)8, (const float *)8,
+                                          (const int32_t *)8, 1, 4, 16, 72, 80, (uint16_t *)8, bad_tiling[i],
+                                          g_stream));
+    CHECK_EQ_INT(cudaErrorInvalidValue,
+                 attn_rope_bf16((const uint16_t *)8, (const float *)8, (const float *)8, (const int32_t *)8, 1, 4, 16,
+                                72, 80, (uint16_t *)12, g_stream));
     (void)cudaGetLastError();
 
     for (size_t i = 0; i < sizeof k_cases / sizeof k_cases[0]; i++) run_case(&k_cases[i]);

@@ -223,8 +223,9 @@ static void check_model(const char *dir, const char *label, const char *const *f
                                       D, nds, 0.9995);
             printf("  %s: worst cosine %.7f (vs the batch above %.7f)\n", what, wc, wb);
             for (int r = 1; r < 3; r++)
-                CHECK_MSG(!memcmp(o3[0].emb, o3[r].emb, nm * D * sizeof(float)), "%s: run %d differs from run 0",
-                          what, r);
+                CHECK_MSG(!memcmp(o3[0].emb, o3[r].emb, nm * D * sizeof(float)) &&
+                              (nds == 0 || !memcmp(o3[0].ds, o3[r].ds, (size_t)nds * nm * D * sizeof(float))),
+                          "%s: run %d differs from run 0 (embeddings or deepstack)", what, r);
             for (int r = 0; r < 3; r++) outputs_free(&o3[r]);
         }
         eo.attn_short_max = 0;
