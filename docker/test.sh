@@ -291,8 +291,22 @@ for i in $(seq "$N_DRAIN"); do
         "http://127.0.0.1:$PORT/v1/encode" >"$WORK/drain/$i.code" 2>/dev/null &
     pids+=($!)
 done
+# The polls share one kept-alive connection (fd 7): the server completes each request on a connection before it
+# reads the next, so an earlier poll never counts among the requests in flight (with a fresh connection per poll,
+# one not yet completed could stand in for an encode request not yet read, which would then meet the drain)
+exec 7<>"/dev/tcp/127.0.0.1/$PORT" || fail "cannot connect to 127.0.0.1:$PORT for /metrics"
+metrics_on_7() { # one GET /metrics on fd 7; prints the body
+    printf 'GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n' >&7 || return 1
+    local line len=0
+    while IFS= read -r -t 5 line <&7; do
+        line=${line%$'\r'}
+        [ -z "$line" ] && break
+        case "${line,,}" in content-length:*) len=${line#*:} && len=${len// /} ;; esac
+    done
+    [ "$len" -gt 0 ] && head -c "$len" <&7
+}
 arrived() { # encode requests in flight (vitd_inflight_requests less this /metrics request) + answered >= N
-    curl -s -m 2 "http://127.0.0.1:$PORT/metrics" | awk -v n="$N_DRAIN" '
+    metrics_on_7 | awk -v n="$N_DRAIN" '
         $1 == "vitd_inflight_requests" {live = $2 - 1; seen = 1}
         $1 ~ /^vitd_requests_total\{route="\/v1\/encode"/ {done += $2}
         END {exit !(seen && live + done >= n)}'
@@ -303,6 +317,7 @@ until arrived; do
         fail "the $N_DRAIN requests did not all reach the server within 20 s (metrics vitd_inflight_requests, vitd_requests_total)"
     sleep 0.1
 done
+exec 7>&-
 t0=$(date +%s%N)
 docker stop -t 40 vitd-test-drain >/dev/null || fail "docker stop failed"
 stop_ms=$((($(date +%s%N) - t0) / 1000000))
