@@ -259,7 +259,10 @@ static enum MHD_Result handle_metrics(struct req *r) {
     if (!m) return http_respond_text(r, 200, "text/plain; version=0.0.4", "");
     int jobs = 0;
     size_t queued = 0;
-    if (h->o.sched) sched_depth(h->o.sched, &jobs, &queued, NULL);
+    /* the scheduler is freed once work is closed (a drain that timed out), while MHD still answers for a while */
+    pthread_rwlock_rdlock(&h->work_lock);
+    if (h->o.sched && !h->work_closed) sched_depth(h->o.sched, &jobs, &queued, NULL);
+    pthread_rwlock_unlock(&h->work_lock);
     metrics_set(m->queue_requests_s, jobs);
     metrics_set(m->queue_tokens_s, (double)queued);
     metrics_set(m->ready_s, atomic_load(&h->ready) && !atomic_load(&h->draining) ? 1 : 0);

@@ -30,6 +30,7 @@ struct prep_pool {
     int pending;         /* tasks not yet handed out, guarded by mu */
     int idle;            /* workers waiting for work, guarded by mu */
     bool stopping;       /* guarded by mu */
+    bool joined;         /* prep_pool_stop has joined the workers (its caller's thread only) */
     int n_threads;       /* started workers */
     pthread_t *threads;
 };
@@ -185,14 +186,20 @@ void prep_pool_parallel(prep_pool *p, size_t n, size_t grain, prep_range_fn fn, 
     par_drop(j);
 }
 
-void prep_pool_free(prep_pool *p) {
-    if (!p) return;
+void prep_pool_stop(prep_pool *p) {
+    if (!p || p->joined) return;
     pthread_mutex_lock(&p->mu);
     p->stopping = true;
     pthread_cond_broadcast(&p->cv);
     pthread_mutex_unlock(&p->mu);
     for (int i = 0; i < p->n_threads; i++) pthread_join(p->threads[i], NULL);
-    VITD_ASSERT(p->head == NULL);
+    p->joined = true;
+    VITD_ASSERT(p->head == NULL); /* the workers ran the queue dry and every later submission was refused */
+}
+
+void prep_pool_free(prep_pool *p) {
+    if (!p) return;
+    prep_pool_stop(p);
     pthread_cond_destroy(&p->cv);
     pthread_mutex_destroy(&p->mu);
     free(p->threads);

@@ -7,7 +7,7 @@
  *
  * prep_image() is the work of one task: decode an image span and preprocess it into caller-owned pixel_values.
  *
- * prep_pool_submit and prep_pool_pending are thread-safe; submissions racing prep_pool_free are refused.
+ * prep_pool_submit and prep_pool_pending are thread-safe; submissions racing prep_pool_stop are refused.
  */
 #ifndef VITD_PREP_POOL_H
 #define VITD_PREP_POOL_H
@@ -26,11 +26,16 @@ typedef void (*prep_task_fn)(void *arg, int index);
 /* Starts n_threads workers (>= 1). On success *out is owned by the caller; prep_pool_free(). */
 vitd_status prep_pool_create(int n_threads, prep_pool **out, vitd_err *err);
 /* Queues fn(arg, i) for i in [0, n_tasks); never runs a task on the caller's thread. Returns false (nothing
- * queued) once prep_pool_free has begun: a task still running then must not hand on more work. */
+ * queued) once prep_pool_stop (or prep_pool_free) has begun: a task still running then must not hand on more work,
+ * and any other thread that may still submit (the batcher's retry rounds) is refused, never handed a freed pool. */
 bool prep_pool_submit(prep_pool *p, prep_task_fn fn, void *arg, int n_tasks);
 /* Tasks queued and not yet started. */
 int prep_pool_pending(prep_pool *p);
-/* Runs every queued task to completion, stops the workers and frees the pool. Accepts NULL. */
+/* Runs every queued task to completion and joins the workers; the pool stays allocated, refusing submissions,
+ * until prep_pool_free. For shutdown, where other threads (the batcher) may still submit until they are joined
+ * themselves. Called from one thread; a second call does nothing. Accepts NULL. */
+void prep_pool_stop(prep_pool *p);
+/* prep_pool_stop, then frees the pool. Accepts NULL. */
 void prep_pool_free(prep_pool *p);
 
 /* Runs fn(arg, begin, end) over [0, n) in pieces of grain, on the calling thread and on workers that are idle

@@ -507,10 +507,12 @@ int serve_main(int argc, char **argv) {
         log_msg(VITD_LOG_WARN, "drain incomplete: cancelling %d live requests", http_live_requests(http));
         http_close_work(http);    /* uploads still arriving get 503, never a freed pool */
         sched_stop(sc, true);     /* queued jobs answer 503 now */
-        prep_pool_free(prep);     /* running prep tasks finish; their submissions are refused and answered */
-        prep = NULL;
-        sched_free(sc);           /* the running batch finishes and is answered */
+        prep_pool_stop(prep);     /* running prep tasks finish; their submissions are refused and answered */
+        sched_free(sc);           /* the running batch finishes and is answered (a retry round that its failure
+                                   * starts is refused by the stopped, still allocated prep pool: 503) */
         sc = NULL;
+        prep_pool_free(prep);
+        prep = NULL;
         prep_pool_free(io);       /* cache files of that batch are written and answered */
         io = NULL;
         http_wait_idle(http, 2000); /* give MHD a moment to send those answers */
@@ -524,8 +526,9 @@ done:
     epd_announcer_stop(announcer);
     if (http) http_close_work(http);
     if (sc) sched_stop(sc, true);
-    prep_pool_free(prep);
+    prep_pool_stop(prep); /* stopped, not freed, until the batcher (which may start a retry round) is joined */
     sched_free(sc);
+    prep_pool_free(prep);
     prep_pool_free(io);
     http_free(http);
     output_cache_free(oc);

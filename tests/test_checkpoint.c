@@ -198,6 +198,8 @@ static void test_parse_config(void) {
         {"{\"out_hidden_size\": 64, \"in_channels\": 4}", "in_channels"},
         {"{\"out_hidden_size\": 64, \"patch_size\": 0}", "patch_size"},
         {"{\"out_hidden_size\": 64, \"spatial_merge_size\": 100}", "spatial_merge_size"},
+        {"{\"out_hidden_size\": 64, \"spatial_merge_size\": 1}", "spatial_merge_size 1 is not supported"},
+        {"{\"out_hidden_size\": 64, \"spatial_merge_size\": 4}", "spatial_merge_size 4 is not supported"},
         {"{\"out_hidden_size\": 64, \"rope_theta\": -1}", "rope_theta"},
         {"{\"vision_config\": 3}", "vision_config is not an object"},
         {"[1]", "not a JSON object"},

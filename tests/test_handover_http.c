@@ -701,7 +701,8 @@ static void test_auth_keyed_drain(suite *S) {
 }
 
 /* ec_proxy_url without ec_cache_dir is refused at start; a drain that times out while an upload is still
- * arriving answers it (or closes it) and exits 0, never touching freed pools. */
+ * arriving answers it (or closes it) and exits 0, never touching freed pools; /metrics scraped in between reads
+ * no freed scheduler. */
 static void test_start_and_drain_timeout(suite *S) {
     printf("start-up check, drain timeout with an upload in flight\n");
     char log[700];
@@ -729,6 +730,15 @@ static void test_start_and_drain_timeout(suite *S) {
     usleep(100 * 1000);
     kill(s.pid, SIGTERM);
     usleep(700 * 1000); /* past drain_timeout_ms: the pools are freed while the upload is unfinished */
+    /* a scrape now (MHD still answers for up to 2 s) reads no freed scheduler: the queue reads empty */
+    resp m;
+    if (http_do(s.port, "GET", "/metrics", NULL, NULL, 0, &m)) {
+        CHECK_MSG(m.status == 200 && metric_value(m.body, "vitd_queue_requests") == 0,
+                  "/metrics after the drain timed out: %d", m.status);
+        resp_free(&m);
+    } else {
+        CHECK_MSG(0, "/metrics after the drain timed out: no answer");
+    }
     loopback_send_all(fd, S->img[1].data + half, S->img[1].len - half);
     resp a;
     bool got = read_response(fd, &a, false);

@@ -688,6 +688,32 @@ static void test_pool_shutdown_race(void) {
     printf("pool shutdown with a running task: 20 trials, each refused once, none aborted\n");
 }
 
+static void count_task(void *arg, int i) {
+    (void)i;
+    atomic_fetch_add((atomic_int *)arg, 1);
+}
+
+/* Shutdown in two steps (serve.c): prep_pool_stop runs what is queued and joins the workers while the pool stays
+ * allocated, so a thread that is no worker of it (the batcher, starting a retry round after its batch failed)
+ * and submits afterwards is refused, never handed freed memory; prep_pool_free frees it later. */
+static void test_pool_stop_then_submit(void) {
+    vitd_err err;
+    prep_pool *p = NULL;
+    CHECK_OK(prep_pool_create(2, &p, &err), &err);
+    atomic_int ran = 0, sum = 0;
+    CHECK(prep_pool_submit(p, count_task, &ran, 64));
+    prep_pool_stop(p);
+    CHECK_EQ_INT(64, atomic_load(&ran)); /* the queue ran dry before the workers left */
+    CHECK(!prep_pool_submit(p, count_task, &ran, 1));
+    CHECK_EQ_INT(0, prep_pool_pending(p));
+    prep_pool_parallel(p, 1000, 10, count_range, &sum); /* no workers: all of it on this thread */
+    CHECK_EQ_INT(1000, atomic_load(&sum));
+    prep_pool_stop(p); /* a second call does nothing */
+    prep_pool_free(p);
+    CHECK_EQ_INT(64, atomic_load(&ran));
+    printf("pool stopped before it is freed: queued tasks ran, a later submission refused\n");
+}
+
 int main(int argc, char **argv) {
     int bench = argc > 1 && strcmp(argv[1], "--bench") == 0;
     test_defaults();
@@ -706,6 +732,7 @@ int main(int argc, char **argv) {
     test_errors();
     test_split();
     test_pool_shutdown_race();
+    test_pool_stop_then_submit();
 
     printf("timing (best of %d, one thread, no asserts):\n", bench ? 5 : 2);
     time_case(2048, 2048, 16777216, bench ? 5 : 2);           /* no resize */

@@ -146,6 +146,12 @@ vitd_status checkpoint_parse_config(const char *json, vitd_vision_config *cfg, v
                        where, cJSON_IsString(act) ? act->valuestring : "(not a string)");
         goto fail;
     }
+    /* the server's answers, its output cache and the CLI count one output token per 2x2 patches */
+    if (c.spatial_merge_size != 2) {
+        st = vitd_fail(err, VITD_E_MODEL, "%sspatial_merge_size %d is not supported: Qwen3-VL merges 2x2 patches "
+                       "(spatial_merge_size 2), which vitd's answers and caches assume", where, c.spatial_merge_size);
+        goto fail;
+    }
 
     const cJSON *rp = cJSON_GetObjectItemCaseSensitive(vc, "rope_parameters");
     if (rp && cJSON_IsObject(rp)) {
