@@ -23,9 +23,29 @@ static bool next_element(const char **p, const char **b, const char **e) {
     return true;
 }
 
+/* RFC 9110 5.1 / 5.6.2: a field name is a token. */
+static bool is_token(const char *s) {
+    if (!*s) return false;
+    for (; *s; s++) {
+        const unsigned char c = (unsigned char)*s;
+        if (!isalnum(c) && !strchr("!#$%&'*+-.^_`|~", c)) return false;
+    }
+    return true;
+}
+
 void http_frame_add(http_frame *f, const char *name, const char *value) {
     if (!name) return;
     if (!value) value = "";
+    if (!is_token(name)) {
+        if (!f->bad_name) {
+            size_t k = 0;
+            for (const char *p = name; *p && k + 1 < sizeof f->bad_name_text; p++)
+                f->bad_name_text[k++] = *p >= 0x20 && *p < 0x7f ? *p : '?';
+            f->bad_name_text[k] = 0;
+        }
+        f->bad_name = true;
+        return;
+    }
     if (!strcasecmp(name, "Content-Length")) {
         const char *p = value, *b, *e;
         bool any = false;
@@ -78,6 +98,9 @@ static int verdict(http_frame_verdict *v, int status, const char *code, const ch
 int http_frame_check(const http_frame *f, const char *version, http_frame_verdict *v) {
     memset(v, 0, sizeof *v);
     bool http11 = version && !strcmp(version, "HTTP/1.1");
+    if (f->bad_name)
+        return verdict(v, 400, "bad_request", "header name \"%s\" is not a token (whitespace before the colon?): "
+                       "the request's framing is ambiguous", f->bad_name_text);
     if (f->content_length_bad)
         return verdict(v, 400, "bad_request", "%s", "Content-Length is not a decimal number of bytes");
     if (f->content_length_conflict)

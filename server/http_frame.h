@@ -7,6 +7,8 @@
  *   - Transfer-Encoding other than one header reading exactly "chunked" ("chunked, chunked")    400
  *   - a transfer coding other than chunked (gzip, deflate, ...)                                 501
  *   - HTTP/1.1 without a Host header, or more than one Host header                              400
+ *   - a header name that is not a token: "Content-Length : 5" (whitespace before the colon, which
+ *     libmicrohttpd keeps in the name, so it reads no body where a lenient proxy reads one)      400
  * libmicrohttpd reads the first Content-Length and lets Transfer-Encoding win, which is why the answer to any of
  * these closes the connection: what follows on it cannot be trusted to be a request.
  *
@@ -26,6 +28,8 @@ typedef struct {
     bool te_exact;                     /* the first Transfer-Encoding value is exactly "chunked" */
     char te_value[64];                 /* the first Transfer-Encoding value, for the message */
     int n_host;
+    bool bad_name;                     /* a header name that is not a token (space before the colon, ...) */
+    char bad_name_text[40];            /* the first such name, printable, for the message */
 } http_frame;
 
 typedef struct {

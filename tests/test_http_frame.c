@@ -47,6 +47,14 @@ int main(void) {
          {"Transfer-Encoding", "chunked"}}, 400, "exactly \"chunked\""},
         {"no Host", "HTTP/1.1", {{"Content-Length", "0"}}, 400, "without a Host"},
         {"two Host", "HTTP/1.1", {{"Host", "a"}, {"host", "a"}}, 400, "more than one Host"},
+        /* libmicrohttpd keeps whitespace before the colon in the name: it reads no body where a lenient proxy
+         * reads one (a black-box test ran the body as a second request) */
+        {"space before colon", "HTTP/1.1", {{"Host", "x"}, {"Content-Length ", "31"}}, 400,
+         "\"Content-Length \" is not a token"},
+        {"tab before colon", "HTTP/1.1", {{"Host", "x"}, {"Transfer-Encoding\t", "chunked"}}, 400, "not a token"},
+        {"space inside", "HTTP/1.1", {{"Host", "x"}, {"X Forwarded", "1"}}, 400, "not a token"},
+        {"control byte", "HTTP/1.1", {{"Host", "x"}, {"X-\x01", "1"}}, 400, "\"X-?\""},
+        {"token punctuation", "HTTP/1.1", {{"Host", "x"}, {"X-a.b_c~d!#$%&'*+^`|", "1"}}, 0, NULL},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         const frame_case *c = &cases[i];
