@@ -102,10 +102,71 @@ static const char *find_duplicate(const cJSON *v, char *path, size_t plen, size_
     return NULL;
 }
 
+/* ---- strings ----
+ * RFC 8259 sections 7 and 8.1, which cJSON does not check: a string holds no raw control character (U+0000 to
+ * U+001F must be escaped), and the text is UTF-8. vitd adds: no \u0000 escape, since every string is used as a
+ * C string and a NUL would cut it short ("<base64>\u0000garbage" would decode the part before it). One pass over
+ * the text, before the parse; on a problem returns its message's middle part and sets *at. */
+
+/* Length of the well-formed UTF-8 sequence at p (2-4; no overlongs, surrogates or values past U+10FFFF), or 0. */
+static size_t utf8_len(const unsigned char *p, size_t left) {
+    const unsigned char c = p[0];
+    size_t n = c >= 0xC2 && c <= 0xDF ? 2 : c >= 0xE0 && c <= 0xEF ? 3 : c >= 0xF0 && c <= 0xF4 ? 4 : 0;
+    if (n == 0 || n > left) return 0;
+    for (size_t i = 1; i < n; i++)
+        if ((p[i] & 0xC0) != 0x80) return 0;
+    if (c == 0xE0 && p[1] < 0xA0) return 0; /* overlong */
+    if (c == 0xED && p[1] > 0x9F) return 0; /* surrogate */
+    if (c == 0xF0 && p[1] < 0x90) return 0; /* overlong */
+    if (c == 0xF4 && p[1] > 0x8F) return 0; /* past U+10FFFF */
+    return n;
+}
+
+static const char *scan_strings(const char *text, size_t len, size_t *at) {
+    const unsigned char *t = (const unsigned char *)text;
+    bool in_str = false;
+    for (size_t i = 0; i < len; i++) {
+        const unsigned char c = t[i];
+        if (c >= 0x80) {
+            size_t n = utf8_len(t + i, len - i);
+            if (!n) {
+                *at = i;
+                return "a byte that is not UTF-8";
+            }
+            i += n - 1;
+            continue;
+        }
+        if (!in_str) {
+            in_str = c == '"';
+            continue;
+        }
+        if (c == '"') {
+            in_str = false;
+        } else if (c < 0x20) {
+            *at = i;
+            return "a raw control character in a string (escape it)";
+        } else if (c == '\\' && i + 1 < len) {
+            if (t[i + 1] == 'u' && i + 5 < len && !memcmp(t + i + 2, "0000", 4)) {
+                *at = i;
+                return "\\u0000 in a string (NUL is not accepted)";
+            }
+            i++; /* the escaped character (the hex digits of \u are plain ASCII) */
+        }
+    }
+    return NULL;
+}
+
 /* ---- parse ---- */
 
 cJSON *json_parse_strict(const char *text, size_t len, const json_alloc *al, size_t *err_at, vitd_err *err) {
     json_strict_init();
+    size_t bad_at = 0;
+    const char *bad = scan_strings(text, len, &bad_at);
+    if (bad) {
+        vitd_fail(err, VITD_E_INVALID_ARG, "invalid JSON: %s at byte %zu", bad, bad_at);
+        if (err_at) *err_at = bad_at;
+        return NULL;
+    }
     static const json_alloc plain = {0};
     parse_state st = {.al = al ? al : &plain};
     const char *end = NULL;

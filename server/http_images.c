@@ -31,11 +31,18 @@ static double now_s(void) { return vitd_now(); }
 
 /* ---- MHD side: begin ---- */
 
-static enum MHD_Result apply_query(void *cls, enum MHD_ValueKind kind, const char *key, const char *value) {
+/* One query parameter. With the sizes, so that a NUL decoded from %00 ("dtype=float32%00junk", "uuid=a%00/..")
+ * is refused instead of cutting the C string short. */
+static enum MHD_Result apply_query(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+                                   const char *value, size_t value_size) {
     (void)kind;
     struct req *r = cls;
     vitd_err err = {0};
-    int rc = body_apply_option(&r->br.opts, key, value ? value : "", &err);
+    int rc;
+    if (strlen(key) != key_size || (value && strlen(value) != value_size))
+        rc = vitd_fail(&err, VITD_E_INVALID_ARG, "query parameter \"%.40s\" holds a NUL byte (%%00)", key);
+    else
+        rc = body_apply_option(&r->br.opts, key, value ? value : "", &err);
     if (rc == 1 && r->route == RT_VLLM_EMBEDS) rc = vllm_apply_option(&r->vllm, key, value, &err);
     if (rc < 0) {
         r->body_failed = true;
@@ -84,7 +91,7 @@ enum MHD_Result images_begin(struct req *r) {
     }
     r->br.opts = opts;
     if (r->route == RT_ENCODE || r->route == RT_VLLM_EMBEDS) {
-        MHD_get_connection_values(r->conn, MHD_GET_ARGUMENT_KIND, apply_query, r);
+        MHD_get_connection_values_n(r->conn, MHD_GET_ARGUMENT_KIND, apply_query, r);
         if (r->body_failed) return http_respond_status(r, r->pending, r->pending_msg);
     }
     body_limits lim = {.max_body_bytes = c->max_body_bytes, .max_images = c->max_images_per_request};

@@ -680,6 +680,23 @@ static void test_bad_inputs(suite *S, size_t max_body, int max_images, int timeo
     resp_free(&r);
     good_request(S, "bad option value");
 
+    /* NULs that would cut a C string short (a black-box test found both accepted as their first part) */
+    CHECK(http_do(S->port, "POST", "/v1/encode?dtype=float32%00junk", "Content-Type: image/png\r\n", S->good->data,
+                  S->good->len, &r));
+    check_error(&r, 400, "invalid_argument", "NUL byte", "query value with %00");
+    resp_free(&r);
+    char *good64 = b64_encode(S->good->data, S->good->len);
+    size_t nul_cap = strlen(good64) + 64;
+    char *nul_json = xmalloc(nul_cap);
+    snprintf(nul_json, nul_cap, "{\"images\": [\"%s\\u0000!!!garbage\"]}", good64);
+    CHECK(http_do(S->port, "POST", "/v1/encode", "Content-Type: application/json\r\n", nul_json, strlen(nul_json),
+                  &r));
+    check_error(&r, 400, "invalid_argument", "u0000", "JSON string with \\u0000");
+    resp_free(&r);
+    free(nul_json);
+    free(good64);
+    good_request(S, "NUL bytes");
+
     test_oversized(S, max_body);
     good_request(S, "oversized body");
 

@@ -23,6 +23,16 @@ static void expect_fail(const char *js, vitd_status code, const char *needle) {
     CHECK_STR_CONTAINS(err.msg, needle);
 }
 
+/* The same with an explicit length (texts holding a NUL byte). */
+static void expect_fail_n(const char *js, size_t len, const char *needle) {
+    vitd_err err = {0};
+    cJSON *r = json_parse_strict(js, len, NULL, NULL, &err);
+    CHECK_MSG(r == NULL, "%s: parsed", js);
+    if (r) cJSON_Delete(r);
+    CHECK_EQ_INT(VITD_E_INVALID_ARG, err.code);
+    CHECK_STR_CONTAINS(err.msg, needle);
+}
+
 static void expect_ok(const char *js) {
     vitd_err err = {0};
     cJSON *r = json_parse_strict(js, strlen(js), NULL, NULL, &err);
@@ -50,6 +60,24 @@ static void test_rules(void) {
     expect_fail("{\"a\": 1} {\"b\": 2}", VITD_E_INVALID_ARG, "unexpected text after the value at byte 9");
     expect_fail("{\"a\": [1, 2,, 3]}", VITD_E_INVALID_ARG, "invalid JSON (near byte 12)");
     expect_fail("", VITD_E_INVALID_ARG, "invalid JSON");
+    /* strings: no NUL (escaped or raw), no raw control characters, UTF-8 only (a black-box test found
+     * "<base64>\u0000garbage" accepted as its first part, and keys with bytes 0xFF 0xFE) */
+    expect_fail("{\"images\": [\"aGVsbG8=\\u0000!!!\"]}", VITD_E_INVALID_ARG,
+                "\\u0000 in a string (NUL is not accepted) at byte 21");
+    expect_fail("{\"k\\u0000x\": 1}", VITD_E_INVALID_ARG, "u0000");
+    expect_fail("{\"a\": \"x\x01y\"}", VITD_E_INVALID_ARG, "raw control character in a string (escape it) at byte 8");
+    expect_fail("[\"a\tb\"]", VITD_E_INVALID_ARG, "raw control character");
+    expect_fail("[\"a\nb\"]", VITD_E_INVALID_ARG, "raw control character");
+    expect_fail_n("[\"a\0b\"]", 7, "raw control character in a string (escape it) at byte 3");
+    expect_fail("{\"x\xff\xfe\": 1}", VITD_E_INVALID_ARG, "a byte that is not UTF-8 at byte 3");
+    expect_fail("[\"\xc0\xaf\"]", VITD_E_INVALID_ARG, "not UTF-8 at byte 2");         /* overlong '/' */
+    expect_fail("[\"\xed\xa0\x80\"]", VITD_E_INVALID_ARG, "not UTF-8 at byte 2");     /* a surrogate */
+    expect_fail("[\"\xf4\x90\x80\x80\"]", VITD_E_INVALID_ARG, "not UTF-8");          /* past U+10FFFF */
+    expect_fail("[\"\xe2\x82\"]", VITD_E_INVALID_ARG, "not UTF-8");                  /* cut short */
+    /* e-acute, euro sign, an emoji; escapes */
+    expect_ok("[\"\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80\", \"\\u00e9\\t\\n\\\"\"]");
+    expect_ok("[\"\\\\u0000\"]"); /* an escaped backslash, then the letters u0000 */
+    expect_ok("{\n\t\"a\" :\r\n 1 }");  /* control characters outside strings are whitespace */
     vitd_err err = {0};
     size_t at = 0;
     CHECK(json_parse_strict("{\n\"a\": tru}", 11, NULL, &at, &err) == NULL);
