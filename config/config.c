@@ -142,9 +142,9 @@ static const config_option k_options[] = {
      "Upper bound of the resize (smart_resize); 0 = the model's preprocessor_config (16777216 for Qwen3-VL).",
      OFF(max_pixels)},
     {"request_timeout_ms", "VITD_REQUEST_TIMEOUT_MS", CONFIG_INT, "60000", 1, 86400000, NULL, "ms", false,
-     "Deadline from arrival to answer, checked while a request waits in the queue: past it, it fails with 504 (a "
-     "batch already encoding it finishes; one waiting for an identical image that another request is encoding "
-     "waits for that one, whose own deadline came first).",
+     "Deadline from arrival to answer, kept while a request waits in the queue (also while a batch runs): past "
+     "it, it fails with 504 within 0.2 s (a batch already encoding it finishes; one waiting for an identical image "
+     "that another request is encoding waits for that one, whose own deadline came first).",
      OFF(request_timeout_ms)},
     /* scheduling */
     {"queue_max_tokens", "VITD_QUEUE_MAX_TOKENS", CONFIG_SIZE, "256Ki", 1, GIB, NULL, "patches", false,

@@ -6,6 +6,11 @@
  * until the next image would break the token or image budget, so the only job that can be split across batches is
  * the last one of a batch, and it stays at the head of the queue. Each batch in flight (a `flight`) owns its
  * per-image pointer arrays, which point into the jobs' own buffers.
+ *
+ * A second thread, the watcher, keeps deadlines while the batcher is busy: a long batch (a large image on the CPU
+ * backend takes seconds) would otherwise leave queued jobs past their deadline, or whose client went away, until
+ * the batcher next packs. It fails the jobs that no batch has taken yet, at their deadline (and polls for
+ * hang-ups every SCHED_WATCH_MS while any job waits); the batcher's own checks at packing stay.
  */
 #include "scheduler.h"
 
@@ -16,6 +21,8 @@
 #include <time.h>
 
 #include "util.h"
+
+#define SCHED_WATCH_MS 200 /* the watcher's longest sleep while jobs wait: the lateness of a 504 or a hang-up */
 
 /* One image of a batch. */
 typedef struct {
@@ -43,8 +50,9 @@ struct sched {
     sched_config cfg;
     pthread_mutex_t mu;
     pthread_cond_t cv;          /* signalled on submit, unreserve and stop */
-    pthread_t thread;
-    bool thread_started;
+    pthread_cond_t watch_cv;    /* the watcher's: broadcast on submit and stop */
+    pthread_t thread, watcher;
+    bool thread_started, watcher_started;
     /* guarded by mu */
     bool stopping, cancel;
     sched_job *head, *tail;
@@ -116,6 +124,16 @@ typedef struct dropped {
     vitd_err err;
 } dropped;
 
+/* Why job j, waiting at time now, must leave the queue unencoded: past its deadline, or its client went away
+ * (VITD_OK: neither). */
+static vitd_status job_expired(const sched_job *j, double now, vitd_err *err) {
+    if (j->deadline > 0 && now > j->deadline)
+        return vitd_fail(err, VITD_E_TIMEOUT, "request timed out (request_timeout_ms) after %.0f ms in the queue",
+                         (now - j->t_submitted) * 1e3);
+    if (j->gone && j->gone((sched_job *)j)) return vitd_fail(err, VITD_E_CANCELLED, "the client went away");
+    return VITD_OK;
+}
+
 /* Packs the next batch from the head of the queue into f (caller holds mu). Jobs found gone, past their deadline
  * or cancelled are unlinked; one that no batch in flight holds is unbooked and appended to drop[] (at most
  * max_drop per call: the caller completes them and calls again), one that a batch in flight still holds keeps the
@@ -130,14 +148,8 @@ static int pack(sched *s, flight *f, dropped *drop, int *n_drop, int max_drop) {
         sched_job *j = s->head;
         vitd_status why = VITD_OK;
         vitd_err err = {0};
-        if (s->cancel) {
-            why = vitd_fail(&err, VITD_E_CANCELLED, "the server is shutting down");
-        } else if (j->deadline > 0 && now > j->deadline) {
-            why = vitd_fail(&err, VITD_E_TIMEOUT, "request timed out (request_timeout_ms) after %.0f ms in the queue",
-                            (now - j->t_submitted) * 1e3);
-        } else if (j->gone && j->gone(j)) {
-            why = vitd_fail(&err, VITD_E_CANCELLED, "the client went away");
-        }
+        if (s->cancel) why = vitd_fail(&err, VITD_E_CANCELLED, "the server is shutting down");
+        else why = job_expired(j, now, &err);
         if (why != VITD_OK) {
             if (j->in_batches > 0) {
                 pop_head(s);
@@ -345,6 +357,53 @@ static void *sched_thread(void *arg) {
     return NULL;
 }
 
+/* The watcher (see the header): fails queued jobs that no batch has taken once their deadline passes or their
+ * client goes away, at most MAX_DROP per round, completing them without mu; sleeps until the earliest deadline of
+ * the jobs it saw, at most SCHED_WATCH_MS while any waits, and until a submit when none does. Ends at stop. */
+static void *watch_thread(void *arg) {
+    sched *s = arg;
+    enum { MAX_DROP = 16 };
+    dropped drop[MAX_DROP];
+    pthread_mutex_lock(&s->mu);
+    while (!s->stopping) {
+        const double now = vitd_now();
+        double next = now + SCHED_WATCH_MS * 1e-3;
+        int n_drop = 0;
+        for (sched_job *j = s->head, *nx; j; j = nx) {
+            nx = j->next;
+            if (j->next_image > 0 || j->in_batches > 0) continue; /* partly taken: the batcher settles it */
+            vitd_err err = {0};
+            vitd_status why = job_expired(j, now, &err);
+            if (why == VITD_OK) {
+                if (j->deadline > 0 && j->deadline < next) next = j->deadline;
+                continue;
+            }
+            if (n_drop == MAX_DROP) {
+                next = now; /* more to drop: another round at once */
+                break;
+            }
+            unlink_job(s, j);
+            s->booked -= j->n_patches;
+            drop[n_drop++] = (dropped){.job = j, .status = why, .err = err};
+        }
+        if (n_drop > 0) {
+            pthread_cond_broadcast(&s->cv); /* the queue changed under a waiting batcher (batch_delay_ms) */
+            pthread_mutex_unlock(&s->mu);
+            for (int i = 0; i < n_drop; i++) drop[i].job->done(drop[i].job, drop[i].status, &drop[i].err);
+            pthread_mutex_lock(&s->mu);
+            continue;
+        }
+        if (!s->head) {
+            pthread_cond_wait(&s->watch_cv, &s->mu);
+        } else {
+            struct timespec ts = abs_after(next - vitd_now() + 1e-3);
+            pthread_cond_timedwait(&s->watch_cv, &s->mu, &ts);
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
 /* ---- public API ---- */
 
 vitd_status sched_create(const sched_config *cfg, sched **out, vitd_err *err) {
@@ -371,6 +430,7 @@ vitd_status sched_create(const sched_config *cfg, sched **out, vitd_err *err) {
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&s->cv, &ca);
+    pthread_cond_init(&s->watch_cv, &ca);
     pthread_condattr_destroy(&ca);
     s->pipeline = !cfg->submit ? 1 : cfg->pipeline ? cfg->pipeline : 2;
     s->idle_more = true;
@@ -391,6 +451,12 @@ vitd_status sched_create(const sched_config *cfg, sched **out, vitd_err *err) {
         return vitd_fail(err, VITD_E_INTERNAL, "sched: cannot start the batcher thread: %s", strerror(rc));
     }
     s->thread_started = true;
+    rc = pthread_create(&s->watcher, NULL, watch_thread, s);
+    if (rc != 0) {
+        sched_free(s);
+        return vitd_fail(err, VITD_E_INTERNAL, "sched: cannot start the deadline watcher: %s", strerror(rc));
+    }
+    s->watcher_started = true;
     *out = s;
     return VITD_OK;
 }
@@ -458,6 +524,7 @@ vitd_status sched_submit(sched *s, sched_job *job, vitd_err *err) {
     s->q_images += job->n_images;
     s->q_patches += total;
     pthread_cond_signal(&s->cv);
+    if (s->q_jobs == 1) pthread_cond_signal(&s->watch_cv); /* it sleeps until a job waits */
     pthread_mutex_unlock(&s->mu);
     return VITD_OK;
 }
@@ -483,6 +550,7 @@ void sched_stop(sched *s, bool cancel) {
         }
     }
     pthread_cond_broadcast(&s->cv);
+    pthread_cond_broadcast(&s->watch_cv);
     pthread_mutex_unlock(&s->mu);
     vitd_err err;
     while (victims) {
@@ -503,6 +571,8 @@ void sched_free(sched *s) {
         if (!stopped) sched_stop(s, true);
         pthread_join(s->thread, NULL);
     }
+    if (s->watcher_started) pthread_join(s->watcher, NULL); /* stopped by sched_stop, above or earlier */
+    pthread_cond_destroy(&s->watch_cv);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
     for (int k = 0; k < SCHED_MAX_PIPELINE; k++) {

@@ -175,7 +175,7 @@ typedef struct {
     vitd_grid grids[MAX_IMG];
     float *pv[MAX_IMG], *emb[MAX_IMG], *ds[MAX_IMG];
     bool want_ds;
-    bool is_gone;
+    _Atomic bool is_gone; /* set by the test while the watcher may read it */
     /* outcome, guarded by g_mu */
     int n_done;
     vitd_status status;
@@ -474,6 +474,67 @@ static void test_gone_and_timeout(void) {
     for (int i = 0; i < 4; i++) tjob_release(&t[i]);
 }
 
+/* While a batch runs (held at the gate), the watcher fails queued jobs at their deadline and when their client
+ * goes away, without waiting for the batch (a black-box test saw 504s come only when a long CPU batch ended);
+ * the job behind them is encoded once the batch is done. */
+static void test_deadline_while_busy(void) {
+    printf("deadlines while a batch runs\n");
+    sched_config c = base_config();
+    c.batch_delay_ms = 0;
+    sched *s = start_sched(&c);
+    unsigned long long rng = 13;
+    tjob t[4];
+    int p[1] = {8};
+    for (int i = 0; i < 4; i++) tjob_init(&t[i], 1, p, 100 * (i + 1), false, &rng);
+    gate(true);
+    CHECK_EQ_INT(VITD_OK, tjob_submit(s, &t[0]));
+    CHECK(wait_in_encoder());
+    const double t_sub = vitd_now();
+    t[1].job.deadline = t_sub + 0.15;
+    for (int i = 1; i < 4; i++) CHECK_EQ_INT(VITD_OK, tjob_submit(s, &t[i]));
+    CHECK(wait_done(1));
+    pthread_mutex_lock(&g_mu);
+    const double late = t[1].t_done - t[1].job.deadline;
+    const vitd_status st1 = t[1].status;
+    pthread_mutex_unlock(&g_mu);
+    printf("  timed out %.0f ms after its deadline, the batch still running\n", late * 1e3);
+    CHECK_EQ_INT(VITD_E_TIMEOUT, st1);
+    CHECK_MSG(late >= 0 && late < 0.6, "answered %.3f s after its deadline", late);
+    const double t_gone = vitd_now();
+    t[2].is_gone = true;
+    CHECK(wait_done(2));
+    pthread_mutex_lock(&g_mu);
+    const double after = t[2].t_done - t_gone;
+    const vitd_status st2 = t[2].status;
+    pthread_mutex_unlock(&g_mu);
+    printf("  hung-up client noticed after %.0f ms\n", after * 1e3);
+    CHECK_EQ_INT(VITD_E_CANCELLED, st2);
+    CHECK_MSG(after < 0.6, "hang-up noticed after %.3f s", after);
+    pthread_mutex_lock(&g_mu);
+    CHECK(g_in_encoder); /* the first batch was held all along */
+    pthread_mutex_unlock(&g_mu);
+    gate(false);
+    CHECK(wait_done(4));
+    CHECK_EQ_INT(VITD_OK, t[0].status);
+    CHECK_EQ_INT(VITD_OK, t[3].status);
+    for (int i = 0; i < 4; i++) CHECK_EQ_INT(1, t[i].n_done);
+    pthread_mutex_lock(&g_mu);
+    for (int b = 0; b < g_n_batches; b++)
+        for (int i = 0; i < g_batches[b].n_images; i++) {
+            int tag = g_batches[b].tags[i];
+            CHECK_MSG(tag / 100 != 2 && tag / 100 != 3, "dropped job's image %d was encoded", tag);
+        }
+    pthread_mutex_unlock(&g_mu);
+    check_results(&t[3], "after the dropped jobs");
+    int jobs = -1;
+    size_t queued = 1, booked = 1;
+    sched_depth(s, &jobs, &queued, &booked);
+    CHECK_EQ_INT(0, jobs);
+    CHECK_MSG(queued == 0 && booked == 0, "queue %zu, booked %zu after all jobs", queued, booked);
+    sched_free(s);
+    for (int i = 0; i < 4; i++) tjob_release(&t[i]);
+}
+
 /* An encoder failure fails every job of the batch once, including one split across batches, and the next job
  * is served. */
 static void test_encoder_failure(void) {
@@ -729,6 +790,7 @@ int main(void) {
         test_split();
         test_delay();
         test_gone_and_timeout();
+        test_deadline_while_busy();
         test_encoder_failure();
         test_capacity_and_stop();
         test_idle();
