@@ -259,6 +259,12 @@ static void test_bad_files(void) {
         {"psd16.psd", VITD_E_UNSUPPORTED, "psd: 16-bit samples are not supported"},
         {"gif_lzw_short.gif", VITD_E_BAD_IMAGE, "gif: truncated data"},
         {"gif_lzw_short_noend.gif", VITD_E_BAD_IMAGE, "gif: truncated data"},
+        /* stb_image's pixels would differ from Pillow's (make_images.py says how) */
+        {"psd_rgba.psd", VITD_E_UNSUPPORTED, "psd: 4 channels are not supported"},
+        {"gif_small_frame.gif", VITD_E_UNSUPPORTED, "smaller than the logical screen"},
+        {"bmp16.bmp", VITD_E_UNSUPPORTED, "bmp: 16-bit pixels are not supported"},
+        {"tga_rtl.tga", VITD_E_UNSUPPORTED, "right-to-left"},
+        {"tga_cmap_start.tga", VITD_E_UNSUPPORTED, "colour map starting at entry 1"},
     };
     for (size_t i = 0; i < sizeof BAD / sizeof BAD[0]; i++) {
         size_t len;

@@ -7,7 +7,10 @@
  * does, its 16-bit PNM samples come out byte-swapped, and Pillow cannot open 16-bit PSD at all); transparent GIF
  * pixels come out black (Pillow shows their palette colour); a truncated PSD or PIC is not detected (stb_image
  * reads zeros past the end). A GIF whose first image's LZW data stops short of its last pixel is refused as
- * truncated, as Pillow refuses it (stb_image would leave those pixels as they were).
+ * truncated, as Pillow refuses it (stb_image would leave those pixels as they were). Refused because stb_image's
+ * pixels would differ from Pillow's (stb_refuse_variant, and GIF below): PSD of other than 3 channels, 16-bit BMP,
+ * right-to-left TGA or one whose colour map starts past entry 0, a GIF whose first image does not cover the
+ * logical screen.
  *
  * Memory (codecs.h): stb_image's buffers are sized by the header's width and height (GIF: 9 bytes a pixel of the
  * logical screen), which image.c has checked; colour maps are at most 256 KiB. Nothing else is sized by a field.
@@ -172,9 +175,11 @@ static int64_t gif_lzw_pixels(const uint8_t *d, size_t len, size_t pos, int64_t 
 
 /* Whether the first image of a GIF is complete, as Pillow decides it: its LZW data must expand to every pixel of
  * the image's rectangle (Pillow: "image file is truncated" otherwise), within sub-blocks that are all there.
- * Walks the extension blocks before it. A missing final empty sub-block or trailer is allowed, as in Pillow. */
-static int gif_first_frame_complete(const uint8_t *d, size_t len) {
+ * Walks the extension blocks before it. A missing final empty sub-block or trailer is allowed, as in Pillow.
+ * *covers: the image's rectangle is the whole logical screen. */
+static int gif_first_frame_complete(const uint8_t *d, size_t len, int *covers) {
     size_t pos = 13;
+    *covers = 0;
     if (len < 13) return 0;
     if (d[10] & 0x80) pos += (size_t)3 << ((d[10] & 7) + 1);
     for (;;) {
@@ -184,6 +189,8 @@ static int gif_first_frame_complete(const uint8_t *d, size_t len) {
             if (len - pos < 10) return 0;
             int64_t fw = img_le16(d + pos + 4), fh = img_le16(d + pos + 6);
             uint8_t flags = d[pos + 8];
+            *covers = img_le16(d + pos) == 0 && img_le16(d + pos + 2) == 0 && fw == img_le16(d + 6) &&
+                      fh == img_le16(d + 8);
             pos += 9;
             if (flags & 0x80) pos += (size_t)3 << ((flags & 7) + 1);
             return gif_lzw_pixels(d, len, pos, fw * fh) >= fw * fh;
@@ -197,6 +204,29 @@ static int gif_first_frame_complete(const uint8_t *d, size_t len) {
             pos += n;
         }
     }
+}
+
+/* Variants whose pixels stb_image would give differently from Pillow's convert("RGB") (found by a review):
+ * refused with the reason, VITD_E_UNSUPPORTED (415), never decoded differently. */
+static vitd_status stb_refuse_variant(image_format f, const uint8_t *d, size_t len, vitd_err *err) {
+    if (f == IMAGE_FMT_PSD && len >= 26 && img_be16(d + 12) != 3)
+        return vitd_fail(err, VITD_E_UNSUPPORTED, "psd: %u channels are not supported (3-channel RGB only: "
+                         "stb_image un-premultiplies a fourth channel as alpha, Pillow ignores it)", img_be16(d + 12));
+    if (f == IMAGE_FMT_BMP && len >= 30) {
+        uint32_t hsz = img_le32(d + 14), bpp = hsz == 12 ? img_le16(d + 24) : hsz >= 40 ? img_le16(d + 28) : 0;
+        if (bpp == 16)
+            return vitd_fail(err, VITD_E_UNSUPPORTED, "bmp: 16-bit pixels are not supported (stb_image widens "
+                             "5-bit channels by bit replication, Pillow by scaling: values differ by one)");
+    }
+    if (f == IMAGE_FMT_TGA && len >= 18) {
+        if (d[17] & 0x10)
+            return vitd_fail(err, VITD_E_UNSUPPORTED, "tga: right-to-left pixel order is not supported "
+                             "(stb_image ignores it, Pillow mirrors the image)");
+        if (d[1] == 1 && img_le16(d + 3) != 0)
+            return vitd_fail(err, VITD_E_UNSUPPORTED, "tga: a colour map starting at entry %u is not supported "
+                             "(stb_image and Pillow read it differently)", img_le16(d + 3));
+    }
+    return VITD_OK;
 }
 
 /* Decodes through stb_image into 3-channel RGB (stb replicates gray and drops alpha, as Pillow does). */
@@ -218,11 +248,17 @@ vitd_status stb_decode(image_format f, const uint8_t *data, size_t len, uint32_t
     if (f == IMAGE_FMT_PSD && len >= 26 && img_be16(data + 22) != 8) /* Pillow reads 8-bit RGB PSD only */
         return vitd_fail(err, VITD_E_UNSUPPORTED, "psd: %u-bit samples are not supported (8-bit only)",
                          img_be16(data + 22));
+    vitd_status st = stb_refuse_variant(f, data, len, err);
+    if (st != VITD_OK) return st;
     if (f == IMAGE_FMT_BMP) need = bmp_needed(data, len, w, h);
     if (f == IMAGE_FMT_TGA) need = tga_needed(data, len, w, h);
-    if (f == IMAGE_FMT_GIF) complete = gif_first_frame_complete(data, len);
+    int covers = 1;
+    if (f == IMAGE_FMT_GIF) complete = gif_first_frame_complete(data, len, &covers);
     if (need > len || !complete)
         return vitd_fail(err, VITD_E_BAD_IMAGE, "%s: truncated data (%zu bytes)", name, len);
+    if (!covers)
+        return vitd_fail(err, VITD_E_UNSUPPORTED, "gif: a first image smaller than the logical screen is not "
+                         "supported (Pillow fills the rest with palette entry 0, stb_image with the background)");
 
     int x = 0, y = 0, comp = 0;
     uint8_t *px = stbi_load_from_memory(data, (int)len, &x, &y, &comp, 3);
