@@ -415,6 +415,8 @@ static vitd_status mp_close_part(body_state *s, vitd_err *err) {
     if (s->field_long && is_option_key(s->part_name))
         return vitd_fail(err, VITD_E_INVALID_ARG, "%s: multipart field value longer than %d bytes", s->part_name,
                          FIELD_MAX);
+    if (memchr(s->field, 0, s->field_len)) /* it would cut the value short, as %00 in a query would */
+        return vitd_fail(err, VITD_E_INVALID_ARG, "%s: multipart field value holds a NUL byte", s->part_name);
     s->field[s->field_len] = '\0';
     int r = is_option_key(s->part_name) ? body_apply_option(&s->opts, s->part_name, s->field, err)
                                         : s->extra(s->extra_user, s->part_name,

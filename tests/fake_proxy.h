@@ -1,6 +1,7 @@
 /* fake_proxy.h — a stand-in for vLLM's EPD proxy on 127.0.0.1 for the registration tests: it accepts one
  * request per connection, records its method, path, body and arrival time, and answers 200 {} (503 to the first
- * `refuse_first` POSTs). Header-only; include once per test program, after check.h and loopback.h. */
+ * `refuse_first` POSTs; 204 without a body when `no_content` is set, under mu). Header-only; include once per
+ * test program, after check.h and loopback.h. */
 #ifndef VITD_FAKE_PROXY_H
 #define VITD_FAKE_PROXY_H
 
@@ -21,6 +22,7 @@
 typedef struct {
     int lfd, port;
     int refuse_first;                 /* answer 503 to this many POSTs */
+    bool no_content;                  /* answer 204 instead of 200 {} (guarded by mu) */
     pthread_t thread;
     pthread_mutex_t mu;
     int n;                            /* calls seen (all of them), guarded by mu */
@@ -57,11 +59,12 @@ static inline void *proxy_main(void *arg) {
         sscanf(buf, "%7s %63s", p->method[i], p->path[i]);
         snprintf(p->body[i], sizeof p->body[i], "%s", end ? end + 4 : "");
         p->at[i] = vitd_now();
-        bool refuse = !strcmp(p->method[i], "POST") && p->refuse_first-- > 0;
+        bool refuse = !strcmp(p->method[i], "POST") && p->refuse_first-- > 0, no_content = p->no_content;
         pthread_mutex_unlock(&p->mu);
         const char *ans = refuse ? "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                                 : "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
-                                   "Connection: close\r\n\r\n{}";
+                          : no_content ? "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+                                       : "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n"
+                                         "Connection: close\r\n\r\n{}";
         loopback_send_all(fd, ans, strlen(ans));
         close(fd);
     }

@@ -456,6 +456,12 @@ static void test_multipart_collector(void) {
     CHECK_EQ_INT(VITD_E_INVALID_ARG, body_multipart_delimiter(s, &err));
     CHECK_STR_CONTAINS(err.msg, "layout: multipart field value longer than");
     body_end(s);
+    /* a NUL inside a field would cut the value short ("float16\0junk" read as float16): refused */
+    CHECK_OK(body_begin(NULL, "multipart/form-data; boundary=XyZ", &lim, &default_opts, a, &s, &err), &err);
+    CHECK_OK(body_multipart_piece(s, "dtype", NULL, NULL, "float16\0junk", 0, 12, &err), &err);
+    CHECK_EQ_INT(VITD_E_INVALID_ARG, body_multipart_delimiter(s, &err));
+    CHECK_STR_CONTAINS(err.msg, "dtype: multipart field value holds a NUL byte");
+    body_end(s);
     arena_free(a);
 }
 

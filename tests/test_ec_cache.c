@@ -305,6 +305,23 @@ static void test_announce(void) {
     }
     CHECK(metrics_value(m->ec_registered_s) == 0);
     proxy_stop(&p);
+    /* a proxy that answers 204: registered too (only 200 counted before a review: it retried forever) */
+    proxy p204;
+    if (proxy_start(&p204, 0)) {
+        pthread_mutex_lock(&p204.mu);
+        p204.no_content = true;
+        pthread_mutex_unlock(&p204.mu);
+        const double ok0 = metrics_value(m->ec_announce_ok_s), err0 = metrics_value(m->ec_announce_err_s);
+        snprintf(url, sizeof url, "http://127.0.0.1:%d", p204.port);
+        CHECK_OK(epd_announcer_start(url, "http://127.0.0.1:8123", 1, m, &a, &err), &err);
+        CHECK_MSG(proxy_wait(&p204, 2, 6), "%d registrations seen", proxy_calls(&p204));
+        CHECK(metrics_value(m->ec_registered_s) == 1);
+        CHECK(metrics_value(m->ec_announce_ok_s) >= ok0 + 1 && metrics_value(m->ec_announce_err_s) == err0);
+        epd_announcer_stop(a);
+        proxy_stop(&p204);
+    } else {
+        CHECK_MSG(0, "cannot listen on 127.0.0.1 a second time");
+    }
     /* an unreachable proxy: nothing breaks, and stopping stays bounded */
     snprintf(url, sizeof url, "http://127.0.0.1:%d", p.port);
     CHECK_OK(epd_announcer_start(url, "http://127.0.0.1:8123", 1, m, &a, &err), &err);

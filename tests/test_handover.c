@@ -444,6 +444,21 @@ static void test_kserve_parse(void) {
     CHECK_OK(parse_v2(json, bin, bl, true, a, &q, &err), &err);
     CHECK(q.n_images == 2 && q.images[1].len == 7 && !memcmp(q.images[1].data, "second!", 7));
     CHECK(q.binary[KS_EMBEDS] && q.dtype[KS_EMBEDS] == ST_F16 && q.binary[KS_NUM_TOKENS]);
+    /* binary_data_output holds for listed outputs too, unless an output's own binary_data says false (Triton's
+     * rule; a review found listed outputs answered in JSON, and a BF16 request refused) */
+    CHECK_OK(parse_v2("{\"inputs\":[{\"name\":\"IMAGE\",\"datatype\":\"BYTES\",\"shape\":[1],\"data\":"
+                      "[\"aGVsbG8=\"]}],\"parameters\":{\"binary_data_output\":true,\"datatype\":\"BF16\"},"
+                      "\"outputs\":[{\"name\":\"EMBEDS\"},{\"name\":\"GRID_THW\",\"parameters\":"
+                      "{\"binary_data\":false}}]}", NULL, 0, false, a, &q, &err), &err);
+    CHECK(q.n_out == 2 && q.binary[KS_EMBEDS] && q.dtype[KS_EMBEDS] == ST_BF16 && !q.binary[KS_GRID_THW]);
+    /* the id is echoed whole (it was cut at 256 bytes, splitting a UTF-8 character) */
+    char long_id[400], idjson[700];
+    memset(long_id, 'a', 299);
+    memcpy(long_id + 299, "\xc3\xa9", 3); /* e-acute and the terminator */
+    snprintf(idjson, sizeof idjson, "{\"id\":\"%s\",\"inputs\":[{\"name\":\"IMAGE\",\"datatype\":\"BYTES\","
+             "\"shape\":[1],\"data\":[\"aGVsbG8=\"]}]}", long_id);
+    CHECK_OK(parse_v2(idjson, NULL, 0, false, a, &q, &err), &err);
+    CHECK(q.id && !strcmp(q.id, long_id));
     /* a raw binary request (header 0): the body is the input's data */
     CHECK_OK(kserve_parse(bin, bl, 0, &k_model, a, &q, &err), &err);
     CHECK(q.n_images == 2 && q.any_binary);

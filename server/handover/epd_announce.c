@@ -176,11 +176,12 @@ struct epd_announcer {
     pthread_t thread;
 };
 
-/* One registration: true when the proxy answered 200. Logs when the outcome changes. */
+/* One registration: true when the proxy answered 2xx (a proxy answering 201 or 204 has registered us too).
+ * Logs when the outcome changes. */
 static bool announce(epd_announcer *a, bool *was_ok, bool first) {
     vitd_err err = {0};
     int status = http_call(&a->proxy, "POST", "/instances", a->body, &err);
-    bool ok = status == 200;
+    bool ok = status >= 200 && status < 300;
     if (a->m) {
         metrics_inc(ok ? a->m->ec_announce_ok_s : a->m->ec_announce_err_s);
         metrics_set(a->m->ec_registered_s, ok ? 1 : 0);

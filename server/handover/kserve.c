@@ -201,7 +201,9 @@ static vitd_status parse_outputs(const cJSON *root, const kserve_model *m, kserv
             seen[k] = true;
             const cJSON *op = cJSON_GetObjectItemCaseSensitive(o, "parameters");
             q->out[q->n_out++] = (kserve_output)k;
-            q->binary[k] = param_bool(op, "binary_data");
+            /* Triton: binary_data_output makes every output binary unless its own binary_data says otherwise */
+            const cJSON *bd = cJSON_IsObject(op) ? cJSON_GetObjectItemCaseSensitive(op, "binary_data") : NULL;
+            q->binary[k] = cJSON_IsBool(bd) ? cJSON_IsTrue(bd) : bin_default;
             q->dtype[k] = dt;
             if ((st = param_dtype(op, k_out_names[k], &q->dtype[k], err))) return st;
         }
@@ -252,7 +254,8 @@ vitd_status kserve_parse(const uint8_t *body, size_t len, long long header_len, 
         st = vitd_fail(err, VITD_E_INVALID_ARG, "unable to parse 'id': it must be a string");
         goto done;
     }
-    if (id && id->valuestring[0] && !(q->id = arena_strndup(a, id->valuestring, 256))) {
+    /* echoed whole: clients match answers by it (the body's size bounds it; a cut could split a UTF-8 character) */
+    if (id && id->valuestring[0] && !(q->id = arena_strdup(a, id->valuestring))) {
         st = vitd_fail(err, VITD_E_NOMEM, "out of request memory");
         goto done;
     }

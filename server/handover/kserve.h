@@ -24,10 +24,10 @@
  * raw strings cannot carry them (MLServer's content_type "base64"; "str" is refused). With the binary extension
  * (header Inference-Header-Content-Length: <JSON bytes>), the JSON is followed by each binary input's bytes in
  * input order, a BYTES element being a little-endian u32 length then the bytes; the image spans point into the
- * body, never copied. An output is binary when its own parameters say binary_data, else (outputs not listed)
- * when the request's parameters say binary_data_output. Binary answers: Content-Type application/octet-stream,
- * Inference-Header-Content-Length, each binary output's parameters.binary_data_size, its bytes after the JSON in
- * output order, little-endian, row-major.
+ * body, never copied. An output is binary when its own parameters say binary_data (true or false), else when
+ * the request's parameters say binary_data_output (Triton's rule, listed outputs or not). Binary answers:
+ * Content-Type application/octet-stream, Inference-Header-Content-Length, each binary output's
+ * parameters.binary_data_size, its bytes after the JSON in output order, little-endian, row-major.
  *
  * Thread safety: pure functions. */
 #ifndef VITD_KSERVE_H
