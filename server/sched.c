@@ -126,11 +126,11 @@ typedef struct dropped {
 
 /* Why job j, waiting at time now, must leave the queue unencoded: past its deadline, or its client went away
  * (VITD_OK: neither). */
-static vitd_status job_expired(const sched_job *j, double now, vitd_err *err) {
+static vitd_status job_expired(sched_job *j, double now, vitd_err *err) {
     if (j->deadline > 0 && now > j->deadline)
         return vitd_fail(err, VITD_E_TIMEOUT, "request timed out (request_timeout_ms) after %.0f ms in the queue",
                          (now - j->t_submitted) * 1e3);
-    if (j->gone && j->gone((sched_job *)j)) return vitd_fail(err, VITD_E_CANCELLED, "the client went away");
+    if (j->gone && j->gone(j)) return vitd_fail(err, VITD_E_CANCELLED, "the client went away");
     return VITD_OK;
 }
 

@@ -403,6 +403,24 @@ static inline double metric_at(int port, const char *headers, const char *series
     return v;
 }
 
+/* Polls /metrics until vitd_inflight_requests reaches want or limit_s passes; returns the last value (-1 without a
+ * connection). headers: as for metric_at. The polls share one kept-alive connection: the server completes each
+ * request on a connection before it reads the next, so no earlier poll still counts among those in flight (with a
+ * fresh connection per poll, a finished poll could stand in for a request not yet read, which then met a drain). */
+static inline double wait_inflight(int port, const char *headers, double want, double limit_s) {
+    int fd = loopback_connect(port, IO_TIMEOUT_S);
+    if (fd < 0) return -1;
+    double v = 0, t0 = vitd_now();
+    while (v < want && vitd_now() - t0 < limit_s) {
+        resp r;
+        if (!http_do_on(fd, "GET", "/metrics", headers, NULL, 0, &r)) break;
+        v = metric_value(r.body, "vitd_inflight_requests");
+        resp_free(&r);
+    }
+    close(fd);
+    return v;
+}
+
 /* Every non-comment line is `name{labels} value` with a parseable number. */
 static inline bool metrics_parse_ok(const char *text, int *n_lines) {
     *n_lines = 0;

@@ -660,20 +660,12 @@ static void test_auth_keyed_drain(suite *S) {
     int hn = snprintf(head, sizeof head, "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: "
                       "Bearer sekret\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n\r\n", blen);
     CHECK(fd >= 0 && loopback_send_all(fd, head, (size_t)hn) && loopback_send_all(fd, body, half));
-    /* the polls share one kept-alive connection, so a finished poll never counts in place of the chat request
-     * (the server completes each request on a connection before it reads the next) */
-    double t0 = vitd_now(), inflight = 0;
-    int poll_fd = loopback_connect(s.port, IO_TIMEOUT_S);
-    while (poll_fd >= 0 && vitd_now() - t0 < 10 && inflight < 2) {
-        if (!http_do_on(poll_fd, "GET", "/metrics", "Authorization: Bearer sekret\r\n", NULL, 0, &r)) break;
-        inflight = metric_value(r.body, "vitd_inflight_requests");
-        resp_free(&r);
-    }
-    if (poll_fd >= 0) close(poll_fd);
+    /* the chat request and the /metrics request (see wait_inflight) */
+    double inflight = wait_inflight(s.port, "Authorization: Bearer sekret\r\n", 2, 10);
     CHECK_MSG(inflight >= 2, "the chat request never showed in flight (%.0f)", inflight);
     kill(s.pid, SIGTERM);
     int ready = 0;
-    t0 = vitd_now();
+    double t0 = vitd_now();
     while (vitd_now() - t0 < 5 && ready != 400) {
         if (!http_do(s.port, "GET", "/v2/health/ready", NULL, NULL, 0, &r)) break;
         ready = r.status;

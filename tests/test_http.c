@@ -903,27 +903,14 @@ static void test_drain(suite *S, const char *dir, const char *model) {
         CHECK(fds[i] >= 0 && loopback_send_all(fds[i], head, (size_t)hn) &&
               loopback_send_all(fds[i], ref->img->data, ref->img->len));
     }
-    /* wait until the server holds all N and the hung-up one (plus this /metrics request). The polls share one
-     * kept-alive connection: the server completes each before it reads the next, so no earlier poll still counts
-     * among those in flight (a fresh connection per poll let a finished poll stand in for a request not yet read,
-     * which then met the drain and was answered 503) */
-    double inflight = 0, t0 = vitd_now();
-    int poll_fd = loopback_connect(s.port, IO_TIMEOUT_S);
-    CHECK(poll_fd >= 0);
-    while (poll_fd >= 0 && vitd_now() - t0 < 30) {
-        resp r;
-        if (!http_do_on(poll_fd, "GET", "/metrics", NULL, NULL, 0, &r)) break;
-        inflight = metric_value(r.body, "vitd_inflight_requests");
-        resp_free(&r);
-        if (inflight >= N + 2) break;
-    }
-    if (poll_fd >= 0) close(poll_fd);
+    /* wait until the server holds all N and the hung-up one (plus the /metrics request); see wait_inflight */
+    double inflight = wait_inflight(s.port, NULL, N + 2, 30);
     CHECK_MSG(inflight >= N + 2, "only %.0f requests in flight", inflight);
     if (gone_fd >= 0) close(gone_fd);
     kill(s.pid, SIGTERM);
     /* /ready turns 503 while the held requests finish; a new encode request is refused */
     int ready_status = 0;
-    t0 = vitd_now();
+    double t0 = vitd_now();
     while (vitd_now() - t0 < 10) {
         resp r;
         if (!http_do(s.port, "GET", "/ready", NULL, NULL, 0, &r)) break;

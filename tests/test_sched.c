@@ -435,6 +435,17 @@ static void test_delay(void) {
 
 /* Gone and timed-out jobs queued behind a held batch are completed with CANCELLED / TIMEOUT, never encoded, and
  * the jobs around them are served. */
+/* No recorded batch held an image of the jobs tagged 100*a or 100*b (jobs left unencoded: `what` they were). */
+static void check_not_encoded(int a, int b, const char *what) {
+    pthread_mutex_lock(&g_mu);
+    for (int k = 0; k < g_n_batches; k++)
+        for (int i = 0; i < g_batches[k].n_images; i++) {
+            int tag = g_batches[k].tags[i];
+            CHECK_MSG(tag / 100 != a && tag / 100 != b, "%s job's image %d was encoded", what, tag);
+        }
+    pthread_mutex_unlock(&g_mu);
+}
+
 static void test_gone_and_timeout(void) {
     printf("gone and timeout\n");
     sched_config c = base_config();
@@ -461,13 +472,7 @@ static void test_gone_and_timeout(void) {
     for (int i = 0; i < 4; i++) CHECK_EQ_INT(1, t[i].n_done);
     CHECK_EQ_INT(0, t[1].job.n_batches);
     CHECK_EQ_INT(0, t[2].job.n_batches);
-    pthread_mutex_lock(&g_mu);
-    for (int b = 0; b < g_n_batches; b++)
-        for (int i = 0; i < g_batches[b].n_images; i++) {
-            int tag = g_batches[b].tags[i];
-            CHECK_MSG(tag / 100 != 2 && tag / 100 != 3, "skipped job's image %d was encoded", tag);
-        }
-    pthread_mutex_unlock(&g_mu);
+    check_not_encoded(2, 3, "skipped");
     check_results(&t[0], "before gone");
     check_results(&t[3], "after gone");
     sched_free(s);
@@ -518,13 +523,7 @@ static void test_deadline_while_busy(void) {
     CHECK_EQ_INT(VITD_OK, t[0].status);
     CHECK_EQ_INT(VITD_OK, t[3].status);
     for (int i = 0; i < 4; i++) CHECK_EQ_INT(1, t[i].n_done);
-    pthread_mutex_lock(&g_mu);
-    for (int b = 0; b < g_n_batches; b++)
-        for (int i = 0; i < g_batches[b].n_images; i++) {
-            int tag = g_batches[b].tags[i];
-            CHECK_MSG(tag / 100 != 2 && tag / 100 != 3, "dropped job's image %d was encoded", tag);
-        }
-    pthread_mutex_unlock(&g_mu);
+    check_not_encoded(2, 3, "dropped");
     check_results(&t[3], "after the dropped jobs");
     int jobs = -1;
     size_t queued = 1, booked = 1;

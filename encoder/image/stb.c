@@ -63,18 +63,19 @@ static size_t pnm_header(const uint8_t *d, size_t len, uint64_t *maxval) {
     return pos + 1;
 }
 
+/* Bits per pixel from a BMP's core (12-byte) or info (40+) header; 0 if unknown or too short. */
+static uint32_t bmp_bpp(const uint8_t *d, size_t len) {
+    if (len < 30) return 0;
+    uint32_t hsz = img_le32(d + 14);
+    return hsz == 12 ? img_le16(d + 24) : hsz >= 40 ? img_le16(d + 28) : 0;
+}
+
 /* Bytes an uncompressed BMP needs (offset of the pixels + padded rows); 0 if compressed or unknown. */
 static uint64_t bmp_needed(const uint8_t *d, size_t len, uint32_t w, uint32_t h) {
     if (len < 30) return 0;
-    uint32_t off = img_le32(d + 10), hsz = img_le32(d + 14), bpp, compression = 0;
-    if (hsz == 12) {
-        bpp = img_le16(d + 24);
-    } else if (hsz >= 40 && len >= 34) {
-        bpp = img_le16(d + 28);
-        compression = img_le32(d + 30);
-    } else {
-        return 0;
-    }
+    uint32_t off = img_le32(d + 10), hsz = img_le32(d + 14);
+    if (hsz != 12 && !(hsz >= 40 && len >= 34)) return 0;
+    uint32_t bpp = bmp_bpp(d, len), compression = hsz >= 40 ? img_le32(d + 30) : 0;
     if (compression != 0 && compression != 3 && compression != 6) return 0; /* RLE: size unknown in advance */
     uint64_t row = ((uint64_t)bpp * w + 31) / 32 * 4;
     return (uint64_t)off + row * h;
@@ -212,12 +213,9 @@ static vitd_status stb_refuse_variant(image_format f, const uint8_t *d, size_t l
     if (f == IMAGE_FMT_PSD && len >= 26 && img_be16(d + 12) != 3)
         return vitd_fail(err, VITD_E_UNSUPPORTED, "psd: %u channels are not supported (3-channel RGB only: "
                          "stb_image un-premultiplies a fourth channel as alpha, Pillow ignores it)", img_be16(d + 12));
-    if (f == IMAGE_FMT_BMP && len >= 30) {
-        uint32_t hsz = img_le32(d + 14), bpp = hsz == 12 ? img_le16(d + 24) : hsz >= 40 ? img_le16(d + 28) : 0;
-        if (bpp == 16)
-            return vitd_fail(err, VITD_E_UNSUPPORTED, "bmp: 16-bit pixels are not supported (stb_image widens "
-                             "5-bit channels by bit replication, Pillow by scaling: values differ by one)");
-    }
+    if (f == IMAGE_FMT_BMP && bmp_bpp(d, len) == 16)
+        return vitd_fail(err, VITD_E_UNSUPPORTED, "bmp: 16-bit pixels are not supported (stb_image widens 5-bit "
+                         "channels by bit replication, Pillow by scaling: values differ by one)");
     if (f == IMAGE_FMT_TGA && len >= 18) {
         if (d[17] & 0x10)
             return vitd_fail(err, VITD_E_UNSUPPORTED, "tga: right-to-left pixel order is not supported "
